@@ -1,0 +1,197 @@
+"""On-disk cache of decoded images: each image is decoded once per size, then read as raw uint8.
+
+One store per (height, width, resize mode) under ``$VITKIT_HOME/cache/images``: a flat file of
+fixed-size uint8 frames (``pixels.u8``) and a SQLite index mapping an image key (absolute path,
+file size, modification time) to its frame. Every manifest, epoch and later run at that size
+shares it. Frames are read with ``pread`` into the batch buffer, so memory use does not grow with
+the number of images (a memory map would keep every page it touched resident).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vitkit.errors import ImageError
+from vitkit.images import load_image
+from vitkit.progress import Progress
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames (
+    key TEXT PRIMARY KEY,
+    slot INTEGER,
+    error TEXT,
+    done INTEGER NOT NULL DEFAULT 0
+)
+"""
+_CHUNK = 256
+
+
+def default_cache_dir() -> Path:
+    """``$VITKIT_CACHE_DIR``, else ``$VITKIT_HOME/cache`` (default ``~/.keras/vitkit/cache``)."""
+    from vitkit.weights import vitkit_home
+
+    return Path(os.environ.get("VITKIT_CACHE_DIR") or vitkit_home() / "cache")
+
+
+def image_key(path: Path) -> str:
+    """Identity of an image file's content as far as the file system tells: path, size, mtime."""
+    stat = path.stat()
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+class ImageStore:
+    """Decoded images of one size and resize mode.
+
+    Example:
+        >>> store = ImageStore((64, 64), "stretch")
+        >>> frames, failures = store.frames(paths)   # decodes what is not cached yet
+        >>> batch = store.read(frames[:32])           # (32, 64, 64, 3) uint8
+    """
+
+    def __init__(self, image_size: tuple[int, int], resize_mode: str = "stretch", cache_dir: str | os.PathLike | None = None):
+        self.image_size = tuple(image_size)
+        self.resize_mode = resize_mode
+        self.folder = Path(cache_dir or default_cache_dir()) / "images" / f"{image_size[0]}x{image_size[1]}-{resize_mode}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.frame_shape = (image_size[0], image_size[1], 3)
+        self.frame_bytes = int(np.prod(self.frame_shape))
+        self._index = sqlite3.connect(self.folder / "index.sqlite", timeout=60, check_same_thread=False)
+        self._index.execute(_SCHEMA)
+        self._index.commit()
+        self._lock = threading.Lock()
+        self._fd = os.open(self.folder / "pixels.u8", os.O_RDWR | os.O_CREAT, 0o644)
+        self.decoded = 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._index.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def frames(self, paths: Sequence[Path], progress: bool = True) -> tuple[np.ndarray, dict[int, str]]:
+        """Frame numbers for ``paths``, decoding the ones not cached yet (in parallel).
+
+        Returns:
+            ``(frames, failures)``: ``frames[i]`` is -1 where image ``i`` failed, and
+            ``failures[i]`` says why.
+        """
+        frames = np.full(len(paths), -1, dtype=np.int64)
+        failures: dict[int, str] = {}
+        keys: list[str | None] = []
+        for i, path in enumerate(paths):
+            try:
+                keys.append(image_key(Path(path)))
+            except FileNotFoundError:
+                keys.append(None)
+                failures[i] = f"{path}: file not found"
+            except OSError as error:
+                keys.append(None)
+                failures[i] = f"{path}: cannot be read ({error.strerror or error})"
+        known = self._lookup([k for k in keys if k is not None])
+        pending = []
+        for i, key in enumerate(keys):
+            if key is None:
+                continue
+            slot, error = known.get(key, (None, None))
+            if error is not None:
+                failures[i] = error
+            elif slot is not None:
+                frames[i] = slot
+            else:
+                pending.append(i)
+        if pending:
+            self._decode(paths, keys, pending, frames, failures, progress)
+        return frames, failures
+
+    def _lookup(self, keys: list[str]) -> dict[str, tuple[int | None, str | None]]:
+        found = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, slot, error in self._index.execute(
+                    f"SELECT key, slot, error FROM frames WHERE done = 1 AND key IN ({marks})", chunk
+                ):
+                    found[key] = (slot, error)
+        return found
+
+    def _decode(self, paths, keys, pending, frames, failures, progress) -> None:
+        workers = os.cpu_count() or 2
+        with Progress(len(pending), f"decoding {len(pending)} images", enabled=progress or False) as bar, \
+                ThreadPoolExecutor(max_workers=workers) as pool:
+            for start in range(0, len(pending), _CHUNK):
+                chunk = pending[start:start + _CHUNK]
+                slots = self._reserve([keys[i] for i in chunk])
+                results = pool.map(self._decode_one, [paths[i] for i in chunk])
+                done = []
+                for i, slot, result in zip(chunk, slots, results):
+                    if isinstance(result, str):
+                        failures[i] = result
+                        done.append((None, result, keys[i]))
+                    else:
+                        os.pwrite(self._fd, result.tobytes(), slot * self.frame_bytes)
+                        self.decoded += 1
+                        frames[i] = slot
+                        done.append((slot, None, keys[i]))
+                    bar.update()
+                self._mark_done(done)
+
+    def _decode_one(self, path: Path) -> np.ndarray | str:
+        try:
+            image = load_image(path, self.image_size, self.resize_mode)
+        except ImageError as error:
+            return str(error)
+        return image
+
+    def _reserve(self, keys: list[str]) -> list[int]:
+        """Allocate frames for new keys in one transaction (safe across processes)."""
+        with self._lock:
+            cursor = self._index.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+            slots = []
+            next_slot = cursor.execute("SELECT COALESCE(MAX(slot) + 1, 0) FROM frames").fetchone()[0]
+            for key in keys:
+                row = cursor.execute("SELECT slot FROM frames WHERE key = ?", (key,)).fetchone()
+                if row is not None and row[0] is not None:
+                    slots.append(row[0])
+                    continue
+                cursor.execute(
+                    "INSERT OR REPLACE INTO frames (key, slot, error, done) VALUES (?, ?, NULL, 0)",
+                    (key, next_slot),
+                )
+                slots.append(next_slot)
+                next_slot += 1
+            cursor.execute("COMMIT")
+            return slots
+
+    def _mark_done(self, done: list[tuple[int | None, str | None, str]]) -> None:
+        with self._lock:
+            self._index.executemany(
+                "UPDATE frames SET slot = COALESCE(?, slot), error = ?, done = 1 WHERE key = ?", done
+            )
+            self._index.commit()
+
+    def read(self, frames: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Read frames into a ``(n, H, W, 3)`` uint8 array (``out`` reused when given)."""
+        frames = np.asarray(frames, dtype=np.int64)
+        if out is None:
+            out = np.empty((len(frames), *self.frame_shape), dtype=np.uint8)
+        for row, frame in zip(out, frames):
+            if os.preadv(self._fd, [row], int(frame) * self.frame_bytes) != self.frame_bytes:
+                raise ImageError(
+                    f"image cache {self.folder} is damaged (frame {frame} is short); delete that folder"
+                )
+        return out

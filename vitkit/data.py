@@ -1,0 +1,262 @@
+"""Image sets and batch streams: anything a user hands in -> uint8 batches of the model's size.
+
+Accepted inputs: a manifest CSV (or :class:`~vitkit.manifest.Manifest`), a pixel CSV, a folder
+or list of image files, in-memory arrays ``x`` or ``(x, y)``. File images go through the
+on-disk :class:`~vitkit.cache.ImageStore`; batches are streamed as uint8 with bounded memory by
+a ``keras.utils.PyDataset``, which needs no TensorFlow on the JAX backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+from PIL import Image
+
+from vitkit.cache import ImageStore
+from vitkit.errors import ConfigError, ImageError, ManifestError
+from vitkit.manifest import Manifest, find_images, read_manifest
+from vitkit.pixelcsv import is_pixel_csv, read_pixel_csv
+
+BAD_IMAGE_POLICIES = ("skip", "error")
+
+
+@dataclasses.dataclass
+class ImageSet:
+    """Images of one size with display names, optional labels and what was skipped.
+
+    ``read(indices)`` returns ``(len(indices), H, W, 3)`` uint8.
+    """
+
+    names: list[str]
+    labels: list[str] | None
+    read: Callable[[np.ndarray], np.ndarray]
+    image_size: tuple[int, int]
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def label_indices(self, class_names: Sequence[str]) -> np.ndarray:
+        """Labels as indices into ``class_names``; an unknown class is an error naming the image."""
+        if self.labels is None:
+            raise ManifestError("these images have no labels; give a manifest with classes")
+        lookup = {name: i for i, name in enumerate(class_names)}
+        unknown = sorted({label for label in self.labels if label not in lookup})
+        if unknown:
+            example = self.names[[label in unknown for label in self.labels].index(True)]
+            raise ManifestError(
+                f"class(es) {unknown} are not among the model's classes {list(class_names)} "
+                f"(e.g. {example}); remove those rows or train a model that has them"
+            )
+        return np.array([lookup[label] for label in self.labels], dtype=np.int64)
+
+    def subset(self, indices: Sequence[int]) -> "ImageSet":
+        """The images at ``indices`` (same reader, no copy of pixels)."""
+        chosen = np.asarray(indices, dtype=np.int64)
+        return ImageSet(
+            names=[self.names[i] for i in chosen],
+            labels=None if self.labels is None else [self.labels[i] for i in chosen],
+            read=lambda rows: self.read(chosen[np.asarray(rows)]),
+            image_size=self.image_size,
+            skipped=self.skipped,
+        )
+
+    def all_pixels(self) -> np.ndarray:
+        """Every image in memory (only for small sets: figures, tests)."""
+        return self.read(np.arange(len(self)))
+
+
+def load_images(
+    data: Any,
+    image_size: tuple[int, int],
+    resize_mode: str = "stretch",
+    *,
+    label_from: str = "auto",
+    classes: Sequence[str] | None = None,
+    root: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    on_bad_image: str = "skip",
+    progress: bool = True,
+) -> ImageSet:
+    """Bring any supported input to an :class:`ImageSet` of ``image_size``.
+
+    Args:
+        data: manifest CSV path or :class:`Manifest`, pixel CSV path, folder, image file, list
+            of image files, uint8 array ``x`` (N, H, W[, C]) or ``(x, y)``.
+        image_size: (height, width) of the model.
+        resize_mode: ``stretch``, ``pad`` or ``crop``.
+        label_from, classes, root: passed to :func:`~vitkit.manifest.read_manifest`.
+        cache_dir: image cache folder (default ``$VITKIT_HOME/cache``).
+        on_bad_image: ``skip`` (warn, drop the image, list it in ``skipped``) or ``error``
+            (raise at the first bad image with its manifest line).
+        progress: show a progress bar while decoding.
+    """
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ConfigError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+    if isinstance(data, ImageSet):
+        return data
+    if isinstance(data, tuple) and len(data) == 2 and not _is_path(data[0]):
+        x, y = data
+        return _array_set(np.asarray(x), [str(label) for label in np.asarray(y).tolist()], image_size)
+    if isinstance(data, np.ndarray):
+        return _array_set(data, None, image_size)
+    if isinstance(data, Manifest):
+        return _file_set(data.paths, data.labels if data.has_labels else None,
+                         [data.where(e) for e in data.entries], image_size, resize_mode,
+                         cache_dir, on_bad_image, progress)
+    if _is_path(data):
+        path = Path(data)
+        if path.is_dir():
+            files = find_images(path)
+            if not files:
+                raise ManifestError(f"{path}: no image files found")
+            return _file_set(files, None, None, image_size, resize_mode, cache_dir, on_bad_image, progress)
+        if path.suffix.lower() == ".csv":
+            if is_pixel_csv(path):
+                pixels, labels = read_pixel_csv(path)
+                return _array_set(pixels, labels, image_size)
+            manifest = read_manifest(path, label_from, classes, root)
+            return load_images(manifest, image_size, resize_mode, cache_dir=cache_dir,
+                               on_bad_image=on_bad_image, progress=progress)
+        return _file_set([path], None, None, image_size, resize_mode, cache_dir, on_bad_image, progress)
+    if isinstance(data, (list, tuple)) and all(_is_path(item) for item in data):
+        return _file_set([Path(p) for p in data], None, None, image_size, resize_mode, cache_dir, on_bad_image, progress)
+    raise ConfigError(
+        f"cannot read images from {type(data).__name__}; give a manifest or pixel CSV, a folder, "
+        f"image files, an array x or a pair (x, y)"
+    )
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+def _file_set(paths, labels, origins, image_size, resize_mode, cache_dir, on_bad_image, progress) -> ImageSet:
+    store = ImageStore(image_size, resize_mode, cache_dir)
+    frames, failures = store.frames(paths, progress=progress)
+    skipped = []
+    if failures:
+        first = min(failures)
+        where = f" ({origins[first]})" if origins else ""
+        if on_bad_image == "error":
+            raise ImageError(f"{failures[first]}{where}; fix or remove it, or use --on-bad-image skip")
+        for i in sorted(failures):
+            skipped.append((origins[i] if origins else str(paths[i]), failures[i]))
+        warnings.warn(
+            f"skipped {len(failures)} unreadable image(s), first: {failures[first]}{where}", stacklevel=3
+        )
+    keep = frames >= 0
+    kept_frames = frames[keep]
+    return ImageSet(
+        names=[str(p) for p, k in zip(paths, keep) if k],
+        labels=None if labels is None else [label for label, k in zip(labels, keep) if k],
+        read=lambda indices: store.read(kept_frames[np.asarray(indices)]),
+        image_size=tuple(image_size),
+        skipped=skipped,
+    )
+
+
+def _array_set(images: np.ndarray, labels: list[str] | None, image_size: tuple[int, int]) -> ImageSet:
+    pixels = to_uint8_images(images, image_size)
+    if labels is not None and len(labels) != len(pixels):
+        raise ConfigError(f"{len(pixels)} images but {len(labels)} labels")
+    return ImageSet(
+        names=[f"array[{i}]" for i in range(len(pixels))],
+        labels=labels,
+        read=lambda indices: pixels[np.asarray(indices)],
+        image_size=tuple(image_size),
+    )
+
+
+def to_uint8_images(images: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """``(N, H, W)``, ``(N, H, W, 1)`` or ``(N, H, W, 3)`` pixel values 0-255 -> uint8 RGB of ``image_size``."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., np.newaxis]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ConfigError(f"images must be (N, H, W), (N, H, W, 1) or (N, H, W, 3); got shape {images.shape}")
+    if images.dtype != np.uint8:
+        if images.size and (np.nanmin(images) < 0 or np.nanmax(images) > 255 or np.isnan(images).any()):
+            raise ConfigError("image arrays must hold pixel values from 0 to 255")
+        images = np.round(images).astype(np.uint8)
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    if images.shape[1:3] == tuple(image_size):
+        return images
+    height, width = image_size
+    return np.stack([
+        np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+        for image in images
+    ])
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """uint8 batches of an :class:`ImageSet`, with one-hot labels and sample weights when known.
+
+    The order of epoch ``e`` is a function of ``(seed, e)`` only, so a resumed run sees the same
+    batches as an uninterrupted one. ``shard=(index, count)`` keeps every ``count``-th sample of
+    each epoch's order, for one of several processes.
+    """
+
+    def __init__(
+        self,
+        images: ImageSet,
+        batch_size: int,
+        class_names: Sequence[str] | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        sample_weights: np.ndarray | None = None,
+        drop_remainder: bool = False,
+        shard: tuple[int, int] = (0, 1),
+        workers: int = 2,
+    ):
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=8)
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        self.images = images
+        self.batch_size = batch_size
+        self.targets = None
+        if class_names is not None:
+            self.targets = np.eye(len(class_names), dtype=np.float32)[images.label_indices(class_names)]
+        self.sample_weights = sample_weights
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_remainder = drop_remainder and len(images) >= batch_size * shard[1]
+        self.shard = shard
+        self.epoch = 0
+        self._order = self._epoch_order()
+
+    def _epoch_order(self) -> np.ndarray:
+        order = np.arange(len(self.images))
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
+        index, count = self.shard
+        usable = len(order) - len(order) % (self.batch_size * count) if self.drop_remainder else len(order)
+        return order[:usable][index::count]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Jump to the order of ``epoch`` (for resumed training)."""
+        self.epoch = epoch
+        self._order = self._epoch_order()
+
+    def __len__(self) -> int:
+        return math.ceil(len(self._order) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        selected = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        pixels = self.images.read(selected)
+        if self.targets is None:
+            return pixels
+        if self.sample_weights is None:
+            return pixels, self.targets[selected]
+        return pixels, self.targets[selected], self.sample_weights[selected]
+
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self.epoch + 1)

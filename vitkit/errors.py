@@ -1,0 +1,35 @@
+"""Error types: one per kind of user mistake, each message naming the file or row and the fix.
+
+The command line prints these as one line (``vitkit: error: ...``) and exits with status 2;
+anything else escaping is a bug in vitkit.
+"""
+
+from __future__ import annotations
+
+
+class VitkitError(Exception):
+    """Base class of every error vitkit raises on purpose."""
+
+
+class ManifestError(VitkitError):
+    """A manifest or pixel CSV cannot be used (columns, rows, classes, splits)."""
+
+
+class ImageError(VitkitError):
+    """An image file cannot be decoded or is refused (missing, corrupt, too large)."""
+
+
+class WeightsError(VitkitError):
+    """A weights file or checkpoint cannot be found, downloaded or mapped onto the model."""
+
+
+class ConfigError(VitkitError):
+    """A model or training option is out of range or inconsistent with another one."""
+
+
+class OutputExistsError(VitkitError):
+    """An output file exists and ``overwrite`` was not given."""
+
+
+class ResourceError(VitkitError):
+    """The accelerator or the host ran out of memory."""

@@ -1,0 +1,259 @@
+"""The image classifier: uint8 image -> scaling and augmentation -> ViT -> head -> class probabilities.
+
+A model is fully described by a :class:`ModelSpec`; the weights file stores that spec beside the
+weights, so :func:`vitkit.load_model` rebuilds the model from the file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import keras
+from keras import ops
+
+from vitkit.backbone import ViTConfig, VisionTransformer, gelu_tanh, resolve_config
+from vitkit.errors import ConfigError
+from vitkit.preprocessing import PREPROCESS_MODES, Augment, AugmentConfig, ScaleImages
+
+RESIZE_MODES = ("stretch", "pad", "crop")
+BACKBONE_LAYER = "vit"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a classifier.
+
+    Args:
+        class_names: class names in output order.
+        image_size: model input (height, width) in pixels.
+        backbone: backbone dimensions.
+        head_width: width of the head's hidden GELU layer (21 in the original recipe);
+            0 for a linear head.
+        preprocess: ``"tf"`` (scale to [-1, 1]) or ``"raw"`` (feed 0-255).
+        resize_mode: how images are brought to ``image_size`` before they reach the model:
+            ``stretch``, ``pad`` (keep aspect, letterbox) or ``crop`` (keep aspect, centre crop).
+        augment: training augmentation, ``AugmentConfig.off()`` for none.
+        seed: seed of the random layers (augmentation, dropout).
+    """
+
+    class_names: tuple[str, ...]
+    image_size: tuple[int, int]
+    backbone: ViTConfig
+    head_width: int = 21
+    preprocess: str = "tf"
+    resize_mode: str = "stretch"
+    augment: AugmentConfig = AugmentConfig()
+    seed: int | None = None
+
+    def __post_init__(self):
+        if len(self.class_names) < 2:
+            raise ConfigError(f"a classifier needs at least 2 classes, got {list(self.class_names)}")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ConfigError(f"class names must be unique, got {list(self.class_names)}")
+        if self.preprocess not in PREPROCESS_MODES:
+            raise ConfigError(f"preprocess must be one of {PREPROCESS_MODES}, got {self.preprocess!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ConfigError(f"resize mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.head_width < 0:
+            raise ConfigError(f"head width must be >= 0, got {self.head_width}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class_names": list(self.class_names),
+            "image_size": list(self.image_size),
+            "backbone": self.backbone.to_dict(),
+            "head_width": self.head_width,
+            "preprocess": self.preprocess,
+            "resize_mode": self.resize_mode,
+            "augment": self.augment.to_dict(),
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelSpec":
+        return cls(
+            class_names=tuple(values["class_names"]),
+            image_size=tuple(values["image_size"]),
+            backbone=ViTConfig.from_dict(values["backbone"]),
+            head_width=int(values.get("head_width", 21)),
+            preprocess=values.get("preprocess", "tf"),
+            resize_mode=values.get("resize_mode", "stretch"),
+            augment=AugmentConfig.from_dict(values.get("augment") or {}),
+            seed=values.get("seed"),
+        )
+
+
+def image_size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """``224`` or ``(224, 224)`` -> ``(224, 224)``, checked."""
+    pair = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(pair) != 2 or any(int(side) != side or side < 1 for side in pair):
+        raise ConfigError(f"image size must be a positive integer or (height, width), got {image_size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+@keras.saving.register_keras_serializable(package="vitkit")
+class ImageClassifier(keras.Model):
+    """A ViT classifier taking uint8 images ``(batch, H, W, 3)`` and returning probabilities.
+
+    Build it with :func:`build_model` or :func:`vitkit.load_model`; ``spec`` describes it and
+    ``class_names`` maps output columns to names.
+    """
+
+    def __init__(self, spec: ModelSpec | dict[str, Any], **kwargs):
+        if isinstance(spec, dict):
+            spec = ModelSpec.from_dict(spec)
+        height, width = spec.image_size
+        images = keras.Input((height, width, 3), dtype="uint8", name="images")
+        augment = Augment(spec.augment, seed=spec.seed, name="augment", dtype="float32")
+        scale = ScaleImages(spec.preprocess, name="scale")
+        backbone = VisionTransformer(**spec.backbone.to_dict(), seed=spec.seed, name=BACKBONE_LAYER)
+        head = _head_layers(spec)
+        pixels = ops.cast(images, "float32")
+        features = backbone(scale(augment(pixels)))
+        probabilities = _apply(head, features)
+        kwargs.setdefault("name", "vitkit_classifier")
+        super().__init__(inputs=images, outputs=probabilities, **kwargs)
+        self.spec = spec
+        self._parts = (augment, scale, backbone, head)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.spec.class_names)
+
+    @property
+    def backbone(self) -> VisionTransformer:
+        return self._parts[2]
+
+    def attention_model(self) -> keras.Model:
+        """A model sharing these weights that returns ``(probabilities, attention)``.
+
+        ``attention`` is ``(batch, layers, heads, tokens, tokens)``, from the same forward pass
+        as the probabilities. Build it once and reuse it: each call makes a new model.
+        """
+        return _WithAttention(self)
+
+    def get_config(self):
+        return {"spec": self.spec.to_dict(), "name": self.name, "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+class _WithAttention(keras.Model):
+    """Runs a classifier's layers with the backbone's explicit-attention path.
+
+    A subclassed model rather than a second functional graph: Keras' functional checks assume
+    a layer returns the same structure on every call, which the backbone does not.
+    """
+
+    def __init__(self, classifier: ImageClassifier):
+        super().__init__(name=f"{classifier.name}_with_attention")
+        self.classifier = classifier
+
+    def call(self, images):
+        augment, scale, backbone, head = self.classifier._parts
+        pixels = augment(ops.cast(images, "float32"))
+        features, attention = backbone(scale(pixels), return_attention=True)
+        return _apply(head, features), attention
+
+
+def _head_layers(spec: ModelSpec) -> list[keras.layers.Layer]:
+    """``BatchNorm -> Dense(head_width, gelu tanh) -> BatchNorm -> Dense(n, softmax)``."""
+    layers: list[keras.layers.Layer] = [keras.layers.BatchNormalization(name="head_norm_0")]
+    if spec.head_width:
+        layers += [
+            keras.layers.Dense(spec.head_width, activation=gelu_tanh, name="head_hidden"),
+            keras.layers.BatchNormalization(name="head_norm_1"),
+        ]
+    layers.append(
+        keras.layers.Dense(spec.num_classes, activation="softmax", dtype="float32", name="head_output")
+    )
+    return layers
+
+
+def _apply(layers: Sequence[keras.layers.Layer], x):
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+def build_model(
+    class_names: Sequence[str] | int,
+    backbone: str | ViTConfig | dict[str, Any] = "vit_b16",
+    weights: str | None = None,
+    image_size: int | Sequence[int] = 224,
+    head_width: int = 21,
+    preprocess: str = "tf",
+    resize_mode: str = "stretch",
+    augment: AugmentConfig | dict[str, Any] | bool | None = True,
+    seed: int | None = None,
+    **backbone_overrides: Any,
+) -> ImageClassifier:
+    """Build a ViT classifier, optionally starting from pretrained backbone weights.
+
+    Args:
+        class_names: class names in output order, or a number of classes (named ``0..n-1``).
+        backbone: preset name (``vit_b16``, ``vit_b32``, ``vit_l16``, ``vit_l32``, ``vit_s16``,
+            ``vit_ti16``, ``vit_small``, ``vit_micro``), a :class:`ViTConfig` or its dict.
+        weights: ``None``/``"none"`` (random), ``"imagenet21k"``,
+            ``"imagenet21k+imagenet2012"`` or a path to a Flax ``.npz`` checkpoint.
+        image_size: input size in pixels, an int or (height, width).
+        head_width: hidden width of the head (21 as in the original recipe; 0 for linear).
+        preprocess: ``"tf"`` to scale pixels to [-1, 1], ``"raw"`` to feed 0-255.
+        resize_mode: ``stretch``, ``pad`` or ``crop`` (applied when images are loaded).
+        augment: ``True`` for the default augmentation, ``False``/``None`` for none, or an
+            :class:`AugmentConfig` / dict of its fields.
+        seed: seed of augmentation and dropout randomness.
+        **backbone_overrides: ``patch_size``, ``num_layers``, ``hidden_size``, ``num_heads``,
+            ``mlp_dim``, ``dropout``, ``attention_dropout``, ``drop_path``,
+            ``representation_size``.
+
+    Returns:
+        An :class:`ImageClassifier` (a ``keras.Model``) taking uint8 images.
+
+    Example:
+        >>> model = build_model(["good", "bad"], backbone="vit_micro", image_size=32)
+        >>> model.predict(np.zeros((1, 32, 32, 3), "uint8")).shape
+        (1, 2)
+    """
+    if isinstance(class_names, int):
+        class_names = [str(i) for i in range(class_names)]
+    size = image_size_pair(image_size)
+    weights = None if weights in (None, "none") else weights
+    config = resolve_config(backbone, size, **backbone_overrides)
+    if weights is not None and config.representation_size is None:
+        from vitkit.weights import checkpoint_representation_size
+
+        config = dataclasses.replace(
+            config, representation_size=checkpoint_representation_size(weights, config)
+        )
+    spec = ModelSpec(
+        class_names=tuple(str(name) for name in class_names),
+        image_size=size,
+        backbone=config,
+        head_width=head_width,
+        preprocess=preprocess,
+        resize_mode=resize_mode,
+        augment=_augment_config(augment),
+        seed=seed,
+    )
+    model = ImageClassifier(spec)
+    if weights is not None:
+        from vitkit.weights import load_backbone_checkpoint
+
+        load_backbone_checkpoint(model.backbone, weights, size)
+    return model
+
+
+def _augment_config(augment: AugmentConfig | dict[str, Any] | bool | None) -> AugmentConfig:
+    if isinstance(augment, AugmentConfig):
+        return augment
+    if isinstance(augment, dict):
+        return AugmentConfig.from_dict(augment)
+    return AugmentConfig() if augment else AugmentConfig.off()

@@ -1,0 +1,119 @@
+"""Prediction: images -> class probabilities -> a table (and a titled grid)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from vitkit.data import ImageBatches, ImageSet, load_images
+from vitkit.figures import image_grid_figure, save_figure
+from vitkit.fileio import atomic_output, check_writable
+from vitkit.model import ImageClassifier
+
+
+def as_model(model: ImageClassifier | str | os.PathLike) -> ImageClassifier:
+    """A loaded classifier, loading it when given a path."""
+    if isinstance(model, ImageClassifier):
+        return model
+    from vitkit.modelfile import load_model
+
+    return load_model(model)
+
+
+def images_for(model: ImageClassifier, data: Any, **load_options: Any) -> ImageSet:
+    """Load ``data`` at the model's image size and resize mode."""
+    return load_images(data, model.spec.image_size, model.spec.resize_mode, **load_options)
+
+
+def predict_probabilities(model: ImageClassifier, images: ImageSet, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
+    """``(n, classes)`` probabilities for every image of the set."""
+    if not len(images):
+        return np.zeros((0, len(model.class_names)), dtype=np.float32)
+    return np.asarray(model.predict(ImageBatches(images, batch_size), verbose=verbose))
+
+
+def prediction_table(images: ImageSet, probabilities: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """One row per image: ``image``, ``predicted``, ``confidence``, ``true`` (if known), ``p_<class>``..."""
+    best = probabilities.argmax(axis=1)
+    table = pd.DataFrame({
+        "image": images.names,
+        "predicted": [class_names[i] for i in best],
+        "confidence": probabilities[np.arange(len(best)), best],
+    })
+    if images.labels is not None:
+        table["true"] = images.labels
+        table["correct"] = table["true"] == table["predicted"]
+    for i, name in enumerate(class_names):
+        table[f"p_{name}"] = probabilities[:, i]
+    return table
+
+
+def predict(
+    model: ImageClassifier | str | os.PathLike,
+    data: Any,
+    *,
+    out: str | os.PathLike | None = None,
+    grid: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    overwrite: bool = False,
+    **load_options: Any,
+) -> pd.DataFrame:
+    """Predict classes for images and optionally write ``predictions.csv`` and a 4x4 grid.
+
+    Args:
+        model: a classifier or a model file.
+        data: manifest, folder, image files, or arrays (see :func:`vitkit.data.load_images`).
+        out: CSV file for the table.
+        grid: image file (PNG/PDF) with the first 16 images titled by prediction, green when
+            right and red when wrong if the true classes are known.
+        batch_size: images per prediction step.
+        overwrite: replace existing output files.
+        **load_options: ``cache_dir``, ``on_bad_image``, ``label_from``, ``classes``, ``root``.
+
+    Returns:
+        The prediction table (see :func:`prediction_table`).
+
+    Example:
+        >>> table = vitkit.predict("models/products.weights.h5", "examples/photos/mug")
+        >>> table[["image", "predicted", "confidence"]].head()
+    """
+    for target in (out, grid):
+        if target is not None:
+            check_writable(target, overwrite)
+    model = as_model(model)
+    images = images_for(model, data, **load_options)
+    probabilities = predict_probabilities(model, images, batch_size)
+    table = prediction_table(images, probabilities, model.class_names)
+    if out is not None:
+        write_table(table, out, overwrite)
+        if images.skipped:
+            skipped = Path(out).with_name(Path(out).stem + ".skipped.csv")
+            write_table(pd.DataFrame(images.skipped, columns=["image", "reason"]), skipped, True)
+    if grid is not None and len(table):
+        shown = min(len(table), 16)
+        save_figure(prediction_grid(images, table, shown), grid, overwrite)
+    return table
+
+
+def prediction_grid(images: ImageSet, table: pd.DataFrame, count: int):
+    """A grid of the first ``count`` images titled with prediction and confidence."""
+    pixels = images.read(np.arange(count))
+    titles, verdicts = [], []
+    for _, row in table.head(count).iterrows():
+        title = f"{Path(row['image']).name}\n{row['predicted']} ({row['confidence']:.0%})"
+        if "true" in row:
+            title += f"\ntrue: {row['true']}"
+        titles.append(title)
+        verdicts.append(bool(row["correct"]) if "correct" in row else None)
+    return image_grid_figure(list(pixels), titles, verdicts if "correct" in table else None)
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write a table as UTF-8 CSV, atomically."""
+    with atomic_output(path, overwrite=overwrite) as temporary:
+        table.to_csv(temporary, index=False, float_format="%.6g")
+    return Path(path)

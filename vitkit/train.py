@@ -1,0 +1,376 @@
+"""Fine-tuning and training from scratch with Keras ``fit``.
+
+Outputs, for ``--out models/NAME.weights.h5``: the best model (by validation loss) written
+atomically whenever it improves, ``NAME.history.csv``, ``NAME.curves.png`` and, while the run
+is going, ``NAME.run/`` from which ``resume=True`` continues an interrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+
+from vitkit.backbone import PRESETS
+from vitkit.data import ImageBatches, ImageSet, load_images
+from vitkit.device import is_out_of_memory, out_of_memory_error, resolve_precision
+from vitkit.errors import ConfigError, ManifestError
+from vitkit.figures import history_figure, save_figure
+from vitkit.fileio import check_writable, write_text_atomic
+from vitkit.manifest import Manifest, read_manifest, stratified_split
+from vitkit.model import ImageClassifier, build_model, image_size_pair
+from vitkit.runstate import RunKeeper
+
+PRETRAINED_PRESETS = ("vit_b16", "vit_b32", "vit_l16", "vit_l32")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` produced."""
+
+    model: ImageClassifier
+    model_path: Path
+    history: list[dict[str, float]]
+    history_path: Path
+    curves_path: Path
+    best_epoch: int | None
+    skipped_path: Path | None = None
+
+
+def output_paths(out: str | Path) -> dict[str, Path]:
+    """Files written beside ``models/NAME.weights.h5``."""
+    out = Path(out)
+    if not out.name.endswith(".weights.h5"):
+        raise ConfigError(f"--out must end in .weights.h5, got {out}")
+    stem = out.name[: -len(".weights.h5")]
+    return {
+        "model": out,
+        "history": out.with_name(f"{stem}.history.csv"),
+        "curves": out.with_name(f"{stem}.curves.png"),
+        "skipped": out.with_name(f"{stem}.skipped.csv"),
+        "run": out.with_name(f"{stem}.run"),
+    }
+
+
+def train(
+    train_data: Any,
+    val_data: Any = None,
+    *,
+    out: str | Path,
+    backbone: str = "vit_b16",
+    weights: str | None = "auto",
+    image_size: int | Sequence[int] = 224,
+    epochs: int = 10,
+    batch_size: int = 16,
+    learning_rate: float = 1e-4,
+    optimizer: str = "adam",
+    weight_decay: float = 0.05,
+    schedule: str = "constant",
+    warmup_epochs: int = 0,
+    label_smoothing: float = 0.0,
+    class_weights: str | dict[str, float] | None = None,
+    freeze_backbone_epochs: int = 0,
+    augment: bool | dict[str, Any] = True,
+    head_width: int = 21,
+    preprocess: str = "tf",
+    resize_mode: str = "stretch",
+    patience: int = 5,
+    reduce_lr_patience: int = 2,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    precision: str = "auto",
+    classes: Sequence[str] | None = None,
+    label_from: str = "auto",
+    root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    on_bad_image: str = "skip",
+    resume: bool = False,
+    overwrite: bool = False,
+    verbose: int | None = None,
+    **backbone_overrides: Any,
+) -> TrainResult:
+    """Train a ViT classifier and save the best epoch to ``out``.
+
+    Args:
+        train_data: training images: a manifest CSV (if it has a ``split`` column, its
+            ``train`` rows, and its ``val`` rows for validation), a pixel CSV, a folder tree,
+            ``(x, y)`` arrays or a :class:`~vitkit.data.ImageSet`.
+        val_data: validation images in the same forms; by default ``val_fraction`` of the
+            training images, stratified and seeded.
+        out: model file, ``models/NAME.weights.h5``.
+        backbone: preset name (see :data:`vitkit.backbone.PRESETS`).
+        weights: ``auto`` (ImageNet-21k for the B/L presets, none for the small ones),
+            ``none``, ``imagenet21k``, ``imagenet21k+imagenet2012`` or a ``.npz`` path.
+        image_size: input size, int or (height, width).
+        epochs: most epochs to train (early stopping may end sooner).
+        batch_size: images per step.
+        learning_rate: peak learning rate.
+        optimizer: ``adam`` or ``adamw`` (with ``weight_decay``).
+        schedule: ``constant`` (with plateau reduction) or ``cosine`` (with ``warmup_epochs``).
+        label_smoothing: cross-entropy label smoothing.
+        class_weights: ``balanced``, a dict class -> weight, or None.
+        freeze_backbone_epochs: epochs that train only the head before the backbone joins.
+        augment: training augmentation (True/False or options, see
+            :class:`~vitkit.preprocessing.AugmentConfig`).
+        head_width: hidden width of the head (21 in the original recipe).
+        preprocess: ``tf`` (pixels to [-1, 1]) or ``raw``.
+        resize_mode: ``stretch``, ``pad`` or ``crop``.
+        patience: early-stopping patience in epochs (0 disables early stopping).
+        reduce_lr_patience: epochs without improvement before halving the learning rate.
+        val_fraction: share of training images held out when ``val_data`` is None.
+        seed: seed of splits, shuffling, augmentation and initialization; fixed seed and data
+            give identical weights on CPU.
+        precision: ``auto`` (bfloat16 mixed precision on GPU/TPU, float32 on CPU),
+            ``float32``, ``mixed_bfloat16`` or ``mixed_float16``.
+        classes: class names in output order (default: sorted classes of the training data).
+        label_from, root: how manifests give classes and where relative paths start.
+        cache_dir: decoded-image cache folder.
+        on_bad_image: ``skip`` (warn, list in ``NAME.skipped.csv``) or ``error``.
+        resume: continue the interrupted run of the same ``out`` and options.
+        overwrite: replace existing outputs.
+        verbose: Keras verbosity (default: progress bar on a terminal, a line per epoch otherwise).
+        **backbone_overrides: backbone dimensions (``patch_size``, ``num_layers``, ...).
+
+    Returns:
+        A :class:`TrainResult` whose model holds the best epoch's weights.
+
+    Example:
+        >>> result = vitkit.train("data_manifests/products/train.csv",
+        ...                       "data_manifests/products/val.csv",
+        ...                       backbone="vit_micro", image_size=48, epochs=5,
+        ...                       out="models/products.weights.h5")
+    """
+    _check_choices(optimizer, schedule, epochs, freeze_backbone_epochs, batch_size)
+    paths = output_paths(out)
+    size = image_size_pair(image_size)
+    weights = _resolve_weights(weights, backbone)
+    options = {
+        "backbone": backbone, "weights": weights, "image_size": list(size), "epochs": epochs,
+        "batch_size": batch_size, "learning_rate": learning_rate, "optimizer": optimizer,
+        "weight_decay": weight_decay, "schedule": schedule, "warmup_epochs": warmup_epochs,
+        "label_smoothing": label_smoothing, "class_weights": class_weights,
+        "freeze_backbone_epochs": freeze_backbone_epochs, "augment": augment,
+        "head_width": head_width, "preprocess": preprocess, "resize_mode": resize_mode,
+        "patience": patience, "reduce_lr_patience": reduce_lr_patience,
+        "val_fraction": val_fraction, "seed": seed, "precision": precision,
+        "classes": list(classes) if classes else None, **backbone_overrides,
+    }
+    _prepare_outputs(paths, resume, overwrite)
+    _seed_everything(seed)
+
+    train_set, val_set = _datasets(train_data, val_data, size, resize_mode, val_fraction, seed,
+                                   label_from, classes, root, cache_dir, on_bad_image)
+    class_names = list(classes) if classes else sorted(set(train_set.labels))
+    _check_classes(train_set, val_set, class_names)
+    skipped_path = _write_skipped(paths["skipped"], train_set, val_set)
+
+    precision = resolve_precision(precision)
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        model = build_model(
+            class_names, backbone, weights, size, head_width=head_width, preprocess=preprocess,
+            resize_mode=resize_mode, augment=augment, seed=seed, **backbone_overrides,
+        )
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    sample_weights = _sample_weights(train_set, class_names, class_weights)
+    batches = ImageBatches(train_set, batch_size, class_names, shuffle=True, seed=seed,
+                           sample_weights=sample_weights, drop_remainder=True)
+    val_batches = ImageBatches(val_set, batch_size, class_names) if val_set is not None else None
+    monitor = "val_loss" if val_batches is not None else "loss"
+
+    early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, patience=patience or epochs + 1)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=reduce_lr_patience, min_lr=1e-7)
+    stateful = [early_stopping] + ([plateau] if schedule == "constant" else [])
+    keeper = RunKeeper(paths["model"], paths["run"], paths["history"], monitor, options, stateful,
+                       extra_metadata={"training": options})
+    state = keeper.load_state() if resume else None
+    if resume and state is None:
+        print(f"no interrupted run in {paths['run']}; starting from the first epoch", file=sys.stderr)
+    done = state["epochs_done"] if state else 0
+
+    phases = [(0, min(freeze_backbone_epochs, epochs), False), (min(freeze_backbone_epochs, epochs), epochs, True)]
+    try:
+        for start, end, backbone_trainable in phases:
+            if end <= start or done >= end:
+                continue
+            model.backbone.trainable = backbone_trainable
+            model.compile(
+                optimizer=_optimizer(optimizer, learning_rate, weight_decay, schedule, warmup_epochs, epochs - start, len(batches)),
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+            )
+            if state and done > start:
+                keeper.restore_into(model, state)
+            elif state and done == start:
+                model.load_weights(paths["run"] / state["weights"])
+            initial = max(start, done)
+            batches.set_epoch(initial)
+            model.fit(
+                batches, validation_data=val_batches, epochs=end, initial_epoch=initial,
+                callbacks=stateful + [keeper], verbose=_verbosity(verbose),
+            )
+            done = end
+            if early_stopping.stopped_epoch:
+                break
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"training interrupted; continue it with --resume (state in {paths['run']})") from None
+    except Exception as error:
+        if is_out_of_memory(error):
+            raise out_of_memory_error(batch_size, precision) from None
+        raise
+
+    if keeper.best_epoch is None:
+        raise ConfigError(f"training produced no finite {monitor}; lower the learning rate ({learning_rate})")
+    model.load_weights(paths["model"])
+    save_figure(history_figure(keeper.history), paths["curves"])
+    keeper.finish()
+    return TrainResult(model, paths["model"], keeper.history, paths["history"], paths["curves"],
+                       keeper.best_epoch, skipped_path)
+
+
+def _check_choices(optimizer: str, schedule: str, epochs: int, freeze: int, batch_size: int) -> None:
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    if freeze < 0:
+        raise ConfigError(f"freeze_backbone_epochs must be >= 0, got {freeze}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+
+
+def _resolve_weights(weights: str | None, backbone: str) -> str | None:
+    if weights == "auto":
+        return "imagenet21k" if backbone in PRETRAINED_PRESETS else None
+    return None if weights in (None, "none") else str(weights)
+
+
+def _prepare_outputs(paths: dict[str, Path], resume: bool, overwrite: bool) -> None:
+    has_state = (paths["run"] / "state.json").is_file()
+    if resume:
+        return
+    if has_state and not overwrite:
+        raise ConfigError(
+            f"{paths['run']} holds an interrupted run; continue it with --resume, or pass "
+            f"--overwrite to start again"
+        )
+    for key in ("model", "history", "curves"):
+        check_writable(paths[key], overwrite)
+    shutil.rmtree(paths["run"], ignore_errors=True)
+
+
+def _seed_everything(seed: int) -> None:
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def _datasets(train_data, val_data, size, resize_mode, val_fraction, seed, label_from, classes,
+              root, cache_dir, on_bad_image) -> tuple[ImageSet, ImageSet | None]:
+    def load(data):
+        return load_images(data, size, resize_mode, label_from=label_from, classes=classes, root=root,
+                           cache_dir=cache_dir, on_bad_image=on_bad_image)
+
+    if val_data is None and isinstance(train_data, (str, Path)) and str(train_data).lower().endswith(".csv"):
+        manifest = _manifest_if_split(Path(train_data), label_from, classes, root)
+        if manifest is not None:
+            train_data, val_data = manifest.split("train"), manifest.split("val")
+            if not len(val_data):
+                val_data = None
+    train_set = load(train_data)
+    if train_set.labels is None:
+        raise ManifestError("training images need classes: give a manifest, a pixel CSV or (x, y)")
+    if val_data is not None:
+        return train_set, load(val_data)
+    if val_fraction <= 0:
+        return train_set, None
+    splits = stratified_split(train_set.labels, val_fraction, 0.0, seed)
+    train_rows = [i for i, s in enumerate(splits) if s == "train"]
+    val_rows = [i for i, s in enumerate(splits) if s == "val"]
+    if not val_rows:
+        return train_set, None
+    return train_set.subset(train_rows), train_set.subset(val_rows)
+
+
+def _manifest_if_split(path: Path, label_from, classes, root) -> Manifest | None:
+    from vitkit.pixelcsv import is_pixel_csv
+
+    if is_pixel_csv(path):
+        return None
+    manifest = read_manifest(path, label_from, classes, root)
+    return manifest if manifest.has_splits else None
+
+
+def _check_classes(train_set: ImageSet, val_set: ImageSet | None, class_names: list[str]) -> None:
+    if len(class_names) < 2:
+        raise ManifestError(f"training data has only the class(es) {class_names}; a classifier needs at least two")
+    counts = Counter(train_set.labels)
+    missing = [name for name in class_names if counts[name] == 0]
+    if missing:
+        raise ManifestError(f"no training images for class(es) {missing}; add images or drop them from --classes")
+    train_set.label_indices(class_names)
+    if val_set is not None:
+        val_set.label_indices(class_names)
+
+
+def _write_skipped(path: Path, *sets: ImageSet | None) -> Path | None:
+    rows = [row for image_set in sets if image_set is not None for row in image_set.skipped]
+    if not rows:
+        return None
+    lines = ["image,reason"] + [f'"{where}","{reason}"' for where, reason in
+                               ((w.replace('"', '""'), r.replace('"', '""')) for w, r in rows)]
+    return write_text_atomic(path, "\n".join(lines) + "\n", overwrite=True)
+
+
+def _sample_weights(train_set: ImageSet, class_names: list[str], class_weights) -> np.ndarray | None:
+    if class_weights is None:
+        return None
+    indices = train_set.label_indices(class_names)
+    if class_weights == "balanced":
+        counts = np.bincount(indices, minlength=len(class_names))
+        per_class = len(indices) / (len(class_names) * np.maximum(counts, 1))
+    elif isinstance(class_weights, dict):
+        unknown = sorted(set(class_weights) - set(class_names))
+        if unknown:
+            raise ConfigError(f"class weights name unknown class(es) {unknown}")
+        per_class = np.array([float(class_weights.get(name, 1.0)) for name in class_names])
+    else:
+        raise ConfigError(f"class_weights must be 'balanced' or a dict, got {class_weights!r}")
+    return per_class[indices].astype(np.float32)
+
+
+def _optimizer(name: str, learning_rate: float, weight_decay: float, schedule: str,
+               warmup_epochs: int, epochs: int, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    rate: float | keras.optimizers.schedules.LearningRateSchedule = learning_rate
+    if schedule == "cosine":
+        warmup = warmup_epochs * steps_per_epoch
+        rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else learning_rate,
+            decay_steps=max(epochs * steps_per_epoch - warmup, 1),
+            warmup_target=learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate=rate, weight_decay=weight_decay)
+    return keras.optimizers.Adam(learning_rate=rate)
+
+
+def _verbosity(verbose: int | None) -> int:
+    if verbose is not None:
+        return verbose
+    return 1 if sys.stdout.isatty() else 2

@@ -1,0 +1,319 @@
+"""Pretrained ViT checkpoints: where they come from, where they are cached, how they map by name.
+
+Checkpoints are the original Flax ``.npz`` files (the ones vit-keras reads), named
+``ViT-{B,L}_{16,32}_{imagenet21k,imagenet21k+imagenet2012}.npz``. They are looked for in
+``$VITKIT_HOME/weights`` (default ``~/.keras/vitkit/weights``) and in vit-keras' own cache
+``~/.keras/weights``, then downloaded. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from vitkit.backbone import ViTConfig
+from vitkit.errors import WeightsError
+from vitkit.fileio import atomic_output
+from vitkit.progress import Progress
+
+WEIGHT_NAMES = ("imagenet21k", "imagenet21k+imagenet2012")
+
+_SIZES = {  # checkpoint size name -> (preset, patch, layers, hidden)
+    "B_16": ("vit_b16", 16, 12, 768),
+    "B_32": ("vit_b32", 32, 12, 768),
+    "L_16": ("vit_l16", 16, 24, 1024),
+    "L_32": ("vit_l32", 32, 24, 1024),
+}
+_SOURCES = (
+    "https://storage.googleapis.com/vit_models/{weights_url}/ViT-{size}.npz",
+    "https://github.com/faustomorales/vit-keras/releases/download/dl/ViT-{size}_{weights_url}.npz",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A published checkpoint: its file name, download addresses and what it contains."""
+
+    size: str
+    weights: str
+    urls: tuple[str, ...]
+
+    @property
+    def file_name(self) -> str:
+        return f"ViT-{self.size}_{self.weights}.npz"
+
+    @property
+    def backbone(self) -> str:
+        return _SIZES[self.size][0]
+
+    @property
+    def has_representation(self) -> bool:
+        """ImageNet-21k checkpoints carry a ``pre_logits`` tanh layer of the hidden width."""
+        return self.weights == "imagenet21k"
+
+
+CHECKPOINTS: dict[str, Checkpoint] = {}
+for _size in _SIZES:
+    for _weights in WEIGHT_NAMES:
+        _quoted = _weights.replace("+", "%2B")
+        _checkpoint = Checkpoint(
+            _size, _weights, tuple(url.format(size=_size, weights_url=_quoted) for url in _SOURCES)
+        )
+        CHECKPOINTS[_checkpoint.file_name] = _checkpoint
+
+
+def vitkit_home() -> Path:
+    """``$VITKIT_HOME``, or ``~/.keras/vitkit``."""
+    return Path(os.environ.get("VITKIT_HOME") or Path.home() / ".keras" / "vitkit")
+
+
+def weights_dirs() -> list[Path]:
+    """Folders searched for checkpoints, first is where downloads go."""
+    return [vitkit_home() / "weights", Path.home() / ".keras" / "weights"]
+
+
+def find_checkpoint(weights: str, config: ViTConfig) -> Checkpoint:
+    """The published checkpoint for a weight name and backbone dimensions."""
+    for size, (_, patch, layers, hidden) in _SIZES.items():
+        if (config.patch_size, config.num_layers, config.hidden_size) == (patch, layers, hidden):
+            return CHECKPOINTS[f"ViT-{size}_{weights}.npz"]
+    raise WeightsError(
+        f"pretrained {weights!r} weights exist only for vit_b16, vit_b32, vit_l16 and vit_l32; "
+        f"this backbone has patch {config.patch_size}, {config.num_layers} layers, width "
+        f"{config.hidden_size}: use --weights none, or a matching backbone"
+    )
+
+
+def checkpoint_representation_size(weights: str, config: ViTConfig) -> int | None:
+    """Width of the checkpoint's ``pre_logits`` layer (None when it has none)."""
+    if weights in WEIGHT_NAMES:
+        return config.hidden_size if find_checkpoint(weights, config).has_representation else None
+    with _open_npz(Path(weights)) as arrays:
+        return arrays["pre_logits/kernel"].shape[1] if "pre_logits/kernel" in arrays.files else None
+
+
+def resolve_checkpoint(weights: str, config: ViTConfig, download: bool = True) -> Path:
+    """Path of a checkpoint given a weight name or a path; downloads a named one when missing."""
+    if weights not in WEIGHT_NAMES:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsError(
+                f"weights file {path} not found; give an existing .npz checkpoint or one of "
+                f"{', '.join(WEIGHT_NAMES)}, none"
+            )
+        return path
+    checkpoint = find_checkpoint(weights, config)
+    for folder in weights_dirs():
+        candidate = folder / checkpoint.file_name
+        if candidate.is_file():
+            verify_recorded_checksum(candidate)
+            return candidate
+    if not download:
+        raise WeightsError(_missing_message(checkpoint, "it is not in the cache"))
+    return download_checkpoint(checkpoint)
+
+
+def _missing_message(checkpoint: Checkpoint, reason: str) -> str:
+    target = weights_dirs()[0] / checkpoint.file_name
+    return (
+        f"cannot get {checkpoint.file_name}: {reason}. Download it on a connected machine from "
+        f"{checkpoint.urls[0]} and put it at {target} (set VITKIT_HOME to use another folder), "
+        f"or pass --weights /path/to/{checkpoint.file_name}"
+    )
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checksum_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def verify_recorded_checksum(path: Path) -> None:
+    """Check a cached file against the SHA-256 recorded when it was downloaded (if any)."""
+    record = _checksum_file(path)
+    if record.is_file() and record.read_text().split()[0] != sha256_of(path):
+        raise WeightsError(
+            f"{path} does not match the checksum recorded at download ({record}); it was changed "
+            f"or damaged: delete it and download it again with `vitkit weights download`"
+        )
+
+
+def download_checkpoint(checkpoint: Checkpoint, sha256: str | None = None) -> Path:
+    """Download a checkpoint into the cache with a progress bar, atomically.
+
+    The SHA-256 is checked against ``sha256`` when given and recorded beside the file, so later
+    uses detect a damaged copy. Tries each published address in turn.
+    """
+    target = weights_dirs()[0] / checkpoint.file_name
+    failures = []
+    for url in checkpoint.urls:
+        try:
+            with atomic_output(target, overwrite=True) as temporary:
+                digest = _fetch(url, temporary, checkpoint.file_name)
+                if sha256 and digest != sha256.lower():
+                    raise WeightsError(
+                        f"{checkpoint.file_name} from {url} has SHA-256 {digest}, expected {sha256}; "
+                        f"the download is damaged or the file changed upstream"
+                    )
+            _checksum_file(target).write_text(f"{digest}  {checkpoint.file_name}\n")
+            return target
+        except (urllib.error.URLError, OSError, TimeoutError) as error:
+            failures.append(f"{url}: {getattr(error, 'reason', error)}")
+    raise WeightsError(_missing_message(checkpoint, "download failed (" + "; ".join(failures) + ")"))
+
+
+def _fetch(url: str, destination: Path, label: str) -> str:
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(url, timeout=30) as response, open(destination, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0)
+        with Progress(total, f"downloading {label} (bytes)") as bar:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                digest.update(block)
+                bar.update(len(block))
+        if total and out.tell() != total:
+            raise OSError(f"connection closed after {out.tell()} of {total} bytes")
+    return digest.hexdigest()
+
+
+class _NpzArchive:
+    def __init__(self, path: Path):
+        try:
+            self._archive = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:
+            raise WeightsError(f"{path} is not a readable .npz checkpoint ({error})") from None
+        if not hasattr(self._archive, "files"):
+            raise WeightsError(f"{path} holds a single array, not a ViT checkpoint (.npz with named arrays)")
+        self.files = self._archive.files
+        self.path = path
+
+    def keys(self) -> list[str]:
+        return list(self.files)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.files
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            return self._archive[key]
+        except ValueError as error:  # object arrays would need pickle
+            raise WeightsError(f"{self.path}: array {key!r} cannot be read safely ({error})") from None
+
+    def __enter__(self) -> "_NpzArchive":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._archive.close()
+
+
+def _open_npz(path: Path) -> _NpzArchive:
+    return _NpzArchive(path)
+
+
+# Variable names inside vitkit's backbone (after the backbone's own name) -> Flax names.
+_LEAF_NAMES = {"gamma": "scale", "beta": "bias"}
+
+
+def flax_name(relative_path: str) -> str:
+    """``encoderblock_0/LayerNorm_0/gamma`` -> ``Transformer/encoderblock_0/LayerNorm_0/scale``."""
+    parts = relative_path.split("/")
+    parts[-1] = _LEAF_NAMES.get(parts[-1], parts[-1])
+    if parts[0] == "class_token":
+        return "cls"
+    if parts[0].startswith("encoderblock_") or parts[0] in ("posembed_input", "encoder_norm"):
+        parts.insert(0, "Transformer")
+    return "/".join(parts)
+
+
+def backbone_arrays(arrays: Mapping[str, np.ndarray], variables: Iterable, grid: tuple[int, int], source: str) -> list[np.ndarray]:
+    """Arrays for each backbone variable, by Flax name, reshaped and checked; nothing assigned yet.
+
+    Raises a :class:`WeightsError` naming what differs (depth, width, patch size, ...) before
+    any variable is touched, so a mismatch never leaves a half-loaded model.
+    """
+    variables = list(variables)
+    _check_depth(arrays, variables, source)
+    values = []
+    for variable in variables:
+        relative = variable.path.split("/", 1)[1]
+        key = flax_name(relative)
+        if key not in arrays:
+            raise WeightsError(f"{source} has no {key!r}, which the backbone needs ({variable.path})")
+        value = np.asarray(arrays[key])
+        if relative == "posembed_input/pos_embedding":
+            value = resize_position_embedding(value, grid)
+        if value.size != np.prod(variable.shape):
+            raise WeightsError(
+                f"{source}: {key} has shape {value.shape}, the backbone expects {tuple(variable.shape)}"
+                f"{_shape_hint(relative, value.shape, tuple(variable.shape))}"
+            )
+        values.append(value.reshape(variable.shape))
+    return values
+
+
+def _check_depth(arrays: Mapping[str, np.ndarray], variables: list, source: str) -> None:
+    def blocks(names: Iterable[str]) -> set[str]:
+        return {part for name in names for part in name.split("/") if part.startswith("encoderblock_")}
+
+    have, need = len(blocks(arrays.keys())), len(blocks(v.path for v in variables))
+    if have != need:
+        raise WeightsError(f"{source} has {have} encoder blocks, the backbone has {need}: use a backbone of depth {have}")
+
+
+def _shape_hint(relative: str, found: tuple, expected: tuple) -> str:
+    if relative == "embedding/kernel" and found[:2] != expected[:2]:
+        return f" (patch size {found[0]} in the file, {expected[0]} in the backbone)"
+    if found and expected and found[-1] != expected[-1]:
+        return f" (width {found[-1]} in the file, {expected[-1]} in the backbone)"
+    return ""
+
+
+def resize_position_embedding(embedding: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Resample a ``(1, 1 + n*n, D)`` position embedding to a ``grid`` of patches.
+
+    Bilinear with aligned corners (the resampling vit-keras applies), class token untouched.
+    """
+    tokens = embedding.shape[1] - 1
+    side = int(round(np.sqrt(tokens)))
+    if side * side != tokens:
+        raise WeightsError(f"position embedding of {tokens} patch tokens is not a square grid")
+    if (side, side) == tuple(grid):
+        return embedding
+    table = embedding[0, 1:].reshape(side, side, -1).astype(np.float64)
+    table = _linear_resize(_linear_resize(table, grid[0], axis=0), grid[1], axis=1)
+    resized = np.concatenate([embedding[0, :1], table.reshape(grid[0] * grid[1], -1)], axis=0)
+    return resized[np.newaxis].astype(embedding.dtype)
+
+
+def _linear_resize(values: np.ndarray, size: int, axis: int) -> np.ndarray:
+    length = values.shape[axis]
+    if size == length:
+        return values
+    positions = np.linspace(0.0, length - 1.0, size) if size > 1 else np.zeros(1)
+    low = np.floor(positions).astype(int)
+    high = np.minimum(low + 1, length - 1)
+    weight = (positions - low).reshape([-1 if i == axis else 1 for i in range(values.ndim)])
+    return np.take(values, low, axis=axis) * (1 - weight) + np.take(values, high, axis=axis) * weight
+
+
+def load_backbone_checkpoint(backbone, weights: str, image_size: tuple[int, int]) -> Path:
+    """Load a Flax ``.npz`` checkpoint (named or a path) into a built backbone, all or nothing."""
+    path = resolve_checkpoint(weights, backbone.config)
+    with _open_npz(path) as arrays:
+        values = backbone_arrays(arrays, backbone.weights, backbone.grid_shape(image_size), str(path))
+    for variable, value in zip(backbone.weights, values):
+        variable.assign(value)
+    return path
