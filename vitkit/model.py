@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
-from vitkit.backbone import ViTConfig, VisionTransformer, gelu_tanh, resolve_config
+from vitkit.backbone import VisionTransformer, gelu_tanh
+from vitkit.config import ViTConfig, resolve_config
 from vitkit.errors import ConfigError
 from vitkit.preprocessing import PREPROCESS_MODES, Augment, AugmentConfig, ScaleImages
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from vitkit.backbone import PRESETS
+from vitkit.config import PRESETS
 from vitkit.data import ImageBatches, ImageSet, load_images
 from vitkit.device import is_out_of_memory, out_of_memory_error, resolve_precision
 from vitkit.errors import ConfigError, ManifestError

@@ -18,7 +18,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from vitkit.backbone import ViTConfig
+from vitkit.config import ViTConfig
 from vitkit.errors import WeightsError
 from vitkit.fileio import atomic_output
 from vitkit.progress import Progress

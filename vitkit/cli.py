@@ -1,0 +1,408 @@
+"""The ``vitkit`` command: a thin argparse layer over the Python API.
+
+Every subcommand maps its options onto one API call; errors vitkit raises on purpose
+(:class:`~vitkit.errors.VitkitError`) are printed as one line and exit with status 2.
+Keras is imported only after the options are parsed, so ``--backend`` takes effect and
+``vitkit --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+_DESCRIPTION = """\
+Fine-tune Vision Transformers on product photos, save one .weights.h5 file, reload it to
+evaluate and predict, and see what the model looks at.
+
+A typical session:
+  vitkit manifest build photos/ -o data_manifests/products     # one sub-folder per class
+  vitkit train data_manifests/products/train.csv --val data_manifests/products/val.csv \\
+        --backbone vit_b16 --weights imagenet21k --out models/products.weights.h5
+  vitkit evaluate models/products.weights.h5 data_manifests/products/test.csv --out report/
+  vitkit predict models/products.weights.h5 new_photos/ --out predictions.csv --grid grid.png
+
+Try it first on the bundled sample photos: vitkit demo
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend
+    warnings.showwarning = _show_warning
+    from vitkit.errors import VitkitError
+
+    try:
+        _start_keras()
+        return int(args.run(args) or 0)
+    except VitkitError as error:
+        print(f"vitkit: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as interrupt:
+        detail = f": {interrupt}" if str(interrupt) else ""
+        print(f"vitkit: interrupted{detail}", file=sys.stderr)
+        return 130
+
+
+def _start_keras() -> None:
+    """Import Keras, hiding the backend's native start-up log lines (CUDA probing, CPU features).
+
+    Those lines bypass Python logging; ``TF_CPP_MIN_LOG_LEVEL=0`` shows them.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        import keras  # noqa: F401
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"vitkit: warning: {message}", file=file or sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitkit", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    from vitkit import __version__
+
+    parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
+    parser.add_argument(
+        "--backend", choices=BACKENDS,
+        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for add in (_add_demo, _add_manifest, _add_train, _add_evaluate, _add_predict):
+        add(commands)
+    return parser
+
+
+def _command(commands, name: str, help: str, run: Callable[[argparse.Namespace], int | None],
+             description: str | None = None) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        name, help=help, description=description or help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+# Shared option groups ------------------------------------------------------------------------
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reading images")
+    group.add_argument(
+        "--label-from", choices=("auto", "label", "type_dir", "substring"), default="auto",
+        help="class of a manifest row: auto = the label column if present, else type_dir; "
+             "substring = the --classes name contained in type_dir (the old notebooks' rule)",
+    )
+    group.add_argument("--classes", type=_name_list, metavar="A,B,C",
+                       help="class names in output order (default: sorted names found)")
+    group.add_argument("--root", type=Path, metavar="DIR",
+                       help="folder that relative base_path values start from (default: the manifest's folder)")
+    group.add_argument("--cache-dir", type=Path, metavar="DIR",
+                       help="decoded-image cache (default: $VITKIT_CACHE_DIR or ~/.keras/vitkit/cache)")
+    group.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
+                       help="skip unreadable images with a warning and list them beside the outputs "
+                            "(default), or stop at the first one")
+
+
+def _load_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "label_from": args.label_from, "classes": args.classes, "root": args.root,
+        "cache_dir": args.cache_dir, "on_bad_image": args.on_bad_image,
+    }
+
+
+def _add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def _name_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give class names separated by commas, e.g. good,scratch,dent")
+    return names
+
+
+def _image_size(text: str) -> int | tuple[int, int]:
+    try:
+        parts = [int(part) for part in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1 and parts[0] > 0:
+        return parts[0]
+    if len(parts) == 2 and min(parts) > 0:
+        return parts[0], parts[1]
+    raise argparse.ArgumentTypeError(f"image size is a positive integer or HEIGHTxWIDTH, got {text!r}")
+
+
+def _inputs(values: Sequence[str]) -> Any:
+    """One manifest, pixel CSV or folder as given; several files as a list."""
+    return values[0] if len(values) == 1 else [Path(value) for value in values]
+
+
+# demo ------------------------------------------------------------------------------------------
+
+def _add_demo(commands) -> None:
+    parser = _command(
+        commands, "demo", "train, evaluate and explain a small ViT on the bundled sample photos", _run_demo,
+        description="Run the whole path on the sample product photos in examples/photos: build "
+                    "manifests, train a small ViT from scratch (no download), save and reload the "
+                    ".weights.h5 file, evaluate, predict and draw figures. Takes a few minutes on a CPU.",
+    )
+    parser.add_argument("--out", type=Path, default=Path("vitkit_demo"), help="output folder (default: vitkit_demo)")
+    parser.add_argument("--photos", type=Path, help="photo folder, one sub-folder per class (default: the bundled samples)")
+    parser.add_argument("--backbone", default=None, help="backbone preset (default: the small from-scratch one)")
+    parser.add_argument("--weights", default="none", help="none, imagenet21k, imagenet21k+imagenet2012 or a .npz path")
+    parser.add_argument("--image-size", type=_image_size, default=None, help="input size (default: 48, or 224 with pretrained weights)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
+    parser.add_argument("--seed", type=int, default=0)
+    _add_overwrite(parser)
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    from vitkit.demo import run_demo
+
+    run_demo(out=args.out, photos=args.photos, backbone=args.backbone, weights=args.weights,
+             image_size=args.image_size, epochs=args.epochs, seed=args.seed, overwrite=args.overwrite)
+
+
+# manifest --------------------------------------------------------------------------------------
+
+def _add_manifest(commands) -> None:
+    parser = commands.add_parser(
+        "manifest", help="build and check image manifests (CSV lists of photos)",
+        description="Manifests are CSV files with the columns base_path,type_dir,file_name "
+                    "(image = base_path/type_dir/file_name) and optional label and split columns.",
+    )
+    actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
+
+    build = _command(
+        actions, "build", "write train/val/test manifests for a folder with one sub-folder per class",
+        _run_manifest_build,
+        description="Walk PHOTO_DIR (PHOTO_DIR/<class>/.../<image>), and write OUT/train.csv, "
+                    "OUT/val.csv and OUT/test.csv with a stratified, seeded split.\n\n"
+                    "example: vitkit manifest build photos/ -o data_manifests/products",
+    )
+    build.add_argument("photo_dir", type=Path, metavar="PHOTO_DIR")
+    build.add_argument("-o", "--out", type=Path, required=True, metavar="OUT_DIR", help="folder for the manifests")
+    build.add_argument("--val", type=float, default=0.15, metavar="FRACTION", help="share of each class for validation (default 0.15)")
+    build.add_argument("--test", type=float, default=0.15, metavar="FRACTION", help="share of each class for testing (default 0.15)")
+    build.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    _add_overwrite(build)
+
+    check = _command(
+        actions, "check", "list every problem of a manifest by row (missing files, unreadable images, classes)",
+        _run_manifest_check,
+    )
+    check.add_argument("manifest", type=Path, metavar="MANIFEST")
+    check.add_argument("--label-from", choices=("auto", "label", "type_dir", "substring"), default="auto")
+    check.add_argument("--classes", type=_name_list, metavar="A,B,C")
+    check.add_argument("--root", type=Path, metavar="DIR")
+    check.add_argument("--encoding", help="text encoding (default: UTF-8, then Shift-JIS)")
+
+
+def _run_manifest_build(args: argparse.Namespace) -> None:
+    from vitkit.manifest import SPLITS, build_manifests
+
+    summary = build_manifests(args.photo_dir, args.out, args.val, args.test, args.seed, args.overwrite)
+    classes = sorted(set().union(*summary.values()))
+    width = max(len(name) for name in classes + ["class"])
+    print(f"{'class':<{width}}  {'train':>6} {'val':>6} {'test':>6}")
+    for name in classes:
+        print(f"{name:<{width}}  " + " ".join(f"{summary[split][name]:>6}" for split in SPLITS))
+    print(f"{'total':<{width}}  " + " ".join(f"{sum(summary[split].values()):>6}" for split in SPLITS))
+    print(f"wrote {', '.join(str(args.out / f'{split}.csv') for split in SPLITS)}")
+
+
+def _run_manifest_check(args: argparse.Namespace) -> int:
+    from vitkit.manifest import check_manifest
+
+    problems = check_manifest(args.manifest, args.label_from, args.classes, args.root, args.encoding)
+    for problem in problems:
+        where = f"line {problem.line}" if problem.line else "file"
+        print(f"{args.manifest} {where}: {problem.message}")
+    print(f"{args.manifest}: {len(problems)} problem(s)" if problems else f"{args.manifest}: no problems found")
+    return 1 if problems else 0
+
+
+# train -----------------------------------------------------------------------------------------
+
+def _add_train(commands) -> None:
+    parser = _command(
+        commands, "train", "fine-tune (or train from scratch) a ViT classifier", _run_train,
+        description="Train on a manifest (or a photo folder, or a pixel CSV) and save the best epoch "
+                    "to --out, a .weights.h5 file that holds the weights and everything needed to "
+                    "rebuild the model. NAME.history.csv and NAME.curves.png go beside it.\n\n"
+                    "examples:\n"
+                    "  vitkit train train.csv --val val.csv --backbone vit_b16 --weights imagenet21k \\\n"
+                    "        --out models/products.weights.h5\n"
+                    "  vitkit train digits.csv --backbone vit_small --weights none --image-size 32 \\\n"
+                    "        --epochs 30 --out models/digits.weights.h5\n"
+                    "  vitkit train train.csv --val val.csv --out models/products.weights.h5 --resume",
+    )
+    parser.add_argument("train", metavar="TRAIN", help="training manifest CSV (a split column is honoured), pixel CSV or photo folder")
+    parser.add_argument("--val", metavar="VAL", help="validation manifest (default: --val-fraction of TRAIN)")
+    parser.add_argument("--out", required=True, type=Path, metavar="MODEL.weights.h5", help="model file to write")
+
+    model = parser.add_argument_group("model")
+    from vitkit.config import PRESETS
+
+    model.add_argument("--backbone", default="vit_b16", choices=sorted(PRESETS), help="backbone preset (default vit_b16)")
+    model.add_argument("--weights", default="auto",
+                       help="auto (imagenet21k for vit_b/l presets, none for small ones), none, "
+                            "imagenet21k, imagenet21k+imagenet2012, or a .npz checkpoint path")
+    model.add_argument("--image-size", type=_image_size, default=224, metavar="SIZE", help="input size, 224 or 192x256 (default 224)")
+    model.add_argument("--resize-mode", choices=("stretch", "pad", "crop"), default="stretch",
+                       help="how photos reach the input size: stretch, pad (keep aspect) or crop (keep aspect, centre)")
+    model.add_argument("--head-width", type=int, default=21, help="hidden width of the head (default 21; 0 = linear)")
+    model.add_argument("--preprocess", choices=("tf", "raw"), default="tf", help="tf scales pixels to [-1, 1] (default); raw feeds 0-255")
+    for flag, key, kind in (("--patch-size", "patch_size", int), ("--layers", "num_layers", int),
+                            ("--hidden-size", "hidden_size", int), ("--heads", "num_heads", int),
+                            ("--mlp-dim", "mlp_dim", int), ("--dropout", "dropout", float),
+                            ("--attention-dropout", "attention_dropout", float), ("--drop-path", "drop_path", float)):
+        model.add_argument(flag, dest=key, type=kind, help=f"override the preset's {key.replace('_', ' ')}")
+
+    fit = parser.add_argument_group("training")
+    fit.add_argument("--epochs", type=int, default=10, help="most epochs (early stopping may end sooner; default 10)")
+    fit.add_argument("--batch-size", type=int, default=16, help="images per step (default 16)")
+    fit.add_argument("--learning-rate", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    fit.add_argument("--optimizer", choices=("adam", "adamw"), default="adam")
+    fit.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
+    fit.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                     help="constant (halved on plateaus) or cosine decay after --warmup-epochs")
+    fit.add_argument("--warmup-epochs", type=int, default=0)
+    fit.add_argument("--label-smoothing", type=float, default=0.0)
+    fit.add_argument("--class-weights", type=_class_weights, metavar="balanced|A=2,B=1",
+                     help="weight the loss by class: balanced, or explicit weights")
+    fit.add_argument("--freeze-backbone-epochs", type=int, default=0, help="epochs that train only the head first")
+    fit.add_argument("--no-augment", dest="augment", action="store_false", help="turn off training augmentation")
+    fit.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (0 = off; default 5)")
+    fit.add_argument("--val-fraction", type=float, default=0.1, help="share held out for validation when --val is not given")
+    fit.add_argument("--seed", type=int, default=0, help="seed of splits, shuffling, augmentation and initialization")
+    fit.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"), default="auto",
+                     help="auto = bfloat16 mixed precision on a GPU, float32 on a CPU")
+    fit.add_argument("--resume", action="store_true", help="continue the interrupted run of the same --out")
+    _add_overwrite(fit)
+    _add_data_options(parser)
+
+
+def _class_weights(text: str) -> str | dict[str, float]:
+    if text == "balanced":
+        return text
+    try:
+        return {name.strip(): float(value) for name, value in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"class weights are 'balanced' or name=weight pairs like good=1,dent=3; got {text!r}") from None
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from vitkit.train import train
+
+    overrides = {key: getattr(args, key) for key in (
+        "patch_size", "num_layers", "hidden_size", "num_heads", "mlp_dim", "dropout",
+        "attention_dropout", "drop_path") if getattr(args, key) is not None}
+    result = train(
+        args.train, args.val, out=args.out, backbone=args.backbone, weights=args.weights,
+        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, optimizer=args.optimizer, weight_decay=args.weight_decay,
+        schedule=args.schedule, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+        class_weights=args.class_weights, freeze_backbone_epochs=args.freeze_backbone_epochs,
+        augment=args.augment, head_width=args.head_width, preprocess=args.preprocess,
+        resize_mode=args.resize_mode, patience=args.patience, val_fraction=args.val_fraction,
+        seed=args.seed, precision=args.precision, resume=args.resume, overwrite=args.overwrite,
+        **_load_options(args), **overrides,
+    )
+    best = result.history[result.best_epoch - 1] if result.best_epoch else {}
+    summary = ", ".join(f"{key} {best[key]:.4f}" for key in ("val_accuracy", "val_loss", "accuracy", "loss") if key in best)
+    print(f"best epoch {result.best_epoch}: {summary}")
+    print(f"model:   {result.model_path}")
+    print(f"history: {result.history_path}")
+    print(f"curves:  {result.curves_path}")
+    if result.skipped_path:
+        print(f"skipped images: {result.skipped_path}")
+
+
+# evaluate / predict ----------------------------------------------------------------------------
+
+def _add_evaluate(commands) -> None:
+    parser = _command(
+        commands, "evaluate", "measure a model on labelled images and write a report folder", _run_evaluate,
+        description="Writes metrics.json (accuracy, loss, top-k, per-class precision/recall/F1), the "
+                    "confusion matrix (CSV and PNG), a grid of misclassified images and per-image and "
+                    "per-class probability tables.\n\n"
+                    "example: vitkit evaluate models/products.weights.h5 data_manifests/products/test.csv --out report/",
+    )
+    parser.add_argument("model", type=Path, metavar="MODEL", help="a .weights.h5 model file")
+    parser.add_argument("data", metavar="TEST", help="labelled manifest (or pixel CSV / class-folder tree)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="report folder")
+    parser.add_argument("--batch-size", type=int, default=32)
+    _add_overwrite(parser)
+    _add_data_options(parser)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from vitkit.evaluate import evaluate
+
+    metrics = evaluate(args.model, args.data, out=args.out, batch_size=args.batch_size,
+                       overwrite=args.overwrite, **_load_options(args))
+    print(f"{metrics['images']} images: accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
+          f"macro F1 {metrics['macro_f1']:.4f}")
+    for name, values in metrics["per_class"].items():
+        print(f"  {name}: precision {values['precision']:.3f} recall {values['recall']:.3f} "
+              f"F1 {values['f1']:.3f} ({values['support']} images)")
+    print(f"report: {args.out}")
+
+
+def _add_predict(commands) -> None:
+    parser = _command(
+        commands, "predict", "predict the class of images", _run_predict,
+        description="One row per image: the file, the predicted class, its confidence and every "
+                    "class's probability (and the true class when the input has labels).\n\n"
+                    "examples:\n"
+                    "  vitkit predict models/products.weights.h5 new_photos/ --out predictions.csv\n"
+                    "  vitkit predict models/products.weights.h5 a.jpg b.jpg --grid grid.png",
+    )
+    parser.add_argument("model", type=Path, metavar="MODEL", help="a .weights.h5 model file")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="a manifest, a folder, or image files")
+    parser.add_argument("--out", type=Path, metavar="CSV", help="write the table here (default: print it)")
+    parser.add_argument("--grid", type=Path, metavar="PNG", help="also draw the first 16 images titled with predictions")
+    parser.add_argument("--batch-size", type=int, default=32)
+    _add_overwrite(parser)
+    _add_data_options(parser)
+
+
+def _run_predict(args: argparse.Namespace) -> None:
+    from vitkit.predict import predict
+
+    table = predict(args.model, _inputs(args.inputs), out=args.out, grid=args.grid,
+                    batch_size=args.batch_size, overwrite=args.overwrite, **_load_options(args))
+    shown = [c for c in ("image", "predicted", "confidence", "true") if c in table]
+    if args.out is None:
+        print(table[shown].to_string(index=False))
+    else:
+        print(f"{len(table)} predictions: {args.out}")
+    if args.grid is not None:
+        print(f"grid: {args.grid}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
