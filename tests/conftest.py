@@ -1,0 +1,107 @@
+"""Shared fixtures: an isolated vitkit home, tiny photo folders and tiny models.
+
+Every test runs with ``VITKIT_HOME`` in its own temporary folder, so caches and downloaded
+weights never leak between tests or into the user's home.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TINY_BACKBONE = {"patch_size": 8, "num_layers": 2, "hidden_size": 32, "num_heads": 4, "mlp_dim": 64}
+TINY_CLASSES = ("circle", "square", "triangle")
+
+
+@pytest.fixture(autouse=True)
+def vitkit_home(tmp_path_factory, monkeypatch) -> Path:
+    home = tmp_path_factory.mktemp("vitkit_home")
+    monkeypatch.setenv("VITKIT_HOME", str(home))
+    monkeypatch.delenv("VITKIT_CACHE_DIR", raising=False)
+    monkeypatch.setenv("VITKIT_PROGRESS", "0")
+    return home
+
+
+def draw_shape(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
+    """A coloured circle, square or triangle at a random place on a noisy background."""
+    background = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+    image = Image.fromarray(background)
+    draw = ImageDraw.Draw(image)
+    extent = int(rng.integers(size // 3, size // 2))
+    x0, y0 = (int(v) for v in rng.integers(0, size - extent, 2))
+    colour = tuple(int(v) for v in rng.integers(150, 256, 3))
+    box = (x0, y0, x0 + extent, y0 + extent)
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "square":
+        draw.rectangle(box, fill=colour)
+    else:
+        draw.polygon([(x0 + extent / 2, y0), (x0, y0 + extent), (x0 + extent, y0 + extent)], fill=colour)
+    return image
+
+
+def make_photo_tree(root: Path, per_class: int = 8, size: int = 40, seed: int = 0,
+                    classes: tuple[str, ...] = TINY_CLASSES) -> Path:
+    """``root/<class>/<class>_NN.png`` images of simple shapes, one class per shape."""
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            draw_shape(name, size, rng).save(folder / f"{name}_{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def photo_tree(tmp_path) -> Path:
+    """A class-per-folder tree of 3 x 8 small PNG shapes."""
+    return make_photo_tree(tmp_path / "photos")
+
+
+@pytest.fixture
+def shape_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)``: 60 uint8 32x32 images of three shapes and their class names."""
+    rng = np.random.default_rng(1)
+    labels = np.array([TINY_CLASSES[i % 3] for i in range(60)])
+    images = np.stack([np.asarray(draw_shape(label, 32, rng)) for label in labels])
+    return images, labels
+
+
+@pytest.fixture
+def tiny_model():
+    """A factory of 2-layer, 32-wide classifiers on 32 px images."""
+    from vitkit.model import build_model
+
+    def make(classes=TINY_CLASSES, image_size=32, augment=False, seed=0, **options):
+        return build_model(list(classes), backbone=dict(TINY_BACKBONE), image_size=image_size,
+                           augment=augment, seed=seed, **options)
+
+    return make
+
+
+def run_cli(*args: str, backend: str | None = None, cwd: Path | None = None,
+            env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m vitkit ARGS`` in a new process (optionally on another Keras backend)."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    if backend:
+        full_env["KERAS_BACKEND"] = backend
+    return subprocess.run(
+        [sys.executable, "-m", "vitkit", *args], cwd=cwd, env=full_env, capture_output=True,
+        text=True, timeout=timeout,
+    )
+
+
+def run_python(code: str, backend: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a Python snippet in a new process (optionally on another Keras backend)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if backend:
+        env["KERAS_BACKEND"] = backend
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
