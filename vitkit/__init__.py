@@ -40,6 +40,7 @@ _EXPORTS = {
     "ImageError": "vitkit.errors",
     "WeightsError": "vitkit.errors",
     "ConfigError": "vitkit.errors",
+    "OutputError": "vitkit.errors",
     "OutputExistsError": "vitkit.errors",
     "ResourceError": "vitkit.errors",
 }

@@ -27,7 +27,11 @@ class ConfigError(VitkitError):
     """A model or training option is out of range or inconsistent with another one."""
 
 
-class OutputExistsError(VitkitError):
+class OutputError(VitkitError):
+    """An output file cannot be written (a file or folder in the way, read-only folder, disk full)."""
+
+
+class OutputExistsError(OutputError):
     """An output file exists and ``overwrite`` was not given."""
 
 

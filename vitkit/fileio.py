@@ -3,21 +3,42 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import os
 import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from vitkit.errors import OutputExistsError
+from vitkit.errors import OutputError, OutputExistsError
+
+# Write failures that are about the destination (space, permissions), not about the data.
+_DESTINATION_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 def check_writable(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Return ``path`` as a Path, refusing an existing file unless ``overwrite``."""
+    """Return ``path`` as a Path, refusing an existing file unless ``overwrite``.
+
+    Raises:
+        OutputExistsError: the file exists and ``overwrite`` is false.
+        OutputError: ``path`` is a folder, or one of its parents is a file.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give a file name")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"cannot write {path}: {parent} is a file, not a folder")
+            break
     return path
+
+
+def _output_error(path: Path, error: OSError) -> OutputError:
+    return OutputError(f"cannot write {path}: {error.strerror or error}; choose another place or free some space")
 
 
 @contextlib.contextmanager
@@ -26,10 +47,17 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, suffix: str 
 
     A crash or an exception leaves any existing file untouched and removes the temporary one.
     ``suffix`` is appended to the temporary name for writers that insist on an extension.
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is false.
+        OutputError: the folder cannot be created or written, or the disk is full.
     """
     path = check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as error:
+        raise _output_error(path, error) from None
     os.close(handle)
     temporary = Path(temporary)
     try:
@@ -37,8 +65,20 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, suffix: str 
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        if error.errno in _DESTINATION_ERRORS:
+            raise _output_error(path, error) from None
+        raise
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def remove_temporaries(path: str | os.PathLike) -> None:
+    """Delete the temporary files a killed process left beside ``path`` in :func:`atomic_output`."""
+    path = Path(path)
+    if path.parent.is_dir():
+        for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
+            leftover.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
@@ -54,8 +94,14 @@ _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
 def safe_file_stem(name: str, max_length: int = 120) -> str:
     """A file name made from arbitrary text (an image path, a row) that stays inside its folder.
 
-    Path separators, ``..`` and control characters become ``_``; the result is never empty
-    and never starts with a dot.
+    Path separators, ``..``, control characters and anything else outside letters, digits,
+    ``.``, ``-`` and ``_`` become ``_``; the result is never empty, never starts with a dot,
+    and its UTF-8 form is at most ``max_length`` bytes (file systems count bytes, not letters).
+
+    Example:
+        >>> safe_file_stem("../../etc/x")
+        'etc_x'
     """
     stem = _UNSAFE.sub("_", name.replace(os.sep, "_").replace("/", "_")).strip("._")
-    return (stem or "image")[:max_length]
+    stem = stem.encode("utf-8")[:max_length].decode("utf-8", errors="ignore").rstrip("._")
+    return stem or "image"
