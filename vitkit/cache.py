@@ -9,16 +9,17 @@ the number of images (a memory map would keep every page it touched resident).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from vitkit.errors import ImageError
+from vitkit.errors import ConfigError, ImageError
 from vitkit.images import load_image
 from vitkit.progress import Progress
 
@@ -59,21 +60,37 @@ class ImageStore:
         self.image_size = tuple(image_size)
         self.resize_mode = resize_mode
         self.folder = Path(cache_dir or default_cache_dir()) / "images" / f"{image_size[0]}x{image_size[1]}-{resize_mode}"
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.frame_shape = (image_size[0], image_size[1], 3)
         self.frame_bytes = int(np.prod(self.frame_shape))
-        self._index = sqlite3.connect(self.folder / "index.sqlite", timeout=60, check_same_thread=False)
-        self._index.execute(_SCHEMA)
-        self._index.commit()
         self._lock = threading.Lock()
-        self._fd = os.open(self.folder / "pixels.u8", os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = -1
         self.decoded = 0
+        with self._cache_errors():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._index = sqlite3.connect(self.folder / "index.sqlite", timeout=60, check_same_thread=False)
+            self._index.execute(_SCHEMA)
+            self._index.commit()
+            self._fd = os.open(self.folder / "pixels.u8", os.O_RDWR | os.O_CREAT, 0o644)
+
+    @contextlib.contextmanager
+    def _cache_errors(self) -> Iterator[None]:
+        """Turn file-system and SQLite failures of the cache itself into one clear error."""
+        try:
+            yield
+        except (OSError, sqlite3.Error) as error:
+            detail = getattr(error, "strerror", None) or str(error)
+            raise ConfigError(
+                f"image cache {self.folder} cannot be used ({detail}); delete that folder, free some "
+                f"space, or choose another with --cache-dir / VITKIT_CACHE_DIR"
+            ) from None
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if getattr(self, "_index", None) is not None:
             self._index.close()
+            self._index = None
 
     def __del__(self):
         try:
@@ -81,8 +98,15 @@ class ImageStore:
         except Exception:
             pass
 
-    def frames(self, paths: Sequence[Path], progress: bool = True) -> tuple[np.ndarray, dict[int, str]]:
+    def frames(self, paths: Sequence[Path], progress: bool = True,
+               stop_at_failure: bool = False) -> tuple[np.ndarray, dict[int, str]]:
         """Frame numbers for ``paths``, decoding the ones not cached yet (in parallel).
+
+        Args:
+            paths: image files.
+            progress: show a progress bar while decoding.
+            stop_at_failure: stop decoding once the first failing image (in ``paths`` order)
+                is known; later images are then left undecoded (frame -1, no failure entry).
 
         Returns:
             ``(frames, failures)``: ``frames[i]`` is -1 where image ``i`` failed, and
@@ -97,10 +121,11 @@ class ImageStore:
             except FileNotFoundError:
                 keys.append(None)
                 failures[i] = f"{path}: file not found"
-            except OSError as error:
+            except (OSError, ValueError) as error:
                 keys.append(None)
-                failures[i] = f"{path}: cannot be read ({error.strerror or error})"
-        known = self._lookup([k for k in keys if k is not None])
+                failures[i] = f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})"
+        with self._cache_errors():
+            known = self._lookup([k for k in keys if k is not None])
         pending = []
         for i, key in enumerate(keys):
             if key is None:
@@ -113,7 +138,8 @@ class ImageStore:
             else:
                 pending.append(i)
         if pending:
-            self._decode(paths, keys, pending, frames, failures, progress)
+            with self._cache_errors():
+                self._decode(paths, keys, pending, frames, failures, progress, stop_at_failure)
         return frames, failures
 
     def _lookup(self, keys: list[str]) -> dict[str, tuple[int | None, str | None]]:
@@ -128,11 +154,13 @@ class ImageStore:
                     found[key] = (slot, error)
         return found
 
-    def _decode(self, paths, keys, pending, frames, failures, progress) -> None:
+    def _decode(self, paths, keys, pending, frames, failures, progress, stop_at_failure) -> None:
         workers = os.cpu_count() or 2
-        with Progress(len(pending), f"decoding {len(pending)} images", enabled=progress or False) as bar, \
+        with Progress(len(pending), f"decoding {len(pending)} images", enabled=None if progress else False) as bar, \
                 ThreadPoolExecutor(max_workers=workers) as pool:
             for start in range(0, len(pending), _CHUNK):
+                if stop_at_failure and failures and min(failures) < pending[start]:
+                    return
                 chunk = pending[start:start + _CHUNK]
                 slots = self._reserve([keys[i] for i in chunk])
                 results = pool.map(self._decode_one, [paths[i] for i in chunk])

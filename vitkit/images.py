@@ -8,23 +8,31 @@ header announces more pixels than ``max_pixels`` before decoding them.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vitkit.errors import ImageError
+from vitkit.errors import ConfigError, ImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_PIXELS = 100_000_000
 _PAD_VALUE = 0
 _TRANSPARENT_BACKGROUND = (255, 255, 255)
+_ORIENTATION = 0x0112
 
 
 def max_pixels() -> int:
     """Largest image (width x height) decoded; ``VITKIT_MAX_IMAGE_PIXELS`` overrides."""
-    return int(os.environ.get("VITKIT_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS))
+    text = os.environ.get("VITKIT_MAX_IMAGE_PIXELS", "")
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        return int(text.replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"VITKIT_MAX_IMAGE_PIXELS must be a whole number of pixels, got {text!r}") from None
 
 
 def load_image(path: str | os.PathLike, size: tuple[int, int], resize_mode: str = "stretch") -> np.ndarray:
@@ -40,35 +48,64 @@ def load_image(path: str | os.PathLike, size: tuple[int, int], resize_mode: str 
         ``(height, width, 3)`` uint8 RGB array.
 
     Raises:
-        ImageError: missing, empty, unreadable, truncated or oversized file.
+        ImageError: missing, empty, unreadable, truncated, undecodable or oversized file.
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                _check_pixels(path, image.size)
-                image.seek(0)
-                if image.format == "JPEG":
-                    image.draft("RGB", (size[1], size[0]))
-                image = ImageOps.exif_transpose(image)
-                rgb = to_rgb(image)
-                return np.asarray(_resize(rgb, size, resize_mode), dtype=np.uint8)
-    except ImageError:
-        raise
+        image = _open(path)
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a folder, not an image") from None
-    except PermissionError:
-        raise ImageError(f"{path}: permission denied") from None
     except UnidentifiedImageError:
-        reason = "empty file" if path.stat().st_size == 0 else "not an image format Pillow can read"
+        reason = "empty file" if _size_or_none(path) == 0 else "not an image format Pillow can read"
         raise ImageError(f"{path}: {reason}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{path}: refused, more than {max_pixels():,} pixels (set VITKIT_MAX_IMAGE_PIXELS to allow)") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as error:
-        raise ImageError(f"{path}: damaged or truncated image ({error})") from None
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{path}: refused as a possible decompression bomb ({error})") from None
+    except OSError as error:
+        if error.errno is None:
+            raise ImageError(f"{path}: damaged image header ({error})") from None
+        raise ImageError(f"{path}: cannot be read ({error.strerror})") from None
+    except ValueError as error:  # e.g. a NUL character in the path
+        raise ImageError(f"{path}: cannot be opened ({error})") from None
+    with image:
+        _check_pixels(path, image.size)
+        try:
+            rgb = _decode(image, size)
+        except MemoryError:
+            raise ImageError(f"{path}: too large to decode in the memory available") from None
+        except Exception as error:  # noqa: BLE001 - any decoder failure on file content
+            raise ImageError(f"{path}: damaged or truncated image ({type(error).__name__}: {error})") from None
+    return np.asarray(_resize(rgb, size, resize_mode), dtype=np.uint8)
+
+
+# Pillow warns (and at twice its limit refuses) in ``Image.open``, before vitkit's own size check
+# can run. ``catch_warnings`` changes process-wide state, so opens are serialized; an open only
+# reads the header, decoding happens afterwards in parallel.
+_OPEN_LOCK = threading.Lock()
+
+
+def _open(path: Path) -> Image.Image:
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
+def _size_or_none(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _decode(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """First frame, decoded, upright (EXIF orientation) and RGB."""
+    image.seek(0)
+    if image.format == "JPEG":
+        rotated = image.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
+        image.draft("RGB", (size[0], size[1]) if rotated else (size[1], size[0]))
+    image.load()
+    return to_rgb(ImageOps.exif_transpose(image))
 
 
 def _check_pixels(path: Path, size: tuple[int, int]) -> None:
@@ -96,7 +133,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
     """High-bit-depth grey levels to 0-255: 16-bit ranges scale by 1/257, larger by the maximum."""
-    values = values.astype(np.float64)
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     top = float(values.max()) if values.size else 0.0
     if top <= 255:
         scale = 1.0

@@ -126,44 +126,60 @@ def _read_text(path: Path, encoding: str | None) -> str:
         raise ManifestError(f"manifest {path} not found") from None
     except IsADirectoryError:
         raise ManifestError(f"{path} is a folder; give a manifest CSV file") from None
-    if not data.strip():
-        raise ManifestError(
-            f"{path}: empty file; a manifest starts with the header {','.join(REQUIRED_COLUMNS)}"
-        )
+    except (OSError, ValueError) as error:
+        raise ManifestError(f"manifest {path} cannot be read ({getattr(error, 'strerror', None) or error})") from None
     for candidate in (encoding,) if encoding else _ENCODINGS:
         try:
-            return data.decode(candidate)
+            text = data.decode(candidate)
         except UnicodeDecodeError:
             continue
         except LookupError:
             raise ManifestError(f"unknown text encoding {candidate!r}") from None
+        if not text.strip():  # nothing, or only a byte order mark and blank lines
+            raise ManifestError(
+                f"{path}: empty file; a manifest starts with the header {','.join(REQUIRED_COLUMNS)}"
+            )
+        return text
     raise ManifestError(f"{path}: not UTF-8 or Shift-JIS text; save it as UTF-8 or pass --encoding")
 
 
 def _parse_rows(path: Path, text: str) -> tuple[list[tuple[int, list[str]]], list[str]]:
-    first_line = text.splitlines()[0]
-    delimiter = next(
-        (d for d in _DELIMITERS if set(REQUIRED_COLUMNS) <= {c.strip() for c in first_line.split(d)}),
-        None,
-    )
+    first_line = next(line for line in text.splitlines() if line.strip())
+    delimiter = next((d for d in _DELIMITERS if set(REQUIRED_COLUMNS) <= set(_header_cells(first_line, d))), None)
     if delimiter is None:
         raise ManifestError(f"{path}: {_header_problem(first_line)}")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = [column.strip() for column in next(reader)]
-    duplicated = [name for name, count in Counter(header).items() if count > 1]
-    if duplicated:
-        raise ManifestError(f"{path}: column(s) {duplicated} appear more than once in the header")
     rows = []
-    for row in reader:
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise ManifestError(
-                f"{path} line {reader.line_num}: {len(row)} fields, the header has {len(header)}; "
-                f"quote file names that contain '{delimiter}'"
-            )
-        rows.append((reader.line_num, row))
+    header: list[str] = []
+    try:
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            if not header:
+                header = [column.strip() for column in row]
+                duplicated = [name for name, count in Counter(header).items() if count > 1]
+                if duplicated:
+                    raise ManifestError(f"{path}: column(s) {duplicated} appear more than once in the header")
+                continue
+            if len(row) != len(header):
+                raise ManifestError(
+                    f"{path} line {reader.line_num}: {len(row)} fields, the header has {len(header)}; "
+                    f"quote file names that contain '{delimiter}'"
+                )
+            rows.append((reader.line_num, row))
+    except csv.Error as error:
+        raise ManifestError(f"{path} line {reader.line_num}: not valid CSV ({error})") from None
+    if not set(REQUIRED_COLUMNS) <= set(header):  # a quoted header cell that runs over lines
+        raise ManifestError(f"{path}: {_header_problem(first_line)}")
     return rows, header
+
+
+def _header_cells(line: str, delimiter: str) -> list[str]:
+    """Column names of a header line, quoted or not."""
+    try:
+        return [cell.strip() for cell in next(csv.reader([line], delimiter=delimiter), [])]
+    except csv.Error:
+        return []
 
 
 def _header_problem(first_line: str) -> str:
@@ -185,8 +201,10 @@ def _entry(source: Path, header: list[str], row: list[str], line: int, base: Pat
     where = f"{source} line {line}"
     if not values["file_name"]:
         raise ManifestError(f"{where}: empty file_name")
-    base_path = Path(values["base_path"]).expanduser()
-    image = (base_path if base_path.is_absolute() else base / base_path) / values["type_dir"] / values["file_name"]
+    if any("\x00" in value for value in values.values()):
+        raise ManifestError(f"{where}: contains a NUL character; the file is damaged or not a text CSV")
+    base_path = _expand_home(_portable_path(values["base_path"]))
+    image = (base_path if base_path.is_absolute() else base / base_path) / _portable_path(values["type_dir"]) / values["file_name"]
     label = _label(values, label_from, classes, where)
     split = values.get("split") or None
     if split is not None:
@@ -194,6 +212,18 @@ def _entry(source: Path, header: list[str], row: list[str], line: int, base: Pat
             raise ManifestError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
         split = _SPLIT_ALIASES[split.lower()]
     return Entry(image, label, split, line)
+
+
+def _portable_path(text: str) -> Path:
+    """A folder cell as a Path, accepting Windows ``\\`` separators on POSIX."""
+    return Path(text.replace("\\", "/") if os.sep == "/" else text)
+
+
+def _expand_home(path: Path) -> Path:
+    try:
+        return path.expanduser()
+    except RuntimeError:  # ~user of an unknown user: keep it literal
+        return path
 
 
 def _label(values: dict[str, str], rule: str, classes: Sequence[str] | None, where: str) -> str | None:
@@ -246,11 +276,16 @@ def _line_list(lines: Sequence[int], limit: int = 10) -> str:
 
 
 def find_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder`` (recursively, sorted), following links without looping."""
+    """Image files under ``folder`` (recursively, sorted), following links without looping.
+
+    Other files (not hidden) are left out with a warning that counts them by suffix, so a
+    folder of, say, HEIC photos does not silently come out empty.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ManifestError(f"photo folder {folder} not found")
     found = []
+    ignored: Counter = Counter()
     visited = set()
     for current, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(current)
@@ -259,7 +294,18 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
             continue
         visited.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(current) / f for f in sorted(files) if not f.startswith(".") and is_image_file(Path(f))]
+        for name in sorted(f for f in files if not f.startswith(".")):
+            if is_image_file(Path(name)):
+                found.append(Path(current) / name)
+            else:
+                ignored[Path(name).suffix.lower() or "(no suffix)"] += 1
+    if ignored:
+        kinds = ", ".join(f"{count} {suffix}" for suffix, count in sorted(ignored.items()))
+        warnings.warn(
+            f"{folder}: ignored {sum(ignored.values())} file(s) that are not images vitkit reads ({kinds}); "
+            f"supported: {', '.join(IMAGE_SUFFIXES)}",
+            stacklevel=2,
+        )
     return found
 
 

@@ -35,7 +35,13 @@ def read_pixel_csv(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
         ManifestError: non-square pixel count, values outside 0-255 or not numbers (with the line).
     """
     path = Path(path)
-    frame = pd.read_csv(path, dtype={"label": str}, keep_default_na=False, encoding="utf-8-sig")
+    try:
+        frame = pd.read_csv(path, dtype={"label": str}, keep_default_na=False, encoding="utf-8-sig")
+    except (OSError, ValueError) as error:  # pandas parser errors are ValueErrors
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ManifestError(f"{path}: cannot be read as a pixel CSV ({detail})") from None
+    if frame.empty:
+        raise ManifestError(f"{path}: has a header but no rows; add one row per image")
     pixel_columns = [c for c in frame.columns if _PIXEL.match(str(c))]
     order = sorted(pixel_columns, key=lambda c: int(_PIXEL.match(c).group(1)))
     side = math.isqrt(len(order))
