@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Callable, Iterator
+
 import keras
 
 from vitkit.errors import ConfigError, ResourceError
@@ -36,13 +39,55 @@ def resolve_precision(precision: str) -> str:
     return "float32" if accelerator() == "cpu" else "mixed_bfloat16"
 
 
+_OUT_OF_MEMORY_MARKS = (
+    "RESOURCE_EXHAUSTED", "ResourceExhausted", "out of memory", "Out of memory", "OutOfMemory",
+    "OOM when allocating", "CUDA_ERROR_OUT_OF_MEMORY",
+)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
-    text = f"{type(error).__name__} {error}"
-    return any(mark in text for mark in ("RESOURCE_EXHAUSTED", "ResourceExhausted", "out of memory", "OutOfMemory"))
+    """True for the out-of-memory errors of TensorFlow, JAX/XLA, PyTorch and Python itself.
+
+    The error's causes are looked at too, since frameworks re-raise with their own types.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, MemoryError):
+            return True
+        text = f"{type(error).__name__} {error}"
+        if any(mark in text for mark in _OUT_OF_MEMORY_MARKS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
-def out_of_memory_error(batch_size: int, precision: str) -> ResourceError:
+def out_of_memory_error(batch_size: int, precision: str | None = None, note: str = "") -> ResourceError:
+    """The error to show instead of a backend's out-of-memory trace: what ran out, what to change.
+
+    Args:
+        batch_size: the batch size that did not fit; half of it is suggested.
+        precision: the training precision; ``float32`` adds the mixed-precision hint. None for
+            commands without a precision option.
+        note: a sentence appended to the message.
+    """
     hint = f"try --batch-size {max(batch_size // 2, 1)}"
     if precision == "float32":
         hint += " or --precision mixed_bfloat16"
-    return ResourceError(f"the {accelerator()} ran out of memory at batch size {batch_size}; {hint}")
+    message = f"the {accelerator()} ran out of memory at batch size {batch_size}; {hint}"
+    return ResourceError(message + (f"; {note}" if note else ""))
+
+
+@contextlib.contextmanager
+def out_of_memory_hint(batch_size: int, precision: str | None = None, note: str | Callable[[], str] = "") -> Iterator[None]:
+    """Re-raise an out-of-memory error inside the block as :func:`out_of_memory_error`.
+
+    ``note`` may be a function, evaluated only when memory ran out.
+    """
+    try:
+        yield
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        text = note() if callable(note) else note
+        raise out_of_memory_error(batch_size, precision, text) from None

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import h5py
 import keras
 
-from vitkit.errors import WeightsError
+from vitkit.errors import VitkitError, WeightsError
 from vitkit.fileio import atomic_output
 from vitkit.model import ImageClassifier, ModelSpec
 
@@ -51,10 +52,25 @@ def save_model(model: ImageClassifier, path: str | os.PathLike, overwrite: bool 
         **(extra or {}),
     }
     with atomic_output(path, overwrite=overwrite, suffix=SUFFIX) as temporary:
-        model.save_weights(temporary, overwrite=True)
+        _save_weights_only(model, temporary)
         with h5py.File(temporary, "a") as handle:
             handle.attrs[FORMAT_NAME] = json.dumps(metadata)
     return path
+
+
+def _save_weights_only(model: keras.Model, path: Path) -> None:
+    """``save_weights`` without the optimizer a compiled model would add (twice the weights for Adam)."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        model.save_weights(path, overwrite=True)
+    else:
+        keras.saving.save_weights(model, path, overwrite=True, objects_to_skip=[optimizer])
+
+
+def load_weights_only(model: keras.Model, path: str | os.PathLike) -> None:
+    """``load_weights`` of a file written by :func:`save_model`, leaving a compiled model's optimizer alone."""
+    optimizer = getattr(model, "optimizer", None)
+    model.load_weights(path, **({"objects_to_skip": [optimizer]} if optimizer is not None else {}))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -93,9 +109,33 @@ def load_model(path: str | os.PathLike) -> ImageClassifier:
     metadata = read_metadata(path)
     if metadata is None:
         raise WeightsError(f"{path} is an HDF5 file without vitkit metadata, not a vitkit model file")
-    model = ImageClassifier(ModelSpec.from_dict(metadata["spec"]))
     try:
-        model.load_weights(path)
-    except (ValueError, KeyError, OSError) as error:
-        raise WeightsError(f"{path}: weights do not match the model described in the file ({error})") from None
+        spec = ModelSpec.from_dict(metadata["spec"])
+    except (KeyError, TypeError, ValueError, VitkitError) as error:
+        raise WeightsError(f"{path}: its vitkit metadata does not describe a model ({error})") from None
+    model = ImageClassifier(spec)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(path)
+    except (ValueError, KeyError, OSError, TypeError) as error:
+        raise _mismatch(path, _first_line(error)) from None
+    # Keras loads what it finds and only warns about parts it skipped; a model with some
+    # layers left at their random start must not pass for the trained one.
+    skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)]
+    if skipped:
+        raise _mismatch(path, skipped[0].splitlines()[0])
+    for other in caught:
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
     return model
+
+
+def _mismatch(path: str | os.PathLike, detail: str) -> WeightsError:
+    return WeightsError(
+        f"{path}: weights do not match the model described in the file, or the file is damaged ({detail})"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -170,7 +171,7 @@ def download_checkpoint(checkpoint: Checkpoint, sha256: str | None = None) -> Pa
                     )
             _checksum_file(target).write_text(f"{digest}  {checkpoint.file_name}\n")
             return target
-        except (urllib.error.URLError, OSError, TimeoutError) as error:
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as error:
             failures.append(f"{url}: {getattr(error, 'reason', error)}")
     raise WeightsError(_missing_message(checkpoint, "download failed (" + "; ".join(failures) + ")"))
 
