@@ -369,6 +369,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     for name, values in metrics["per_class"].items():
         print(f"  {name}: precision {values['precision']:.3f} recall {values['recall']:.3f} "
               f"F1 {values['f1']:.3f} ({values['support']} images)")
+    if metrics["skipped"]:
+        print(f"skipped images: {args.out / 'skipped.csv'}")
     print(f"report: {args.out}")
 
 
@@ -391,7 +393,7 @@ def _add_predict(commands) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> None:
-    from vitkit.predict import predict
+    from vitkit.predict import predict, skipped_path
 
     table = predict(args.model, _inputs(args.inputs), out=args.out, grid=args.grid,
                     batch_size=args.batch_size, overwrite=args.overwrite, **_load_options(args))
@@ -400,6 +402,8 @@ def _run_predict(args: argparse.Namespace) -> None:
         print(table[shown].to_string(index=False))
     else:
         print(f"{len(table)} predictions: {args.out}")
+        if skipped_path(args.out).is_file():
+            print(f"skipped images: {skipped_path(args.out)}")
     if args.grid is not None:
         print(f"grid: {args.grid}")
 

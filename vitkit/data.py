@@ -8,12 +8,13 @@ a ``keras.utils.PyDataset``, which needs no TensorFlow on the JAX backend.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import keras
 import numpy as np
@@ -21,10 +22,29 @@ from PIL import Image
 
 from vitkit.cache import ImageStore
 from vitkit.errors import ConfigError, ImageError, ManifestError
+from vitkit.fileio import atomic_output
 from vitkit.manifest import Manifest, find_images, read_manifest
 from vitkit.pixelcsv import is_pixel_csv, read_pixel_csv
 
 BAD_IMAGE_POLICIES = ("skip", "error")
+
+
+class SkippedImage(NamedTuple):
+    """An image left out under ``on_bad_image="skip"``: its file, manifest row (or ``""``) and why."""
+
+    image: str
+    row: str
+    reason: str
+
+
+def write_skipped(skipped: Sequence[SkippedImage], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write the skipped images as a CSV (``image,row,reason``), atomically."""
+    with atomic_output(path, overwrite=overwrite) as temporary:
+        with open(temporary, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(SkippedImage._fields)
+            writer.writerows(skipped)
+    return Path(path)
 
 
 @dataclasses.dataclass
@@ -38,7 +58,7 @@ class ImageSet:
     labels: list[str] | None
     read: Callable[[np.ndarray], np.ndarray]
     image_size: tuple[int, int]
-    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    skipped: list[SkippedImage] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -140,17 +160,20 @@ def _is_path(value: Any) -> bool:
 
 def _file_set(paths, labels, origins, image_size, resize_mode, cache_dir, on_bad_image, progress) -> ImageSet:
     store = ImageStore(image_size, resize_mode, cache_dir)
-    frames, failures = store.frames(paths, progress=progress)
+    frames, failures = store.frames(paths, progress=progress, stop_at_failure=on_bad_image == "error")
     skipped = []
     if failures:
         first = min(failures)
-        where = f" ({origins[first]})" if origins else ""
+        where = f"{origins[first]}: " if origins else ""
         if on_bad_image == "error":
-            raise ImageError(f"{failures[first]}{where}; fix or remove it, or use --on-bad-image skip")
-        for i in sorted(failures):
-            skipped.append((origins[i] if origins else str(paths[i]), failures[i]))
+            raise ImageError(f"{where}{failures[first]}; fix or remove it, or use --on-bad-image skip")
+        skipped = [SkippedImage(str(paths[i]), origins[i] if origins else "", _reason(paths[i], failures[i]))
+                   for i in sorted(failures)]
+        if len(failures) == len(paths):
+            raise ImageError(f"none of the {len(paths)} image(s) can be read; first: {where}{failures[first]}")
         warnings.warn(
-            f"skipped {len(failures)} unreadable image(s), first: {failures[first]}{where}", stacklevel=3
+            f"skipped {len(failures)} of {len(paths)} images that cannot be read; first: {where}{failures[first]}",
+            stacklevel=3,
         )
     keep = frames >= 0
     kept_frames = frames[keep]
@@ -161,6 +184,12 @@ def _file_set(paths, labels, origins, image_size, resize_mode, cache_dir, on_bad
         image_size=tuple(image_size),
         skipped=skipped,
     )
+
+
+def _reason(path: Path, message: str) -> str:
+    """A failure message without the leading ``PATH: `` (the path has its own column)."""
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
 
 
 def _array_set(images: np.ndarray, labels: list[str] | None, image_size: tuple[int, int]) -> ImageSet:
@@ -260,3 +289,21 @@ class ImageBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
+
+    def epoch_callback(self) -> keras.callbacks.Callback:
+        """A callback for ``fit`` that sets this stream to the order of the epoch Keras starts.
+
+        Keras also calls ``on_epoch_end`` when a ``fit`` begins, so counting those calls does
+        not tell which epoch is running; with this callback epoch ``e`` always reads the order
+        of ``(seed, e)``, in a first run and after a resume alike.
+        """
+        return _FollowEpochs(self)
+
+
+class _FollowEpochs(keras.callbacks.Callback):
+    def __init__(self, batches: ImageBatches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)

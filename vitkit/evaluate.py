@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from vitkit.data import write_skipped
 from vitkit.errors import ManifestError
 from vitkit.figures import confusion_figure, image_grid_figure, save_figure
 from vitkit.fileio import check_writable, write_text_atomic
@@ -18,7 +19,7 @@ from vitkit.predict import as_model, images_for, predict_probabilities, predicti
 
 OUTPUT_FILES = (
     "metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "misclassified.png",
-    "probabilities.csv", "class_probabilities.csv",
+    "probabilities.csv", "class_probabilities.csv", "skipped.csv",
 )
 
 
@@ -72,7 +73,8 @@ def evaluate(
 
     Files in ``out``: ``metrics.json``, ``confusion_matrix.csv`` / ``.png``,
     ``misclassified.png`` (up to 16 errors), ``probabilities.csv`` (every image, every class)
-    and ``class_probabilities.csv`` (mean probability of each predicted class per true class).
+    and ``class_probabilities.csv`` (mean probability of each predicted class per true class);
+    ``skipped.csv`` lists the images that could not be read, when there are any.
 
     Returns:
         The metrics (see :func:`classification_metrics`).
@@ -95,7 +97,6 @@ def evaluate(
 
 
 def _write_report(out: Path, metrics, images, probabilities, class_names) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2), overwrite=True)
     confusion = np.array(metrics["confusion_matrix"])
     frame = pd.DataFrame(confusion, index=pd.Index(class_names, name="true"), columns=class_names)
@@ -110,5 +111,6 @@ def _write_report(out: Path, metrics, images, probabilities, class_names) -> Non
     figure = image_grid_figure(list(images.read(wrong)), titles, [False] * len(wrong)) if len(wrong) else \
         image_grid_figure([np.full((8, 8, 3), 255, np.uint8)], ["no misclassified images"])
     save_figure(figure, out / "misclassified.png")
+    (out / "skipped.csv").unlink(missing_ok=True)
     if images.skipped:
-        write_table(pd.DataFrame(images.skipped, columns=["image", "reason"]), out / "skipped.csv", overwrite=True)
+        write_skipped(images.skipped, out / "skipped.csv", overwrite=True)

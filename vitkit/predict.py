@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from vitkit.data import ImageBatches, ImageSet, load_images
+from vitkit.data import ImageBatches, ImageSet, load_images, write_skipped
+from vitkit.device import out_of_memory_hint
 from vitkit.figures import image_grid_figure, save_figure
 from vitkit.fileio import atomic_output, check_writable
 from vitkit.model import ImageClassifier
@@ -33,7 +35,8 @@ def predict_probabilities(model: ImageClassifier, images: ImageSet, batch_size: 
     """``(n, classes)`` probabilities for every image of the set."""
     if not len(images):
         return np.zeros((0, len(model.class_names)), dtype=np.float32)
-    return np.asarray(model.predict(ImageBatches(images, batch_size), verbose=verbose))
+    with out_of_memory_hint(batch_size):
+        return np.asarray(model.predict(ImageBatches(images, batch_size), verbose=verbose))
 
 
 def prediction_table(images: ImageSet, probabilities: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
@@ -81,22 +84,40 @@ def predict(
         >>> table = vitkit.predict("models/products.weights.h5", "examples/photos/mug")
         >>> table[["image", "predicted", "confidence"]].head()
     """
-    for target in (out, grid):
+    skipped = None if out is None else skipped_path(out)
+    for target in (out, grid, skipped):
         if target is not None:
             check_writable(target, overwrite)
     model = as_model(model)
     images = images_for(model, data, **load_options)
+    _warn_unknown_classes(images, model.class_names)
     probabilities = predict_probabilities(model, images, batch_size)
     table = prediction_table(images, probabilities, model.class_names)
     if out is not None:
         write_table(table, out, overwrite)
+        skipped.unlink(missing_ok=True)
         if images.skipped:
-            skipped = Path(out).with_name(Path(out).stem + ".skipped.csv")
-            write_table(pd.DataFrame(images.skipped, columns=["image", "reason"]), skipped, True)
+            write_skipped(images.skipped, skipped, overwrite=True)
     if grid is not None and len(table):
         shown = min(len(table), 16)
         save_figure(prediction_grid(images, table, shown), grid, overwrite)
     return table
+
+
+def skipped_path(out: str | os.PathLike) -> Path:
+    """Where the list of skipped images goes beside ``predictions.csv``: ``predictions.skipped.csv``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.skipped.csv")
+
+
+def _warn_unknown_classes(images: ImageSet, class_names: Sequence[str]) -> None:
+    unknown = sorted({label for label in images.labels or [] if label not in class_names})
+    if unknown:
+        warnings.warn(
+            f"class(es) {unknown} of the input are not among the model's classes {list(class_names)}; "
+            f"their images can never be predicted right",
+            stacklevel=3,
+        )
 
 
 def prediction_grid(images: ImageSet, table: pd.DataFrame, count: int):

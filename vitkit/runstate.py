@@ -1,9 +1,10 @@
 """Training bookkeeping: best checkpoint, history, and the state an interrupted run resumes from.
 
-After every epoch the run folder (``NAME.run/`` beside the model file) receives the model and
-optimizer variables of that epoch and then, atomically, ``state.json`` naming them; a run killed
-at any instant therefore resumes from the last completed epoch with the same optimizer moments,
-early-stopping and learning-rate-plateau counters, and history.
+After every epoch the run folder (``NAME.run/`` beside the model file) receives the model,
+optimizer and random-generator variables of that epoch and then, atomically, ``state.json``
+naming them; a run killed at any instant therefore resumes from the last completed epoch with the
+same optimizer moments, augmentation and dropout random streams, early-stopping and
+learning-rate-plateau counters, and history.
 """
 
 from __future__ import annotations
@@ -23,35 +24,48 @@ import numpy as np
 
 from vitkit.errors import ConfigError
 from vitkit.fileio import atomic_output, write_text_atomic
-from vitkit.modelfile import save_model
+from vitkit.modelfile import load_weights_only, save_model
 
 STATE_FILE = "state.json"
 
 
-def save_optimizer(optimizer: keras.optimizers.Optimizer, path: Path) -> None:
-    """Write the optimizer's variables (by position, with their paths for checking)."""
+def save_variables(groups: dict[str, list], path: Path) -> None:
+    """Write groups of variables (by position, with their paths for checking) to one H5 file."""
     with atomic_output(path, overwrite=True, suffix=".h5") as temporary:
         with h5py.File(temporary, "w") as handle:
-            for i, variable in enumerate(optimizer.variables):
-                dataset = handle.create_dataset(str(i), data=keras.ops.convert_to_numpy(variable))
-                dataset.attrs["path"] = variable.path
+            for group_name, variables in groups.items():
+                group = handle.create_group(group_name)
+                for i, variable in enumerate(variables):
+                    dataset = group.create_dataset(str(i), data=keras.ops.convert_to_numpy(variable))
+                    dataset.attrs["path"] = variable.path
 
 
-def load_optimizer(optimizer: keras.optimizers.Optimizer, trainable: list, path: Path) -> None:
-    """Restore variables written by :func:`save_optimizer` into an optimizer for ``trainable``."""
-    if not optimizer.built:
-        optimizer.build(trainable)
+def load_variables(groups: dict[str, list], path: Path) -> None:
+    """Restore variables written by :func:`save_variables`; every group must match in count and shape."""
     with h5py.File(path, "r") as handle:
-        if len(handle) != len(optimizer.variables):
-            raise ConfigError(
-                f"{path}: optimizer state has {len(handle)} variables, this run has "
-                f"{len(optimizer.variables)}; the options differ from the interrupted run"
-            )
-        for i, variable in enumerate(optimizer.variables):
-            value = handle[str(i)][()]
-            if tuple(value.shape) != tuple(variable.shape):
-                raise ConfigError(f"{path}: optimizer variable {variable.path} has another shape; options differ")
-            variable.assign(value)
+        for group_name, variables in groups.items():
+            saved = handle[group_name]
+            if len(saved) != len(variables):
+                raise ConfigError(
+                    f"{path}: {group_name} state has {len(saved)} variables, this run has "
+                    f"{len(variables)}; the options differ from the interrupted run"
+                )
+            for i, variable in enumerate(variables):
+                value = saved[str(i)][()]
+                if tuple(value.shape) != tuple(variable.shape):
+                    raise ConfigError(f"{path}: {group_name} variable {variable.path} has another shape; options differ")
+                variable.assign(value)
+
+
+def random_state_variables(model: keras.Model) -> list:
+    """Variables that ``save_weights`` leaves out but a resumed run needs: random-generator states.
+
+    Augmentation and dropout layers draw from seed generators whose counters advance every
+    step; restoring them makes the epochs after a resume see the same random draws as an
+    uninterrupted run.
+    """
+    saved = {id(variable) for variable in model.weights}
+    return [variable for variable in model.variables if id(variable) not in saved]
 
 
 class RunKeeper(keras.callbacks.Callback):
@@ -91,7 +105,17 @@ class RunKeeper(keras.callbacks.Callback):
         state_path = self.run_dir / STATE_FILE
         if not state_path.is_file():
             return None
-        state = json.loads(state_path.read_text())
+        try:
+            state = json.loads(state_path.read_text())
+            missing = [state[key] for key in ("weights", "variables") if not (self.run_dir / state[key]).is_file()]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ConfigError(
+                f"{state_path} is damaged ({error}); delete {self.run_dir} or pass --overwrite to start again"
+            ) from None
+        if missing:
+            raise ConfigError(
+                f"{self.run_dir} lacks {', '.join(missing)}; delete that folder or pass --overwrite to start again"
+            )
         if state["options"] != self.options:
             changed = sorted(k for k in set(state["options"]) | set(self.options)
                              if state["options"].get(k) != self.options.get(k))
@@ -105,10 +129,29 @@ class RunKeeper(keras.callbacks.Callback):
         self._restored = state
         return state
 
-    def restore_into(self, model: keras.Model, state: dict[str, Any]) -> None:
-        """Load the saved epoch's weights and optimizer variables into a compiled model."""
-        model.load_weights(self.run_dir / state["weights"])
-        load_optimizer(model.optimizer, model.trainable_variables, self.run_dir / state["optimizer"])
+    def restore_into(self, model: keras.Model, state: dict[str, Any], within_phase: bool = True) -> None:
+        """Load the saved epoch's weights and random-generator states into a compiled model.
+
+        ``within_phase``: the run stopped inside a training phase, so the optimizer variables
+        (moments, step, learning rate) and the early-stopping and plateau counters continue too.
+        A new phase (after the frozen-backbone epochs) starts them afresh, as an uninterrupted
+        run does.
+        """
+        groups = {"random": random_state_variables(model)}
+        if within_phase:
+            if not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            groups["optimizer"] = model.optimizer.variables
+        try:
+            load_weights_only(model, self.run_dir / state["weights"])
+            load_variables(groups, self.run_dir / state["variables"])
+        except (OSError, KeyError, ValueError) as error:
+            raise ConfigError(
+                f"{self.run_dir} is damaged ({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
+                f"delete that folder or pass --overwrite to start again"
+            ) from None
+        if not within_phase:
+            self._restored = None
 
     def on_train_begin(self, logs=None):
         if self._restored is None:
@@ -116,6 +159,7 @@ class RunKeeper(keras.callbacks.Callback):
         for callback in self.stateful_callbacks:
             for name, value in self._restored["callbacks"].get(type(callback).__name__, {}).items():
                 setattr(callback, name, value)
+        self._restored = None  # a later phase starts its counters afresh
 
     # Per epoch --------------------------------------------------------------------------------
     def on_epoch_begin(self, epoch, logs=None):
@@ -138,13 +182,15 @@ class RunKeeper(keras.callbacks.Callback):
     def _save_state(self, epochs_done: int) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         weights = f"epoch-{epochs_done:04d}.weights.h5"
-        optimizer = f"epoch-{epochs_done:04d}.optimizer.h5"
+        variables = f"epoch-{epochs_done:04d}.state.h5"
         save_model(self.model, self.run_dir / weights, overwrite=True)
-        save_optimizer(self.model.optimizer, self.run_dir / optimizer)
+        save_variables({"optimizer": self.model.optimizer.variables,
+                        "random": random_state_variables(self.model)}, self.run_dir / variables)
         state = {
             "epochs_done": epochs_done,
+            "stopped": bool(self.model.stop_training),
             "weights": weights,
-            "optimizer": optimizer,
+            "variables": variables,
             "best": self.best,
             "best_epoch": self.best_epoch,
             "history": self.history,

@@ -8,6 +8,7 @@ is going, ``NAME.run/`` from which ``resume=True`` continues an interrupted run.
 from __future__ import annotations
 
 import dataclasses
+import random
 import shutil
 import sys
 import warnings
@@ -19,13 +20,14 @@ import keras
 import numpy as np
 
 from vitkit.config import PRESETS
-from vitkit.data import ImageBatches, ImageSet, load_images
-from vitkit.device import is_out_of_memory, out_of_memory_error, resolve_precision
+from vitkit.data import ImageBatches, ImageSet, load_images, write_skipped
+from vitkit.device import is_out_of_memory, out_of_memory_error, out_of_memory_hint, resolve_precision
 from vitkit.errors import ConfigError, ManifestError
 from vitkit.figures import history_figure, save_figure
-from vitkit.fileio import check_writable, write_text_atomic
+from vitkit.fileio import check_writable, remove_temporaries
 from vitkit.manifest import Manifest, read_manifest, stratified_split
 from vitkit.model import ImageClassifier, build_model, image_size_pair
+from vitkit.modelfile import load_weights_only
 from vitkit.runstate import RunKeeper
 
 PRETRAINED_PRESETS = ("vit_b16", "vit_b32", "vit_l16", "vit_l32")
@@ -164,7 +166,7 @@ def train(
         "val_fraction": val_fraction, "seed": seed, "precision": precision,
         "classes": list(classes) if classes else None, **backbone_overrides,
     }
-    _prepare_outputs(paths, resume, overwrite)
+    resuming = _prepare_outputs(paths, resume, overwrite)
     _seed_everything(seed)
 
     train_set, val_set = _datasets(train_data, val_data, size, resize_mode, val_fraction, seed,
@@ -174,19 +176,22 @@ def train(
     skipped_path = _write_skipped(paths["skipped"], train_set, val_set)
 
     precision = resolve_precision(precision)
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(precision)
-    try:
-        model = build_model(
-            class_names, backbone, weights, size, head_width=head_width, preprocess=preprocess,
-            resize_mode=resize_mode, augment=augment, seed=seed, **backbone_overrides,
-        )
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
+
+    def resume_note() -> str:
+        has_state = (paths["run"] / "state.json").is_file()
+        return f"the finished epochs are kept: add --resume to continue ({paths['run']})" if has_state else ""
+
+    with out_of_memory_hint(batch_size, precision, resume_note):
+        model = _build(class_names, backbone, weights, size, precision, head_width=head_width,
+                       preprocess=preprocess, resize_mode=resize_mode, augment=augment, seed=seed,
+                       **backbone_overrides)
     sample_weights = _sample_weights(train_set, class_names, class_weights)
+    # One loader: Keras' worker pool prefetches batches before ``fit`` starts and hands the
+    # leftovers to later epochs (on JAX), so the batches a step sees would depend on thread
+    # timing. Reading decoded frames from the cache is cheap; determinism is worth more.
     batches = ImageBatches(train_set, batch_size, class_names, shuffle=True, seed=seed,
-                           sample_weights=sample_weights, drop_remainder=True)
-    val_batches = ImageBatches(val_set, batch_size, class_names) if val_set is not None else None
+                           sample_weights=sample_weights, drop_remainder=True, workers=1)
+    val_batches = ImageBatches(val_set, batch_size, class_names, workers=1) if val_set is not None else None
     monitor = "val_loss" if val_batches is not None else "loss"
 
     early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, patience=patience or epochs + 1)
@@ -194,10 +199,10 @@ def train(
     stateful = [early_stopping] + ([plateau] if schedule == "constant" else [])
     keeper = RunKeeper(paths["model"], paths["run"], paths["history"], monitor, options, stateful,
                        extra_metadata={"training": options})
-    state = keeper.load_state() if resume else None
-    if resume and state is None:
-        print(f"no interrupted run in {paths['run']}; starting from the first epoch", file=sys.stderr)
+    state = keeper.load_state() if resuming else None
     done = state["epochs_done"] if state else 0
+    if state and state.get("stopped"):
+        done = epochs
 
     phases = [(0, min(freeze_backbone_epochs, epochs), False), (min(freeze_backbone_epochs, epochs), epochs, True)]
     try:
@@ -210,15 +215,14 @@ def train(
                 loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
                 metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
             )
-            if state and done > start:
-                keeper.restore_into(model, state)
-            elif state and done == start:
-                model.load_weights(paths["run"] / state["weights"])
-            initial = max(start, done)
-            batches.set_epoch(initial)
+            if state and done >= start:
+                keeper.restore_into(model, state, within_phase=done > start)
+            # The batch order is the stream's own (seeded per epoch); Keras' shuffle would
+            # reorder batches with the global random module and break resumed runs.
             model.fit(
-                batches, validation_data=val_batches, epochs=end, initial_epoch=initial,
-                callbacks=stateful + [keeper], verbose=_verbosity(verbose),
+                batches, validation_data=val_batches, epochs=end, initial_epoch=max(start, done),
+                shuffle=False, callbacks=[batches.epoch_callback()] + stateful + [keeper],
+                verbose=_verbosity(verbose),
             )
             done = end
             if early_stopping.stopped_epoch:
@@ -227,16 +231,26 @@ def train(
         raise KeyboardInterrupt(f"training interrupted; continue it with --resume (state in {paths['run']})") from None
     except Exception as error:
         if is_out_of_memory(error):
-            raise out_of_memory_error(batch_size, precision) from None
+            raise out_of_memory_error(batch_size, precision, resume_note()) from None
         raise
 
     if keeper.best_epoch is None:
         raise ConfigError(f"training produced no finite {monitor}; lower the learning rate ({learning_rate})")
-    model.load_weights(paths["model"])
+    load_weights_only(model, paths["model"])
     save_figure(history_figure(keeper.history), paths["curves"])
     keeper.finish()
     return TrainResult(model, paths["model"], keeper.history, paths["history"], paths["curves"],
                        keeper.best_epoch, skipped_path)
+
+
+def _build(class_names, backbone, weights, size, precision, **options) -> ImageClassifier:
+    """Build the model under the training precision's dtype policy."""
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        return build_model(class_names, backbone, weights, size, **options)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
 
 
 def _check_choices(optimizer: str, schedule: str, epochs: int, freeze: int, batch_size: int) -> None:
@@ -258,26 +272,44 @@ def _resolve_weights(weights: str | None, backbone: str) -> str | None:
     return None if weights in (None, "none") else str(weights)
 
 
-def _prepare_outputs(paths: dict[str, Path], resume: bool, overwrite: bool) -> None:
+def _prepare_outputs(paths: dict[str, Path], resume: bool, overwrite: bool) -> bool:
+    """Check the outputs may be written; returns whether an interrupted run is continued."""
     has_state = (paths["run"] / "state.json").is_file()
+    for key in ("model", "history", "curves"):
+        remove_temporaries(paths[key])
+    if resume and has_state:
+        for leftover in paths["run"].glob(".*.tmp*"):
+            leftover.unlink(missing_ok=True)
+        return True
     if resume:
-        return
+        print(f"no interrupted run in {paths['run']}; starting from the first epoch", file=sys.stderr)
     if has_state and not overwrite:
         raise ConfigError(
             f"{paths['run']} holds an interrupted run; continue it with --resume, or pass "
             f"--overwrite to start again"
         )
-    for key in ("model", "history", "curves"):
+    for key in ("model", "history", "curves", "skipped"):
         check_writable(paths[key], overwrite)
+    paths["skipped"].unlink(missing_ok=True)
     shutil.rmtree(paths["run"], ignore_errors=True)
+    return False
 
 
 def _seed_everything(seed: int) -> None:
-    keras.utils.set_random_seed(seed)
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
+        keras.utils.set_random_seed(seed)
         tf.config.experimental.enable_op_determinism()
+        return
+    # keras.utils.set_random_seed imports TensorFlow whenever it is installed; the other
+    # backends' layers draw their seeds from Python's and NumPy's generators.
+    random.seed(seed)
+    np.random.seed(seed)
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.manual_seed(seed)
 
 
 def _datasets(train_data, val_data, size, resize_mode, val_fraction, seed, label_from, classes,
@@ -329,12 +361,9 @@ def _check_classes(train_set: ImageSet, val_set: ImageSet | None, class_names: l
 
 
 def _write_skipped(path: Path, *sets: ImageSet | None) -> Path | None:
-    rows = [row for image_set in sets if image_set is not None for row in image_set.skipped]
-    if not rows:
-        return None
-    lines = ["image,reason"] + [f'"{where}","{reason}"' for where, reason in
-                               ((w.replace('"', '""'), r.replace('"', '""')) for w, r in rows)]
-    return write_text_atomic(path, "\n".join(lines) + "\n", overwrite=True)
+    # A validation set split off the training set shares its list: keep each row once.
+    rows = list(dict.fromkeys(row for image_set in sets if image_set is not None for row in image_set.skipped))
+    return write_skipped(rows, path, overwrite=True) if rows else None
 
 
 def _sample_weights(train_set: ImageSet, class_names: list[str], class_weights) -> np.ndarray | None:
