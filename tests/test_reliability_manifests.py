@@ -182,6 +182,15 @@ def test_unknown_class_at_predict_is_predicted_with_a_warning(photos, tiny_model
     assert set(table["predicted"]) <= {"circle", "triangle"}
 
 
+def test_rows_without_a_class_are_named_before_training_refuses(photos, tmp_path):
+    from vitkit.train import train
+
+    path = manifest(photos / "m.csv", f"{HEADER},label\n.,circle,0.png,circle\n.,square,0.png,\n.,square,1.png,square\n")
+    with pytest.warns(UserWarning, match=r"m\.csv line 3: 1 row\(s\) have an empty class"):
+        with pytest.raises(ManifestError, match="training images need a class each"):
+            train(path, out=tmp_path / "m.weights.h5", backbone="vit_micro", weights="none", image_size=32)
+
+
 def test_class_outside_the_given_list_names_the_line(tmp_path):
     path = manifest(tmp_path / "m.csv", f"{HEADER}\n.,a,0.png\n.,b,1.png\n")
     with pytest.raises(ManifestError, match=r"line 3: class 'b' is not one of a, c"):

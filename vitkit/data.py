@@ -128,6 +128,13 @@ def load_images(
     if isinstance(data, np.ndarray):
         return _array_set(data, None, image_size)
     if isinstance(data, Manifest):
+        unlabelled = [entry for entry in data.entries if entry.label is None]
+        if unlabelled and len(unlabelled) < len(data):
+            warnings.warn(
+                f"{data.where(unlabelled[0])}: {len(unlabelled)} row(s) have an empty class, so the "
+                f"manifest's classes are not used; fill them in or remove those rows",
+                stacklevel=2,
+            )
         return _file_set(data.paths, data.labels if data.has_labels else None,
                          [data.where(e) for e in data.entries], image_size, resize_mode,
                          cache_dir, on_bad_image, progress)

@@ -326,7 +326,10 @@ def _datasets(train_data, val_data, size, resize_mode, val_fraction, seed, label
                 val_data = None
     train_set = load(train_data)
     if train_set.labels is None:
-        raise ManifestError("training images need classes: give a manifest, a pixel CSV or (x, y)")
+        raise ManifestError(
+            "training images need a class each: give a manifest whose rows all have a label (or "
+            "type_dir), a pixel CSV or (x, y)"
+        )
     if val_data is not None:
         return train_set, load(val_data)
     if val_fraction <= 0:
