@@ -21,7 +21,7 @@ from PIL import Image
 
 from vitkit.cache import ImageStore
 from vitkit.errors import ConfigError, ImageError, ManifestError
-from vitkit.manifest import Manifest, find_images, read_manifest
+from vitkit.manifest import Manifest, find_images, folder_labels, read_manifest
 from vitkit.pixelcsv import is_pixel_csv, read_pixel_csv
 
 BAD_IMAGE_POLICIES = ("skip", "error")
@@ -88,8 +88,9 @@ def load_images(
     """Bring any supported input to an :class:`ImageSet` of ``image_size``.
 
     Args:
-        data: manifest CSV path or :class:`Manifest`, pixel CSV path, folder, image file, list
-            of image files, uint8 array ``x`` (N, H, W[, C]) or ``(x, y)``.
+        data: manifest CSV path or :class:`Manifest`, pixel CSV path, folder (its images are
+            labelled by their first sub-folder when every image has one), image file, list of
+            image files, uint8 array ``x`` (N, H, W[, C]) or ``(x, y)``.
         image_size: (height, width) of the model.
         resize_mode: ``stretch``, ``pad`` or ``crop``.
         label_from, classes, root: passed to :func:`~vitkit.manifest.read_manifest`.
@@ -117,7 +118,8 @@ def load_images(
             files = find_images(path)
             if not files:
                 raise ManifestError(f"{path}: no image files found")
-            return _file_set(files, None, None, image_size, resize_mode, cache_dir, on_bad_image, progress)
+            return _file_set(files, folder_labels(path, files), None, image_size, resize_mode, cache_dir,
+                             on_bad_image, progress)
         if path.suffix.lower() == ".csv":
             if is_pixel_csv(path):
                 pixels, labels = read_pixel_csv(path)
