@@ -40,6 +40,42 @@ def _gelu_exact(x):
     return keras.activations.gelu(x, approximate=False)
 
 
+def fused_attention(query, key, value, training: bool = False):
+    """``softmax(q k^T / sqrt(d)) v`` for ``(batch, tokens, heads, head_dim)`` inputs, fused.
+
+    Uses the backend's fused kernel through ``keras.ops.dot_product_attention``. One case needs
+    help: cuDNN's fused attention (JAX's kernel on NVIDIA GPUs) computes gradients only for
+    sequences of even length, and a ViT has ``1 + patches`` tokens, usually an odd number, so
+    Keras would fall back to unfused attention for training. There the sequence is padded by one
+    token that cuDNN's sequence lengths hide, and the extra row is dropped: the same result,
+    with the fused kernel in both directions.
+    """
+    length = query.shape[1]
+    if training and length is not None and length % 2 and keras.backend.backend() == "jax":
+        padded = _cudnn_attention_of_padded(query, key, value)
+        if padded is not None:
+            return padded
+    return ops.dot_product_attention(query, key, value)
+
+
+def _cudnn_attention_of_padded(query, key, value):
+    """cuDNN attention over the sequence padded to even length, or None where cuDNN cannot run it."""
+    import jax
+    import jax.numpy as jnp
+
+    length = query.shape[1]
+    padding = [(0, 0), (0, 1), (0, 0), (0, 0)]
+    lengths = jnp.full((query.shape[0],), length, jnp.int32)
+    try:
+        mixed = jax.nn.dot_product_attention(
+            *(jnp.pad(tensor, padding) for tensor in (query, key, value)),
+            query_seq_lengths=lengths, key_value_seq_lengths=lengths, implementation="cudnn",
+        )
+    except (NotImplementedError, RuntimeError, ValueError, TypeError):  # no GPU, cuDNN or dtype
+        return None
+    return mixed[:, :length]
+
+
 @keras.saving.register_keras_serializable(package="vitkit")
 class ClassToken(keras.layers.Layer):
     """Prepends a learned class token to a sequence of patch tokens."""
@@ -114,7 +150,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             )
         else:
             weights = None
-            mixed = ops.dot_product_attention(query, key, value)
+            mixed = fused_attention(query, key, value, training=bool(training))
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         output = self.out(ops.reshape(mixed, (batch, length, x.shape[-1])))
         return (output, weights) if return_attention else output

@@ -38,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend
+    from vitkit.device import configure_xla
+
+    configure_xla()
     warnings.showwarning = _show_warning
     from vitkit.errors import VitkitError
 

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from vitkit.cache import ImageStore
+from vitkit.device import batch_stager
 from vitkit.errors import ConfigError, ImageError, ManifestError
 from vitkit.manifest import Manifest, find_images, folder_labels, read_manifest
 from vitkit.pixelcsv import is_pixel_csv, read_pixel_csv
@@ -234,6 +235,7 @@ class ImageBatches(keras.utils.PyDataset):
         self.shard = shard
         self.epoch = 0
         self._order = self._epoch_order()
+        self._stage = batch_stager() or (lambda pixels: pixels)
 
     def _epoch_order(self) -> np.ndarray:
         order = np.arange(len(self.images))
@@ -253,9 +255,9 @@ class ImageBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         selected = self._order[index * self.batch_size:(index + 1) * self.batch_size]
-        pixels = self.images.read(selected)
+        pixels = self._stage(self.images.read(selected))
         if self.targets is None:
-            return pixels
+            return (pixels,)
         if self.sample_weights is None:
             return pixels, self.targets[selected]
         return pixels, self.targets[selected], self.sample_weights[selected]
