@@ -117,6 +117,34 @@ def test_a_changed_layer_order_in_the_file_changes_nothing(tmp_path):
     assert np.abs(model.predict(pixels, verbose=0) - EXPECTED["tf"]).max() < TOLERANCE
 
 
+def test_keras2_backbone_saved_alone(tmp_path):
+    """vit-keras 0.1.2's functional backbone saved alone by Keras 2: one group per layer, named
+    ``Transformer/encoderblock_0`` (nested groups), the fixture's arrays rewritten in that layout."""
+    alone = tmp_path / "backbone.h5"
+    with h5py.File(WEIGHTS, "r") as source, h5py.File(alone, "w") as target:
+        group = source["vit-b16"]
+        layers: dict[str, list[str]] = {}
+        for weight in (w.decode() if isinstance(w, bytes) else w for w in group.attrs["weight_names"]):
+            parts = weight.split("/")
+            layer = "/".join(parts[:2]) if parts[0] == "Transformer" else parts[0]
+            layers.setdefault(layer, []).append(weight)
+        names = ["input_1", "embedding", "reshape", "class_token", *[n for n in layers if n.startswith("Transformer")],
+                 "ExtractToken"]
+        for name in names:
+            created = target.create_group(name)
+            for weight in layers.get(name, []):
+                created.create_dataset(weight, data=group[weight][()])
+            created.attrs["weight_names"] = np.array([w.encode() for w in layers.get(name, [])], dtype="S")
+        target.attrs["layer_names"] = np.array([n.encode() for n in names])
+        target.attrs["keras_version"] = b"2.15.0"
+    bare = vitkit.load_model(alone, classes=CLASSES, preprocess="tf", num_heads=4, include_top=False)
+    whole = vitkit.load_model(WEIGHTS, classes=CLASSES, preprocess="tf", num_heads=4)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)).astype("float32") / 127.5 - 1
+    assert np.array_equal(np.asarray(bare.backbone(pixels)), np.asarray(whole.backbone(pixels)))
+    with pytest.raises(vitkit.WeightsError, match="without a classifier head"):
+        vitkit.load_model(alone, classes=CLASSES, preprocess="tf", num_heads=4)
+
+
 @pytest.mark.slow
 def test_cli_predicts_and_converts_the_old_file(tmp_path):
     images = [str(path) for path in image_paths()]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import h5py
 import keras
@@ -87,7 +87,12 @@ def is_model_file(path: str | os.PathLike) -> bool:
     return file_kind(path) == "hdf5" and read_metadata(path) is not None
 
 
-def load_model(path: str | os.PathLike, classes=None, preprocess: str | None = None, **foreign_options: Any) -> ImageClassifier:
+def load_model(
+    path: str | os.PathLike,
+    classes: Sequence[str] | str | os.PathLike | None = None,
+    preprocess: str | None = None,
+    **foreign_options: Any,
+) -> ImageClassifier:
     """Rebuild a classifier from a model file alone, on the current Keras backend.
 
     Files of other tools (Flax ``.npz`` checkpoints, vit-keras ``.weights.h5`` / ``.h5``, the
@@ -117,6 +122,7 @@ def load_model(path: str | os.PathLike, classes=None, preprocess: str | None = N
 
 
 def _check_agrees(path, spec: ModelSpec, classes, preprocess: str | None, foreign_options: dict[str, Any]) -> None:
+    """Options given for a vitkit file must say what the file says."""
     given = {key: value for key, value in foreign_options.items() if value is not None}
     if given:
         raise WeightsError(f"{path} is a vitkit model file; {', '.join(sorted(given))} apply only to files of other tools")
