@@ -13,9 +13,10 @@ import json
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 import vitkit
-from vitkit.convert import convert
+from vitkit.convert import convert_weights
 from vitkit.legacy import backbone_shape, read_weights
 from vitkit.modelfile import read_metadata
 
@@ -60,7 +61,7 @@ def test_predictions_equal_keras2(preprocess, record_property):
 
 
 def test_converted_file_keeps_the_choice_and_the_predictions(tmp_path):
-    out = convert(WEIGHTS, tmp_path / "old.weights.h5", classes=",".join(CLASSES), preprocess="raw", num_heads=4)
+    out = convert_weights(WEIGHTS, tmp_path / "old.weights.h5", classes=",".join(CLASSES), preprocess="raw", num_heads=4)
     metadata = read_metadata(out)
     assert metadata["spec"]["preprocess"] == "raw" and metadata["spec"]["class_names"] == CLASSES
     assert metadata["converted_from"]["file"] == "seed_tiny.h5"
@@ -113,7 +114,7 @@ def test_a_changed_layer_order_in_the_file_changes_nothing(tmp_path):
             group.attrs["weight_names"] = np.array(weight_names)
         target.attrs["layer_names"] = np.array([renames.get(n, n).encode() for n in reversed(names)])
     model = vitkit.load_model(shuffled, classes=CLASSES, preprocess="tf", num_heads=4)
-    pixels = np.stack([np.asarray(__import__("PIL.Image").Image.open(p).convert("RGB")) for p in image_paths()])
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in image_paths()])
     assert np.abs(model.predict(pixels, verbose=0) - EXPECTED["tf"]).max() < TOLERANCE
 
 

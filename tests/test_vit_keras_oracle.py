@@ -159,11 +159,14 @@ def test_keras3_file_without_stored_layer_names_loads(references, images, tmp_pa
     assert max(differences(loaded, images[0], reference_output, reference_attention, "recipe")) < TOLERANCE
 
 
-def test_heads_come_from_a_saved_model_configuration(references, tmp_path):
+@pytest.mark.parametrize("saver", ["legacy model.save .h5", "keras3 .keras"])
+def test_heads_come_from_a_saved_model_configuration(saver, references, tmp_path):
     """A whole-model file records num_heads; 32 wide is no published width, so weights alone cannot tell."""
     model = references["recipe"][0]
-    from_config = vitkit.load_model(SAVERS["legacy model.save .h5"](model, tmp_path), classes=CLASSES, preprocess="tf")
+    from_config = vitkit.load_model(SAVERS[saver](model, tmp_path), classes=CLASSES, preprocess="tf")
     assert from_config.spec.backbone.num_heads == 4
+    with pytest.raises(vitkit.WeightsError, match="has 4 attention heads, not 8"):
+        vitkit.load_model(SAVERS[saver](model, tmp_path), classes=CLASSES, preprocess="tf", num_heads=8)
     with pytest.raises(vitkit.ConfigError, match="--heads"):
         vitkit.load_model(SAVERS["keras3 .weights.h5"](model, tmp_path), classes=CLASSES, preprocess="tf", num_heads=None)
 

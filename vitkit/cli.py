@@ -502,9 +502,9 @@ def _run_weights_download(args: argparse.Namespace) -> None:
 
 
 def _run_weights_convert(args: argparse.Namespace) -> None:
-    from vitkit.convert import convert
+    from vitkit.convert import convert_weights
 
-    out = convert(args.source, args.out, classes=args.classes, include_top=args.include_top,
+    out = convert_weights(args.source, args.out, classes=args.classes, include_top=args.include_top,
                   image_size=args.image_size, overwrite=args.overwrite, **_foreign_options(args))
     print(f"model: {out}")
 

@@ -262,7 +262,7 @@ def _head_of(model: ImageClassifier) -> list:
     return model._parts[3]
 
 
-def convert(
+def convert_weights(
     path: str | os.PathLike,
     out: str | os.PathLike,
     classes: Sequence[str] | str | os.PathLike | None = None,
@@ -278,7 +278,7 @@ def convert(
     preprocessing chosen, so the converted file loads with ``vitkit.load_model(out)`` alone.
 
     Example:
-        >>> convert("old/model.h5", "models/old.weights.h5", classes="bottle,can,mug", preprocess="tf")
+        >>> convert_weights("old/model.h5", "models/old.weights.h5", classes="bottle,can,mug", preprocess="tf")
     """
     from vitkit.fileio import check_writable
     from vitkit.modelfile import save_model
