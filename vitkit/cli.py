@@ -134,8 +134,8 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
 def _add_foreign_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "model files of other tools",
-        "Flax .npz checkpoints, vit-keras .h5 / .weights.h5 and the original recipe's Keras-2 .h5 "
-        "load directly; they do not record class names (give --classes in output order) nor, "
+        "Flax .npz checkpoints, vit-keras .h5 / .weights.h5 and the original recipe's Keras-2 .h5\n"
+        "load directly; they do not record class names (give --classes in output order) nor,\n"
         "for H5 files, how pixels were scaled (give --preprocess)",
     )
     group.add_argument("--preprocess", choices=("tf", "raw"),
@@ -430,9 +430,10 @@ def _run_predict(args: argparse.Namespace) -> None:
 def _add_weights(commands) -> None:
     parser = commands.add_parser(
         "weights", help="list, download and convert pretrained and old weights files",
-        description="Pretrained checkpoints (the original Flax ViT .npz files) are cached in "
-                    "$VITKIT_HOME/weights (default ~/.keras/vitkit/weights); vit-keras' cache "
+        description="Pretrained checkpoints (the original Flax ViT .npz files) are cached in\n"
+                    "$VITKIT_HOME/weights (default ~/.keras/vitkit/weights); vit-keras' cache\n"
                     "~/.keras/weights is searched too.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
     _command(actions, "list", "show the known checkpoints, the cache folders and which checkpoints are present",
@@ -441,8 +442,8 @@ def _add_weights(commands) -> None:
     download = _command(
         actions, "download", "download a checkpoint into the cache (progress bar, SHA-256, atomic write)",
         _run_weights_download,
-        description="Download one of the checkpoints `vitkit weights list` shows. The file is written "
-                    "under a temporary name and moved into place only when complete; its SHA-256 is "
+        description="Download one of the checkpoints `vitkit weights list` shows. The file is written\n"
+                    "under a temporary name and moved into place only when complete; its SHA-256 is\n"
                     "recorded beside it and checked on later use.\n\n"
                     "example: vitkit weights download ViT-B_16_imagenet21k",
     )
@@ -453,10 +454,10 @@ def _add_weights(commands) -> None:
     convert = _command(
         actions, "convert", "turn a weights file of another tool into a vitkit model file",
         _run_weights_convert,
-        description="Read a Flax .npz checkpoint, a vit-keras .weights.h5 / .h5 or the original recipe's "
-                    "Keras-2 .h5 (every dimension is read from the file) and write a vitkit "
-                    ".weights.h5 that `vitkit.load_model` rebuilds alone. Such files do not record "
-                    "class names: give them in the model's output order.\n\n"
+        description="Read a Flax .npz checkpoint, a vit-keras .weights.h5 / .h5 or the original recipe's\n"
+                    "Keras-2 .h5 (every dimension is read from the file) and write a vitkit .weights.h5\n"
+                    "that `vitkit.load_model` rebuilds alone. Such files do not record class names:\n"
+                    "give them in the model's output order.\n\n"
                     "examples:\n"
                     "  vitkit weights convert old/model.h5 --classes bottle,can,mug --preprocess tf \\\n"
                     "        --out models/old.weights.h5\n"
@@ -514,17 +515,18 @@ def _run_weights_convert(args: argparse.Namespace) -> None:
 def _add_export(commands) -> None:
     parser = _command(
         commands, "export", "export a model for serving outside vitkit (.keras, SavedModel, ONNX)", _run_export,
-        description="Write MODEL (a vitkit .weights.h5, or any file `vitkit.load_model` reads) as a "
-                    ".keras file, a TensorFlow SavedModel folder or an .onnx file. Every export takes "
-                    "uint8 images (batch, height, width, 3) and returns class probabilities in the "
-                    "model's class order. SavedModel needs the tensorflow or jax backend, ONNX the "
+        description="Write MODEL (a vitkit .weights.h5, or any file `vitkit.load_model` reads) as a\n"
+                    ".keras file, a TensorFlow SavedModel folder or an .onnx file. Every export takes\n"
+                    "uint8 images (batch, height, width, 3) and returns class probabilities in the\n"
+                    "model's class order. SavedModel needs the tensorflow or jax backend, ONNX the\n"
                     "tensorflow backend and the tf2onnx package.\n\n"
                     "examples:\n"
                     "  vitkit export models/products.weights.h5 --format savedmodel --out serve/products\n"
                     "  vitkit export models/products.weights.h5 --format onnx --out products.onnx",
     )
     parser.add_argument("model", type=Path, metavar="MODEL", help="model file")
-    parser.add_argument("--format", choices=("keras", "savedmodel", "onnx"), required=True)
+    parser.add_argument("--format", choices=("keras", "savedmodel", "onnx"), required=True,
+                        help="keras (.keras file), savedmodel (TensorFlow SavedModel folder) or onnx")
     parser.add_argument("--out", type=Path, required=True, metavar="PATH",
                         help="a .keras / .onnx file, or a folder for savedmodel")
     parser.add_argument("--classes", metavar="A,B,C|FILE", help="class names, for a file of another tool")

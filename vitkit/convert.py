@@ -24,7 +24,6 @@ from vitkit.model import ImageClassifier, ModelSpec, image_size_pair
 from vitkit.preprocessing import AugmentConfig
 from vitkit.weights import backbone_arrays, flax_name
 
-FOREIGN_OPTIONS = ("preprocess", "include_top", "num_heads", "image_size")
 # vit-keras builds its models with dropout 0.1 (only used if training goes on).
 _VIT_KERAS_DROPOUT = 0.1
 
@@ -65,9 +64,9 @@ def load_foreign(
         preprocess: ``"tf"`` (pixels scaled to [-1, 1], what ViT training uses) or ``"raw"``
             (0-255 as is, what the original notebook fed at prediction time). Required for H5
             files; ``.npz`` checkpoints default to ``"tf"``, their own preprocessing.
-        include_top: None uses the file's classifier head (an error if it has none); True
-            insists on it; False keeps only the backbone and puts a new, untrained recipe head
-            for ``classes`` on it.
+        include_top: None or True uses the file's classifier head (an error if it has none);
+            False keeps only the backbone and puts a new, untrained recipe head for ``classes``
+            on it.
         num_heads: attention heads, for H5 files whose width is not a published ViT's (their
             shapes do not tell the heads).
         image_size: input size; by default the size the file's position embedding was

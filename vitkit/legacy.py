@@ -194,18 +194,26 @@ def read_weights(path: str | Path) -> ForeignWeights:
             f"{path} is not a weights file (neither HDF5 .h5 / .weights.h5 nor a .npz checkpoint)"
         )
     if kind == "zip":
+        return _read_zip(path)
+    try:
+        with h5py.File(path, "r") as handle:
+            return _from_hdf5(path, handle, None, None)
+    except OSError as error:
+        raise WeightsError(f"{path} is not a readable HDF5 file ({error})") from None
+
+
+def _read_zip(path: Path) -> ForeignWeights:
+    """A ``.keras`` model (its ``model.weights.h5`` and ``config.json``) or a ``.npz`` checkpoint."""
+    try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             if "model.weights.h5" in names:
                 config = json.loads(archive.read("config.json")) if "config.json" in names else None
                 with h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as handle:
                     return _from_hdf5(path, handle, "keras3-model", config)
-        return _read_npz(path)
-    try:
-        with h5py.File(path, "r") as handle:
-            return _from_hdf5(path, handle, None, None)
-    except OSError as error:
-        raise WeightsError(f"{path} is not a readable HDF5 file ({error})") from None
+    except (zipfile.BadZipFile, json.JSONDecodeError, OSError) as error:
+        raise WeightsError(f"{path} is a damaged archive ({error})") from None
+    return _read_npz(path)
 
 
 def _read_npz(path: Path) -> ForeignWeights:
@@ -214,38 +222,35 @@ def _read_npz(path: Path) -> ForeignWeights:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise WeightsError(f"{path} is not a readable .npz checkpoint ({error})") from None
     with archive:
-        backbone, head, unknown = {}, [], []
+        arrays = {}
         for key in archive.files:
             try:
-                value = np.asarray(archive[key])
+                arrays[key] = np.asarray(archive[key])
             except ValueError as error:
                 raise WeightsError(f"{path}: array {key!r} cannot be read safely ({error})") from None
-            name = flax_name_of(key)
-            if name is None:
-                unknown.append(key)
-            elif name.startswith("head/"):
-                continue
-            else:
-                backbone[name] = value
-        if "head/kernel" in archive.files:
-            head.append(_dense("head", archive["head/kernel"], _get(archive, "head/bias", path)))
+    unknown = sorted(key for key in arrays if flax_name_of(key) is None)
     if unknown:
-        raise WeightsError(f"{path}: arrays {sorted(unknown)[:5]} are not part of a ViT checkpoint")
-    if not backbone:
-        raise WeightsError(f"{path} holds no ViT arrays (expected names like embedding/kernel)")
+        raise WeightsError(f"{path}: arrays {unknown[:5]} are not part of a ViT checkpoint")
+    if not arrays:
+        raise WeightsError(f"{path} holds no arrays")
+    backbone = {flax_name_of(key): value for key, value in arrays.items()}
+    head = _take_top(backbone, path)
     query = backbone.get("Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel")
     heads = int(query.shape[1]) if query is not None and query.ndim == 3 else None
     return ForeignWeights(path, "flax-npz", backbone, head, num_heads=heads)
 
 
-def _get(archive, key: str, path: Path) -> np.ndarray:
-    if key not in archive.files:
-        raise WeightsError(f"{path} has no {key!r} although it has the matching kernel")
-    return np.asarray(archive[key])
+def _take_top(backbone: dict[str, np.ndarray], path: Path) -> list[HeadLayer]:
+    """Remove a classification top (``head/kernel``, ``head/bias``) from ``backbone``, as a Dense layer."""
+    top = [backbone.pop(key) for key in ("head/kernel", "head/bias") if key in backbone]
+    if len(top) == 1:
+        raise WeightsError(f"{path} has only one of head/kernel and head/bias")
+    return [_dense("head", *top)] if top else []
 
 
-def _dense(name: str, kernel: np.ndarray, bias: np.ndarray, order: tuple = (float("inf"), "", 0)) -> HeadLayer:
-    return HeadLayer(name, "dense", {"kernel": np.asarray(kernel), "bias": np.asarray(bias)}, order)
+def _dense(name: str, kernel: np.ndarray, bias: np.ndarray) -> HeadLayer:
+    """A classification top: after every other head layer."""
+    return HeadLayer(name, "dense", {"kernel": np.asarray(kernel), "bias": np.asarray(bias)}, (float("inf"), "", 0))
 
 
 def _from_hdf5(path: Path, handle: h5py.File, format: str | None, config: dict | None) -> ForeignWeights:
@@ -304,9 +309,10 @@ def _legacy_layers(root: h5py.Group) -> Iterator[_Layer]:
         for weight_name in (_text(n) for n in group.attrs.get("weight_names", [])):
             dataset = group.get(weight_name)
             if not isinstance(dataset, h5py.Dataset):
-                continue
+                raise WeightsError(f"{root.file.filename} lists {layer_name}/{weight_name} but holds no such array; "
+                                   f"the file is damaged")
             name_path = weight_name.split(":")[0]
-            arrays.append((f"{layer_name}/{name_path}", name_path.rsplit("/", 1)[-1], np.asarray(dataset)))
+            arrays.append((f"{layer_name}/{name_path}", name_path.rsplit("/", 1)[-1], dataset[()]))
         yield _Layer(layer_name, arrays, (position, "", 0))
 
 
@@ -330,7 +336,7 @@ def _keras3_layers(handle: h5py.File) -> Iterator[_Layer]:
             layer_vars = handle.get("/".join(parts[:depth] + ["vars"]))
             stored = layer_vars.attrs.get("name") if layer_vars is not None else None
             names.append(_text(stored) if stored is not None else _attribute_name(parts, depth))
-        values = [np.asarray(variables[str(i)]) for i in range(len(variables))]
+        values = [variables[str(i)][()] for i in range(len(variables))]
         layer = "/".join(names)
         leaves = _keras_leaves(layer, values)
         yield _Layer(layer, [(f"{layer}/{leaf}", leaf, value) for leaf, value in zip(leaves, values)],
@@ -385,11 +391,7 @@ def _assemble(path: Path, format: str, layers: list[_Layer], config: dict | None
             head.append(_head_layer(path, layer, dict(rest)))
     if not backbone:
         raise WeightsError(f"{path} holds no ViT weights (no embedding, class token or encoder blocks)")
-    top = [backbone.pop(key) for key in ("head/kernel", "head/bias") if key in backbone]
-    if len(top) == 1:
-        raise WeightsError(f"{path} has only one of head/kernel and head/bias")
-    if top:
-        head.append(_dense("head", *top))
+    head += _take_top(backbone, path)
     return ForeignWeights(path, format, backbone, head, _config_value(config, "num_heads", int),
                           _config_value(config, "dropout", float))
 
