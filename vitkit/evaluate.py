@@ -75,6 +75,8 @@ def evaluate(
     Files in ``out``: ``metrics.json``, ``confusion_matrix.csv`` / ``.png``,
     ``misclassified.png`` (up to 16 errors), ``probabilities.csv`` (every image, every class)
     and ``class_probabilities.csv`` (mean probability of each predicted class per true class).
+    ``preprocess`` and ``num_heads`` (with ``classes`` as the class names) serve weights files
+    of other tools, as in :func:`vitkit.load_model`.
 
     Returns:
         The metrics (see :func:`classification_metrics`).
