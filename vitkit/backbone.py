@@ -77,6 +77,48 @@ def _cudnn_attention_of_padded(query, key, value):
 
 
 @keras.saving.register_keras_serializable(package="vitkit")
+class PatchEmbedding(keras.layers.Layer):
+    """Cuts images into ``patch x patch`` squares and projects each to ``hidden_size`` tokens.
+
+    The same arithmetic as a ``Conv2D`` with kernel and stride ``patch`` and the same variables
+    (``kernel`` of shape ``(patch, patch, channels, hidden)`` and ``bias``), computed as one
+    matrix product over the flattened patches: on GPUs a strided convolution's gradient and the
+    layout changes around it cost several times the product (bench/gpu_kernel_profile.py).
+    Returns ``(batch, rows * columns, hidden_size)``, patches in row-major order.
+    """
+
+    def __init__(self, hidden_size: int, patch_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.patch_size = patch_size
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.kernel = self.add_weight(
+            shape=(self.patch_size, self.patch_size, channels, self.hidden_size),
+            initializer="glorot_uniform", name="kernel",
+        )
+        self.bias = self.add_weight(shape=(self.hidden_size,), initializer="zeros", name="bias")
+
+    def call(self, images):
+        patch = self.patch_size
+        batch, height, width, channels = ops.shape(images)[0], images.shape[1], images.shape[2], images.shape[3]
+        rows, cols = height // patch, width // patch
+        patches = ops.reshape(images, (batch, rows, patch, cols, patch, channels))
+        patches = ops.transpose(patches, (0, 1, 3, 2, 4, 5))
+        patches = ops.reshape(patches, (batch, rows * cols, patch * patch * channels))
+        kernel = ops.reshape(ops.cast(self.kernel, patches.dtype), (patch * patch * channels, self.hidden_size))
+        return ops.matmul(patches, kernel) + ops.cast(self.bias, patches.dtype)
+
+    def compute_output_shape(self, input_shape):
+        tokens = (input_shape[1] // self.patch_size) * (input_shape[2] // self.patch_size)
+        return (input_shape[0], tokens, self.hidden_size)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_size": self.hidden_size, "patch_size": self.patch_size}
+
+
+@keras.saving.register_keras_serializable(package="vitkit")
 class ClassToken(keras.layers.Layer):
     """Prepends a learned class token to a sequence of patch tokens."""
 
@@ -301,9 +343,7 @@ class VisionTransformer(keras.layers.Layer):
             dropout, attention_dropout, drop_path, representation_size,
         )
         self.seed = seed
-        self.embedding = keras.layers.Conv2D(
-            hidden_size, patch_size, strides=patch_size, padding="valid", name="embedding"
-        )
+        self.embedding = PatchEmbedding(hidden_size, patch_size, name="embedding")
         self.class_token = ClassToken(name="class_token")
         self.position_embedding = PositionEmbedding(name="posembed_input")
         self.embedding_dropout = keras.layers.Dropout(dropout)
@@ -342,10 +382,7 @@ class VisionTransformer(keras.layers.Layer):
             self.pre_logits.build((input_shape[0], self.config.hidden_size))
 
     def call(self, images, training=None, return_attention: bool = False):
-        patches = self.embedding(images)
-        batch = ops.shape(patches)[0]
-        tokens = ops.reshape(patches, (batch, -1, self.config.hidden_size))
-        tokens = self.position_embedding(self.class_token(tokens))
+        tokens = self.position_embedding(self.class_token(self.embedding(images)))
         tokens = self.embedding_dropout(tokens, training=training)
         attention = []
         for block in self.blocks:
