@@ -22,8 +22,8 @@ from pathlib import Path
 
 GROUPS = (
     ("attention", re.compile(r"fmha|flash|attention|sdpa|cudnn.*(softmax|attn)|scaled_dot", re.I)),
+    ("convolution", re.compile(r"conv(?!ert)|implicit_gemm|winograd|fprop|dgrad|wgrad", re.I)),
     ("matmul", re.compile(r"gemm|cublas|matmul|sm90_xmma|nvjet|cutlass|dot|\bmm\b|addmm", re.I)),
-    ("convolution", re.compile(r"conv|implicit_gemm|winograd", re.I)),
     ("optimizer", re.compile(r"adam|multi_tensor|foreach", re.I)),
 )
 BATCH, STEPS = 128, 5
@@ -46,7 +46,16 @@ def summarise(kernels: dict[str, float], steps: int) -> dict:
             "top_kernels_ms_per_step": [(k[:90], round(v / steps / 1000, 3)) for k, v in top]}
 
 
-def profile_vitkit() -> dict:
+def _convolution_embedding(self, images):
+    """PatchEmbedding.call as a strided convolution, for comparison."""
+    from keras import ops
+
+    kernel = ops.cast(self.kernel, images.dtype)
+    patches = ops.conv(images, kernel, strides=self.patch_size, padding="valid")
+    return ops.reshape(patches, (ops.shape(images)[0], -1, self.hidden_size)) + ops.cast(self.bias, images.dtype)
+
+
+def profile_vitkit(embedding: str) -> dict:
     import functools
 
     from vitkit.device import configure_xla
@@ -58,7 +67,10 @@ def profile_vitkit() -> dict:
     from jax.profiler import ProfileData
 
     import vitkit
+    import vitkit.backbone
 
+    if embedding == "convolution":
+        vitkit.backbone.PatchEmbedding.call = _convolution_embedding
     keras.config.set_dtype_policy("mixed_bfloat16")
     config = {"patch_size": 16, "num_layers": 12, "hidden_size": 768, "num_heads": 12, "mlp_dim": 3072}
     model = vitkit.build_model(10, backbone=config, image_size=224, augment=False)
@@ -70,17 +82,17 @@ def profile_vitkit() -> dict:
     x = jax.device_put(np.random.default_rng(0).integers(0, 256, (BATCH, 224, 224, 3), dtype=np.uint8))
     y = jax.device_put(np.eye(10, dtype="float32")[np.arange(BATCH) % 10])
 
-    def loss(trainable, non_trainable):
+    def loss(trainable, non_trainable, x, y):
         predicted, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
         return loss_fn(y, predicted), non_trainable
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-    def train(trainable, non_trainable, optimizer_variables):
-        (value, non_trainable), grads = jax.value_and_grad(loss, has_aux=True)(trainable, non_trainable)
+    def train(trainable, non_trainable, optimizer_variables, x, y):
+        (value, non_trainable), grads = jax.value_and_grad(loss, has_aux=True)(trainable, non_trainable, x, y)
         trainable, optimizer_variables = optimizer.stateless_apply(optimizer_variables, grads, trainable)
         return trainable, non_trainable, optimizer_variables, value
 
-    forward = jax.jit(lambda trainable, non_trainable: model.stateless_call(trainable, non_trainable, x)[0])
+    forward = jax.jit(lambda trainable, non_trainable, x: model.stateless_call(trainable, non_trainable, x)[0])
 
     def traced(run) -> dict[str, float]:
         run()
@@ -104,13 +116,13 @@ def profile_vitkit() -> dict:
         nonlocal state
         t, n, o = state
         for _ in range(STEPS):
-            t, n, o, value = train(t, n, o)
+            t, n, o, value = train(t, n, o, x, y)
         value.block_until_ready()
         state = (t, n, o)
 
     def run_forward():
         for _ in range(STEPS):
-            out = forward(state[0], state[1])
+            out = forward(state[0], state[1], x)
         out.block_until_ready()
 
     return {"train": summarise(traced(run_train), STEPS), "forward": summarise(traced(run_forward), STEPS)}
@@ -164,9 +176,11 @@ def profile_timm() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peer", choices=("vitkit", "timm"), required=True)
+    parser.add_argument("--embedding", choices=("matmul", "convolution"), default="matmul",
+                        help="vitkit's patch embedding as it is, or as a strided convolution")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    result = profile_vitkit() if args.peer == "vitkit" else profile_timm()
+    result = profile_vitkit(args.embedding) if args.peer == "vitkit" else profile_timm()
     for phase, summary in result.items():
         print(f"{args.peer} {phase}: {summary['ms_per_step']:.2f} ms of GPU kernels per step of {BATCH}")
         for group, ms in summary["ms_per_step_by_group"].items():

@@ -37,7 +37,13 @@ keras.saving.register_keras_serializable(package="vitkit", name="gelu_tanh")(gel
 
 
 def _gelu_exact(x):
-    return keras.activations.gelu(x, approximate=False)
+    """Exact GELU, ``x * Phi(x)``, written with ``erf``.
+
+    ``keras.activations.gelu`` uses ``erfc`` on JAX, which XLA evaluates with two branches and an
+    exponential: the MLP activation then took twice as long on a GPU as the same GELU in
+    PyTorch (bench/gpu_kernel_profile.py). ``erf`` gives the same values to float tolerance.
+    """
+    return 0.5 * x * (1.0 + ops.erf(x * math.sqrt(0.5)))
 
 
 def fused_attention(query, key, value, training: bool = False):
