@@ -149,3 +149,20 @@ def test_bad_configurations_are_explained(overrides, message):
 def test_unknown_backbone_lists_the_presets():
     with pytest.raises(ConfigError, match="vit_b16"):
         resolve_config("vit_huge", (224, 224))
+
+
+def test_patch_embedding_paths_agree():
+    """Training uses a strided convolution, prediction a product over flattened patches: same numbers."""
+    from vitkit.backbone import PatchEmbedding
+
+    layer = PatchEmbedding(hidden_size=12, patch_size=4)
+    images = np.random.default_rng(3).normal(size=(2, 16, 24, 3)).astype("float32")
+    layer.build(images.shape)
+    layer.bias.assign(np.random.default_rng(4).normal(size=12).astype("float32"))
+    convolution = keras.ops.convert_to_numpy(layer(images, training=True))
+    product = keras.ops.convert_to_numpy(layer(images, training=False))
+    assert product.shape == (2, 4 * 6, 12)
+    np.testing.assert_allclose(product, convolution, atol=1e-5)
+    patch = images[:, 4:8, 8:12, :].reshape(2, -1)  # row 1, column 2 -> token 1 * 6 + 2
+    expected = patch @ keras.ops.convert_to_numpy(layer.kernel).reshape(-1, 12) + keras.ops.convert_to_numpy(layer.bias)
+    np.testing.assert_allclose(product[:, 8], expected, atol=1e-5)

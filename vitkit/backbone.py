@@ -106,15 +106,19 @@ class PatchEmbedding(keras.layers.Layer):
         )
         self.bias = self.add_weight(shape=(self.hidden_size,), initializer="zeros", name="bias")
 
-    def call(self, images):
+    def call(self, images, training=None):
+        kernel = ops.cast(self.kernel, images.dtype)
+        bias = ops.cast(self.bias, images.dtype)
+        if training:
+            tokens = ops.conv(images, kernel, strides=self.patch_size, padding="valid")
+            return ops.reshape(tokens, (ops.shape(images)[0], -1, self.hidden_size)) + bias
         patch = self.patch_size
         batch, height, width, channels = ops.shape(images)[0], images.shape[1], images.shape[2], images.shape[3]
         rows, cols = height // patch, width // patch
         patches = ops.reshape(images, (batch, rows, patch, cols, patch, channels))
         patches = ops.transpose(patches, (0, 1, 3, 2, 4, 5))
         patches = ops.reshape(patches, (batch, rows * cols, patch * patch * channels))
-        kernel = ops.reshape(ops.cast(self.kernel, patches.dtype), (patch * patch * channels, self.hidden_size))
-        return ops.matmul(patches, kernel) + ops.cast(self.bias, patches.dtype)
+        return ops.matmul(patches, ops.reshape(kernel, (patch * patch * channels, self.hidden_size))) + bias
 
     def compute_output_shape(self, input_shape):
         tokens = (input_shape[1] // self.patch_size) * (input_shape[2] // self.patch_size)
@@ -388,7 +392,7 @@ class VisionTransformer(keras.layers.Layer):
             self.pre_logits.build((input_shape[0], self.config.hidden_size))
 
     def call(self, images, training=None, return_attention: bool = False):
-        tokens = self.position_embedding(self.class_token(self.embedding(images)))
+        tokens = self.position_embedding(self.class_token(self.embedding(images, training=training)))
         tokens = self.embedding_dropout(tokens, training=training)
         attention = []
         for block in self.blocks:
