@@ -158,8 +158,6 @@ def test_class_with_one_image_stays_in_training_and_is_explained(tmp_path):
     with pytest.warns(UserWarning, match=r"class 'lonely' has 1 image\(s\): too few for val and test splits"):
         summary = build_manifests(photos, tmp_path / "lists", 0.2, 0.2)
     assert summary["train"]["lonely"] == 1 and summary["val"]["lonely"] == 0
-    problems = check_manifest(tmp_path / "lists" / "train.csv")
-    assert any("'lonely' has a single image; it cannot be split or validated" in p.message for p in problems)
 
 
 def test_unknown_class_at_evaluate_is_an_error(photos, tiny_model):
@@ -205,7 +203,7 @@ def test_relative_base_path_starts_at_the_manifest_folder_not_the_working_folder
     path = manifest(lists / "m.csv", f"{HEADER}\n../../photos,circle,0.png\n")
     monkeypatch.chdir(photos / "square")
     images = load_images(path, (4, 4), progress=False)
-    assert images.names == [str(lists / "../../photos/circle/0.png")]
+    assert images.names == [str(photos / "circle" / "0.png")]
     assert (images.all_pixels() == (200, 0, 0)).all()
 
 

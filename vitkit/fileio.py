@@ -21,12 +21,10 @@ def check_writable(path: str | os.PathLike, overwrite: bool) -> Path:
     """Return ``path`` as a Path, refusing an existing file unless ``overwrite``.
 
     Raises:
-        OutputExistsError: the file exists and ``overwrite`` is false.
-        OutputError: ``path`` is a folder, or one of its parents is a file.
+        OutputExistsError: the file (or folder) exists and ``overwrite`` is false.
+        OutputError: one of its parents is a file.
     """
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path} is a folder; give a file name")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
     for parent in path.parents:
@@ -50,9 +48,12 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, suffix: str 
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is false.
-        OutputError: the folder cannot be created or written, or the disk is full.
+        OutputError: ``path`` is a folder, the folder cannot be created or written, or the disk
+            is full.
     """
     path = check_writable(path, overwrite)
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give a file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)

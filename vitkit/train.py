@@ -302,8 +302,12 @@ def _seed_everything(seed: int) -> None:
         keras.utils.set_random_seed(seed)
         tf.config.experimental.enable_op_determinism()
         return
-    # keras.utils.set_random_seed imports TensorFlow whenever it is installed; the other
-    # backends' layers draw their seeds from Python's and NumPy's generators.
+    # keras.utils.set_random_seed imports TensorFlow whenever it is installed, only to seed it;
+    # on other backends do the rest of what it does without that import.
+    from keras.src.backend.common import global_state
+
+    global_state.set_global_attribute("global_random_seed", seed)
+    global_state.set_global_attribute("global_seed_generator", None)
     random.seed(seed)
     np.random.seed(seed)
     if keras.backend.backend() == "torch":
