@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import make_photo_tree, run_cli
+from conftest import make_photo_tree, run_cli, run_python
 from vitkit.cli import main
 from vitkit.modelfile import save_model
 
@@ -304,3 +304,20 @@ def test_out_of_memory_after_some_epochs_says_the_run_can_resume(cli, data, monk
     assert status == 0, stderr
     history = (out.with_name("m.history.csv")).read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]
+
+
+@pytest.mark.slow
+def test_api_functions_work_whatever_was_imported_first(data, model_path):
+    """``vitkit.predict`` shares its name with the module ``vitkit.predict``; importing the module
+    first (as the command line does) must not turn ``vitkit.predict(...)`` into a TypeError."""
+    code = f"""
+import vitkit.evaluate, vitkit.predict, vitkit.train  # the modules first
+import vitkit
+table = vitkit.predict({str(model_path)!r}, {str(data['good'])!r}, progress=False)
+metrics = vitkit.evaluate({str(model_path)!r}, {str(data['good'])!r}, progress=False)
+import vitkit.predict as module
+print(len(table), metrics["images"], callable(vitkit.train), module.__name__)
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["24", "24", "True", "vitkit.predict"]

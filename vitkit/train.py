@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
+from vitkit import _callable_module
 from vitkit.config import PRESETS
 from vitkit.data import ImageBatches, ImageSet, load_images, write_skipped
 from vitkit.device import is_out_of_memory, out_of_memory_error, out_of_memory_hint, resolve_precision
@@ -410,3 +411,6 @@ def _verbosity(verbose: int | None) -> int:
     if verbose is not None:
         return verbose
     return 1 if sys.stdout.isatty() else 2
+
+
+_callable_module(__name__)  # vitkit.train(...) calls train(), whatever was imported first
