@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -242,6 +243,11 @@ class ImageBatches(keras.utils.PyDataset):
     The order of epoch ``e`` is a function of ``(seed, e)`` only, so a resumed run sees the same
     batches as an uninterrupted one. ``shard=(index, count)`` keeps every ``count``-th sample of
     each epoch's order, for one of several processes.
+
+    ``workers`` threads read (and stage onto the accelerator) the next batches while the model
+    works on the current one. The stream does this itself rather than through Keras' worker
+    pool: that pool starts reading before ``fit`` begins and hands the batches it read to later
+    epochs, so what a step trained on would depend on thread timing.
     """
 
     def __init__(
@@ -256,7 +262,7 @@ class ImageBatches(keras.utils.PyDataset):
         shard: tuple[int, int] = (0, 1),
         workers: int = 2,
     ):
-        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=8)
+        super().__init__(workers=1, use_multiprocessing=False)
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         self.images = images
@@ -272,6 +278,9 @@ class ImageBatches(keras.utils.PyDataset):
         self.epoch = 0
         self._order = self._epoch_order()
         self._stage = batch_stager() or (lambda pixels: pixels)
+        self._read_ahead = workers if workers > 1 else 0
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="vitkit-batches") if self._read_ahead else None
+        self._pending: dict[tuple[int, int], Future] = {}
 
     def _epoch_order(self) -> np.ndarray:
         order = np.arange(len(self.images))
@@ -283,20 +292,39 @@ class ImageBatches(keras.utils.PyDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Jump to the order of ``epoch`` (for resumed training)."""
+        if epoch == self.epoch:
+            return
         self.epoch = epoch
         self._order = self._epoch_order()
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
 
     def __len__(self) -> int:
         return math.ceil(len(self._order) / self.batch_size)
 
     def __getitem__(self, index: int):
-        selected = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        ready = self._pending.pop((self.epoch, index), None)
+        batch = ready.result() if ready is not None else self._batch(self._order, index)
+        if self._pool is not None:
+            for ahead in range(index + 1, min(index + 1 + self._read_ahead, len(self))):
+                if (self.epoch, ahead) not in self._pending:
+                    self._pending[self.epoch, ahead] = self._pool.submit(self._batch, self._order, ahead)
+        return batch
+
+    def _batch(self, order: np.ndarray, index: int):
+        """Batch ``index`` of an epoch's ``order`` (passed in, so a read-ahead keeps its epoch)."""
+        selected = order[index * self.batch_size:(index + 1) * self.batch_size]
         pixels = self._stage(self.images.read(selected))
         if self.targets is None:
             return (pixels,)
         if self.sample_weights is None:
             return pixels, self.targets[selected]
         return pixels, self.targets[selected], self.sample_weights[selected]
+
+    def __del__(self):
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)

@@ -187,12 +187,9 @@ def train(
                        preprocess=preprocess, resize_mode=resize_mode, augment=augment, seed=seed,
                        **backbone_overrides)
     sample_weights = _sample_weights(train_set, class_names, class_weights)
-    # One loader: Keras' worker pool prefetches batches before ``fit`` starts and hands the
-    # leftovers to later epochs (on JAX), so the batches a step sees would depend on thread
-    # timing. Reading decoded frames from the cache is cheap; determinism is worth more.
     batches = ImageBatches(train_set, batch_size, class_names, shuffle=True, seed=seed,
-                           sample_weights=sample_weights, drop_remainder=True, workers=1)
-    val_batches = ImageBatches(val_set, batch_size, class_names, workers=1) if val_set is not None else None
+                           sample_weights=sample_weights, drop_remainder=True)
+    val_batches = ImageBatches(val_set, batch_size, class_names) if val_set is not None else None
     monitor = "val_loss" if val_batches is not None else "loss"
 
     early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, patience=patience or epochs + 1)
