@@ -16,6 +16,13 @@ model by name::
 Attention runs through ``keras.ops.dot_product_attention`` (fused kernels where the backend has
 them) unless the caller asks for the attention weights, which takes the explicit softmax path in
 the same forward pass.
+
+Options for training from scratch on small data (off by default; a model that uses them has
+other variables and takes no checkpoint): ``tokenizer="conv"`` puts :class:`ConvStem` (variables
+under ``vit/conv_stem``) and ``tokenizer="shifted"`` puts :class:`ShiftedPatchTokenizer` (under
+``vit/shifted_patches``) in place of ``embedding``; ``locality_attention=True`` adds a
+``temperature`` to every attention layer. The token layout (class token first, then the patch
+grid row by row) is the same for all of them.
 """
 
 from __future__ import annotations
@@ -73,18 +80,134 @@ class PositionEmbedding(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="vitkit")
+class ConvStem(keras.layers.Layer):
+    """Convolutional stem (Xiao et al. 2021, "Early convolutions help transformers see better").
+
+    3x3 convolutions with batch normalization and ReLU, stride 2 while the remaining patch
+    factor is even (stride 1 for the first one otherwise, so every token sees its neighbours),
+    then a ``projection`` convolution with kernel = stride = the remaining factor. Output:
+    ``(batch, H / patch, W / patch, hidden_size)``, the grid of the plain patch embedding.
+
+    Example:
+        >>> ConvStem(patch_size=4, hidden_size=32)(keras.ops.zeros((1, 32, 32, 3))).shape
+        (1, 8, 8, 32)
+    """
+
+    def __init__(self, patch_size: int, hidden_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+        self.hidden_size = hidden_size
+        strides, remaining = [], patch_size
+        while remaining % 2 == 0:
+            strides.append(2)
+            remaining //= 2
+        self.strides = strides or [1]
+        width = max(hidden_size // 2, 8)
+        self.convs = [
+            keras.layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False, name=f"conv_{i}")
+            for i, stride in enumerate(self.strides)
+        ]
+        self.norms = [keras.layers.BatchNormalization(name=f"norm_{i}") for i in range(len(self.strides))]
+        self.projection = keras.layers.Conv2D(hidden_size, remaining, strides=remaining, name="projection")
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for conv, norm, stride in zip(self.convs, self.norms, self.strides):
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            norm.build(shape)
+        self.projection.build(shape)
+
+    def call(self, images, training=None):
+        x = images
+        for conv, norm in zip(self.convs, self.norms):
+            x = ops.relu(norm(conv(x), training=training))
+        return self.projection(x)
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size, "hidden_size": self.hidden_size}
+
+
+@keras.saving.register_keras_serializable(package="vitkit")
+class ShiftedPatchTokenizer(keras.layers.Layer):
+    """Shifted patch tokenization (Lee et al. 2021, "Vision Transformer for Small-Size Datasets").
+
+    The image and four copies shifted diagonally by half a patch (zero-filled) are stacked on
+    the channel axis; each ``patch x patch`` patch of that stack is flattened, layer-normed
+    (``norm``) and linearly projected (``projection``), so every token also sees the pixels
+    around its patch. Output: ``(batch, H / patch, W / patch, hidden_size)``.
+
+    Example:
+        >>> ShiftedPatchTokenizer(patch_size=4, hidden_size=32)(keras.ops.zeros((1, 32, 32, 3))).shape
+        (1, 8, 8, 32)
+    """
+
+    def __init__(self, patch_size: int, hidden_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+        self.hidden_size = hidden_size
+        self.shift = max(patch_size // 2, 1)
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")
+        self.projection = keras.layers.Dense(hidden_size, name="projection")
+
+    def build(self, input_shape):
+        patch_values = self.patch_size * self.patch_size * input_shape[-1] * 5
+        self.norm.build((None, None, patch_values))
+        self.projection.build((None, None, patch_values))
+
+    def _shifted(self, images, rows: int, cols: int):
+        """``images`` moved by ``rows`` down and ``cols`` right, zeros where nothing moved in."""
+        s = self.shift
+        padded = ops.pad(images, [(0, 0), (s, s), (s, s), (0, 0)])
+        height, width = images.shape[1], images.shape[2]
+        return padded[:, s - rows:s - rows + height, s - cols:s - cols + width, :]
+
+    def call(self, images):
+        s = self.shift
+        stacked = ops.concatenate(
+            [images] + [self._shifted(images, r, c) for r, c in ((-s, -s), (-s, s), (s, -s), (s, s))],
+            axis=-1,
+        )
+        batch = ops.shape(images)[0]
+        p, channels = self.patch_size, stacked.shape[-1]
+        rows, cols = images.shape[1] // p, images.shape[2] // p
+        patches = ops.reshape(stacked, (batch, rows, p, cols, p, channels))
+        patches = ops.reshape(ops.transpose(patches, (0, 1, 3, 2, 4, 5)), (batch, rows, cols, p * p * channels))
+        return self.projection(self.norm(patches))
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size, "hidden_size": self.hidden_size}
+
+
+def patch_tokenizer(tokenizer: str, patch_size: int, hidden_size: int) -> keras.layers.Layer:
+    """The layer turning ``(batch, H, W, 3)`` images into a ``(batch, H/P, W/P, D)`` token grid."""
+    if tokenizer == "conv":
+        return ConvStem(patch_size, hidden_size, name="conv_stem")
+    if tokenizer == "shifted":
+        return ShiftedPatchTokenizer(patch_size, hidden_size, name="shifted_patches")
+    return keras.layers.Conv2D(hidden_size, patch_size, strides=patch_size, padding="valid", name="embedding")
+
+
+@keras.saving.register_keras_serializable(package="vitkit")
 class MultiHeadSelfAttention(keras.layers.Layer):
     """Multi-head self-attention with ``query``/``key``/``value``/``out`` projections (D x D).
 
     ``call(x, return_attention=True)`` also returns the attention weights
     ``(batch, heads, tokens, tokens)``; otherwise the fused attention op is used.
+
+    With ``locality=True`` (locality self-attention, Lee et al. 2021) the scores are divided by
+    a learned ``temperature`` (initialized to sqrt(head size), the usual fixed scale) instead of
+    the fixed scale, and each token's score for itself is masked out, which sharpens attention
+    towards other tokens. Returned weights then have a zero diagonal.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float = 0.0, **kwargs):
+    def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float = 0.0,
+                 locality: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.attention_dropout = attention_dropout
+        self.locality = locality
         self.query = keras.layers.Dense(hidden_size, name="query")
         self.key = keras.layers.Dense(hidden_size, name="key")
         self.value = keras.layers.Dense(hidden_size, name="value")
@@ -94,6 +217,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def build(self, input_shape):
         for dense in (self.query, self.key, self.value, self.out):
             dense.build(input_shape)
+        if self.locality:
+            head_dim = self.hidden_size // self.num_heads
+            self.temperature = self.add_weight(
+                shape=(), initializer=keras.initializers.Constant(math.sqrt(head_dim)), name="temperature"
+            )
 
     def _split_heads(self, x):
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
@@ -104,9 +232,19 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         key = self._split_heads(self.key(x))
         value = self._split_heads(self.value(x))
         head_dim = query.shape[-1]
+        mask = None
+        if self.locality:
+            # Scaling the queries by sqrt(d) / temperature turns the fixed 1 / sqrt(d) of both
+            # paths into 1 / temperature, so the fused kernel still applies.
+            query = query * ops.cast(math.sqrt(head_dim) / self.temperature, query.dtype)
+            length = ops.shape(x)[1]
+            mask = ops.logical_not(ops.eye(length, dtype="bool"))[None, None]
         if return_attention or (training and self.attention_dropout > 0):
             scores = ops.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(head_dim)
-            weights = ops.softmax(ops.cast(scores, "float32"), axis=-1)
+            scores = ops.cast(scores, "float32")
+            if mask is not None:
+                scores = ops.where(mask, scores, ops.full_like(scores, -1e9))
+            weights = ops.softmax(scores, axis=-1)
             mixed = ops.einsum(
                 "bhqk,bkhd->bqhd",
                 ops.cast(self.weights_dropout(weights, training=training), value.dtype),
@@ -114,7 +252,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             )
         else:
             weights = None
-            mixed = ops.dot_product_attention(query, key, value)
+            mixed = ops.dot_product_attention(query, key, value, mask=mask)
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         output = self.out(ops.reshape(mixed, (batch, length, x.shape[-1])))
         return (output, weights) if return_attention else output
@@ -125,6 +263,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             "hidden_size": self.hidden_size,
             "num_heads": self.num_heads,
             "attention_dropout": self.attention_dropout,
+            "locality": self.locality,
         }
 
 
@@ -175,6 +314,7 @@ class EncoderBlock(keras.layers.Layer):
         attention_dropout: float = 0.0,
         drop_path: float = 0.0,
         seed: int | None = None,
+        locality_attention: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -185,9 +325,11 @@ class EncoderBlock(keras.layers.Layer):
         self.attention_dropout = attention_dropout
         self.drop_path = drop_path
         self.seed = seed
+        self.locality_attention = locality_attention
         self.norm_0 = keras.layers.LayerNormalization(epsilon=1e-6, name="LayerNorm_0")
         self.attention = MultiHeadSelfAttention(
-            hidden_size, num_heads, attention_dropout, name="MultiHeadDotProductAttention_1"
+            hidden_size, num_heads, attention_dropout, locality=locality_attention,
+            name="MultiHeadDotProductAttention_1",
         )
         self.attention_output_dropout = keras.layers.Dropout(dropout)
         self.norm_2 = keras.layers.LayerNormalization(epsilon=1e-6, name="LayerNorm_2")
@@ -226,6 +368,7 @@ class EncoderBlock(keras.layers.Layer):
             "attention_dropout": self.attention_dropout,
             "drop_path": self.drop_path,
             "seed": self.seed,
+            "locality_attention": self.locality_attention,
         }
 
 
@@ -257,17 +400,18 @@ class VisionTransformer(keras.layers.Layer):
         drop_path: float = 0.0,
         representation_size: int | None = None,
         seed: int | None = None,
+        tokenizer: str = "patch",
+        locality_attention: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.config = ViTConfig(
             patch_size, num_layers, hidden_size, num_heads, mlp_dim,
             dropout, attention_dropout, drop_path, representation_size,
+            tokenizer, locality_attention,
         )
         self.seed = seed
-        self.embedding = keras.layers.Conv2D(
-            hidden_size, patch_size, strides=patch_size, padding="valid", name="embedding"
-        )
+        self.embedding = patch_tokenizer(tokenizer, patch_size, hidden_size)
         self.class_token = ClassToken(name="class_token")
         self.position_embedding = PositionEmbedding(name="posembed_input")
         self.embedding_dropout = keras.layers.Dropout(dropout)
@@ -276,6 +420,7 @@ class VisionTransformer(keras.layers.Layer):
                 hidden_size, num_heads, mlp_dim, dropout, attention_dropout,
                 drop_path=drop_path * i / max(num_layers - 1, 1),
                 seed=None if seed is None else seed + i,
+                locality_attention=locality_attention,
                 name=f"encoderblock_{i}",
             )
             for i in range(num_layers)
@@ -306,7 +451,7 @@ class VisionTransformer(keras.layers.Layer):
             self.pre_logits.build((input_shape[0], self.config.hidden_size))
 
     def call(self, images, training=None, return_attention: bool = False):
-        patches = self.embedding(images)
+        patches = self.embedding(images, training=training)
         batch = ops.shape(patches)[0]
         tokens = ops.reshape(patches, (batch, -1, self.config.hidden_size))
         tokens = self.position_embedding(self.class_token(tokens))
