@@ -48,14 +48,14 @@ def test_plain_recipe_keeps_the_original_defaults():
 def test_explicit_options_win_over_the_recipe():
     options, backbone = resolve_options(
         SMALL_DATA,
-        {"epochs": 7, "learning_rate": None, "weights": "auto", "augment": False, "mixup": 0.0},
-        {"tokenizer": "conv", "drop_path": None, "num_layers": 3},
+        {"epochs": 7, "learning_rate": None, "weights": "auto", "augment": False, "mixup": 0.5},
+        {"tokenizer": "shifted", "drop_path": None, "num_layers": 3},
     )
-    assert options["epochs"] == 7 and options["augment"] is False and options["mixup"] == 0.0
+    assert options["epochs"] == 7 and options["augment"] is False and options["mixup"] == 0.5
     assert options["learning_rate"] == SMALL_DATA.options["learning_rate"]   # None = not given
     assert options["weights"] == "none"                                      # "auto" = not given
     assert options["cutmix"] == SMALL_DATA.options["cutmix"]
-    assert backbone == {"tokenizer": "conv", "locality_attention": True,
+    assert backbone == {"tokenizer": "shifted", "locality_attention": True,
                         "drop_path": SMALL_DATA.backbone_options["drop_path"], "num_layers": 3}
     options["augment"] = {}   # callers get copies; the recipe stays as it is
     assert resolve_options(SMALL_DATA, {}, {})[0]["augment"]["randaugment_ops"] == 2
@@ -98,7 +98,7 @@ def test_train_help_lists_both_recipes(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     text = capsys.readouterr().out
-    assert "small-data:" in text and "plain:" in text and "tokenizer=shifted" in text
+    assert "small-data:" in text and "plain:" in text and "tokenizer=conv" in text
 
 
 # Mixup / CutMix ---------------------------------------------------------------------------
@@ -200,13 +200,14 @@ def test_small_data_recipe_trains_lowers_the_loss_and_is_stored(shape_arrays, tm
     from vitkit.train import train
 
     result = train(shape_arrays, out=tmp_path / "m.weights.h5", weights="none", backbone=dict(TINY_BACKBONE),
-                   epochs=6, batch_size=8, val_fraction=0.2, verbose=0)
+                   epochs=6, batch_size=8, val_fraction=0.2, mixup=0.8, cutmix=1.0, verbose=0)
     assert result.recipe == "small-data"
     losses = [row["loss"] for row in result.history]
     assert min(losses[-2:]) < losses[0], losses
     training = read_metadata(result.model_path)["training"]
     assert training["recipe"] == "small-data"
-    assert (training["optimizer"], training["schedule"], training["mixup"]) == ("adamw", "cosine", 0.8)
-    assert training["tokenizer"] == "shifted" and training["locality_attention"] is True
-    assert result.model.spec.backbone.tokenizer == "shifted"
+    assert (training["optimizer"], training["schedule"], training["label_smoothing"]) == ("adamw", "cosine", 0.1)
+    assert (training["mixup"], training["cutmix"]) == (0.8, 1.0)      # explicit options win
+    assert training["tokenizer"] == "conv" and training["locality_attention"] is True
+    assert result.model.spec.backbone.tokenizer == "conv"
     assert result.model.spec.augment.randaugment_ops == 2

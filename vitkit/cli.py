@@ -287,12 +287,12 @@ def _add_train(commands) -> None:
         model.add_argument(flag, dest=key, type=kind, help=f"override the preset's {key.replace('_', ' ')}")
     model.add_argument("--tokenizer", choices=sorted(TOKENIZERS),
                        help="how images become tokens: " + "; ".join(f"{k} = {v}" for k, v in TOKENIZERS.items())
-                            + " (small-data: shifted; only patch loads pretrained weights)")
+                            + " (small-data: conv; only patch loads pretrained weights)")
     model.add_argument("--locality-attention", action=argparse.BooleanOptionalAction, default=None,
                        help="locality self-attention: learned temperature, no attention to itself (small-data: on)")
 
     fit = parser.add_argument_group("training")
-    fit.add_argument("--epochs", type=int, help="most epochs (early stopping may end sooner; plain: 10, small-data: 60)")
+    fit.add_argument("--epochs", type=int, help="most epochs (early stopping may end sooner; plain: 10, small-data: 50)")
     fit.add_argument("--batch-size", type=int, help="images per step (plain: 16, small-data: 32)")
     fit.add_argument("--learning-rate", type=float, help="peak learning rate (plain: 1e-4, small-data: 1e-3)")
     fit.add_argument("--optimizer", choices=("adam", "adamw"), help="plain: adam, small-data: adamw")
@@ -301,8 +301,8 @@ def _add_train(commands) -> None:
                      help="constant (halved on plateaus) or cosine decay after --warmup-epochs (plain: constant, small-data: cosine)")
     fit.add_argument("--warmup-epochs", type=int, help="linear warm-up of the cosine schedule (plain: 0, small-data: 5, at most a fifth of the epochs)")
     fit.add_argument("--label-smoothing", type=float, help="plain: 0, small-data: 0.1")
-    fit.add_argument("--mixup", type=float, metavar="ALPHA", help="Mixup Beta alpha, 0 = off (plain: 0, small-data: 0.8)")
-    fit.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix Beta alpha, 0 = off (plain: 0, small-data: 1.0)")
+    fit.add_argument("--mixup", type=float, metavar="ALPHA", help="Mixup Beta alpha, 0 = off (off in both recipes: it cost accuracy at from-scratch budgets)")
+    fit.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix Beta alpha, 0 = off (off in both recipes); with --mixup, each batch uses one")
     fit.add_argument("--class-weights", type=_class_weights, metavar="balanced|A=2,B=1",
                      help="weight the loss by class: balanced, or explicit weights")
     fit.add_argument("--freeze-backbone-epochs", type=int, default=0, help="epochs that train only the head first")
