@@ -17,6 +17,7 @@ from vitkit.backbone import ConvStem, MultiHeadSelfAttention, ShiftedPatchTokeni
 from vitkit.config import ViTConfig, resolve_config
 from vitkit.errors import ConfigError
 from vitkit.modelfile import load_model, save_model
+from vitkit.preprocessing import Augment, RandAugmentOps
 
 SMALL_DATA_OPTIONS = [
     {"tokenizer": "shifted", "locality_attention": True},
@@ -111,6 +112,8 @@ def test_default_backbone_variables_are_unchanged():
     ShiftedPatchTokenizer(4, 32, name="shifted_patches"),
     MultiHeadSelfAttention(32, 4, 0.1, locality=True),
     VisionTransformer(**TINY_BACKBONE, tokenizer="shifted", locality_attention=True, drop_path=0.1, seed=3),
+    RandAugmentOps(num_ops=3, magnitude=0.7, seed=5),
+    Augment({"randaugment_ops": 2, "randaugment_magnitude": 0.3, "flip": None}, seed=1),
 ], ids=lambda layer: type(layer).__name__)
 def test_layer_config_round_trip(layer):
     config = layer.get_config()
