@@ -6,9 +6,10 @@ Every arm trains the same backbone (the small-data recipe's), at the same input 
 same epochs and batch size, from the same seed, and is evaluated on the same held-out 20% of
 the digits. ``plain`` is the plain recipe; ``base`` adds only AdamW with warm-up and cosine
 decay at the small-data learning rate; each ``base + X`` arm adds one technique to ``base``;
-``small-data`` is the whole recipe (conv stem), ``small-data, patch embedding`` and
-``small-data, shifted patches`` swap its tokenizer, and ``small-data, shifted patches - X``
-removes one technique from the shifted-patch variant (``+ X`` adds one it leaves out).
+``small-data`` is the whole recipe (conv stem) and ``small-data - X`` removes one technique
+from it; ``small-data, patch embedding`` and ``small-data, shifted patches`` swap its tokenizer,
+and ``small-data, shifted patches - X`` removes one technique from the shifted-patch variant
+(``+ X`` adds one it leaves out).
 Arms run one after another in this process; wall times are approximate on a shared CPU, so
 compare them within one run of this script. Writes ``bench/results/ablation.json``.
 """
@@ -59,6 +60,7 @@ def arms() -> dict[str, dict]:
               "base without flips": {**BASE, "augment": {"flip": None}}}
     result.update({f"base + {name}": {**BASE, **on} for name, (on, _) in TECHNIQUES.items()})
     result["small-data"] = {"recipe": "small-data"}
+    result.update({f"small-data - {name}": {"recipe": "small-data", **TECHNIQUES[name][1]} for name in LEFT_OUT})
     result["small-data, patch embedding"] = {"recipe": "small-data", "tokenizer": "patch"}
     result["small-data, shifted patches"] = dict(SHIFTED)
     result.update({f"small-data, shifted patches - {name}": {**SHIFTED, **TECHNIQUES[name][1]} for name in LEFT_OUT})

@@ -1,6 +1,6 @@
 """Product photos: plain recipe vs small-data recipe vs a small CNN, same epochs, from scratch.
 
-    python bench/photos.py [--epochs 40] [--image-size 64] [--per-class 300]
+    python bench/photos.py [--epochs 40] [--image-size 64] [--per-class 300] [--photos NAME=DIR]
 
 Two data sets, each split 70/15/15 per class (seed 0) by ``vitkit.build_manifests``:
 
@@ -113,7 +113,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--per-class", type=int, default=300, help="images per class of the hard set")
-    parser.add_argument("--sets", default="sample,hard", help="which data sets: sample, hard or both")
+    parser.add_argument("--sets", default="sample,hard", help="which data sets: sample, hard or both (or none)")
+    parser.add_argument("--photos", action="append", default=[], metavar="NAME=DIR",
+                        help="also a folder of your own, one sub-folder per class")
     parser.add_argument("--arms", default="small-data,plain,cnn")
     args = parser.parse_args(argv)
 
@@ -130,6 +132,9 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, str(GENERATOR), "--difficulty", "hard", "--per-class", str(args.per_class),
                         "--size", str(args.image_size), "--out", str(hard)], check=True, capture_output=True)
         sources["hard"] = hard
+    for item in args.photos:
+        name, _, folder = item.partition("=")
+        sources[name] = Path(folder)
     arms = {
         "small-data": lambda m: train_vit(m, work, {"weights": "none", "image_size": size, "epochs": args.epochs}),
         "plain": lambda m: train_vit(m, work, {"recipe": "plain", "backbone": SMALL_DATA.options["backbone"],
