@@ -36,7 +36,7 @@ def _layer_norm(x, gamma, beta, epsilon=1e-6):
 def test_conv_stem_gives_the_patch_grid(image_size, patch):
     stem = ConvStem(patch, 32)
     out = stem(np.zeros((2, image_size, image_size, 3), "float32"))
-    assert tuple(out.shape) == (2, image_size // patch, image_size // patch, 32)
+    assert tuple(out.shape) == (2, (image_size // patch) ** 2, 32)
     strides = [conv.strides[0] for conv in stem.convs]
     remaining = stem.projection.strides[0]
     assert int(np.prod(strides)) * remaining == patch
@@ -47,7 +47,7 @@ def test_shifted_patch_tokenizer_matches_numpy():
     images = rng.normal(size=(2, 8, 12, 3)).astype("float32")
     layer = ShiftedPatchTokenizer(4, 16)
     out = np.asarray(layer(images))
-    assert out.shape == (2, 2, 3, 16)
+    assert out.shape == (2, 6, 16)
 
     shift = 2
     padded = np.pad(images, [(0, 0), (shift, shift), (shift, shift), (0, 0)])
@@ -57,7 +57,7 @@ def test_shifted_patch_tokenizer_matches_numpy():
     np.testing.assert_array_equal(shifted[4][:, 2:, 2:], images[:, :-2, :-2])
     np.testing.assert_array_equal(shifted[4][:, :2], 0)
     stacked = np.concatenate(shifted, axis=-1)
-    patches = stacked.reshape(2, 2, 4, 3, 4, 15).transpose(0, 1, 3, 2, 4, 5).reshape(2, 2, 3, 240)
+    patches = stacked.reshape(2, 2, 4, 3, 4, 15).transpose(0, 1, 3, 2, 4, 5).reshape(2, 6, 240)
     gamma, beta = (np.asarray(w) for w in layer.norm.weights)
     kernel, bias = (np.asarray(w) for w in layer.projection.weights)
     expected = _layer_norm(patches, gamma, beta) @ kernel + bias

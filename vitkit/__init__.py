@@ -9,6 +9,8 @@ Keras backend::
     vitkit.evaluate(model, test_csv, out=...)          # -> metrics and figures
     vitkit.predict(model, images, out=...)             # -> table of predictions
     vitkit.build_model(classes, backbone="vit_b16")    # a fresh model
+    vitkit.convert_weights(old_h5, out, classes=...)   # a file of another tool -> a vitkit file
+    vitkit.export_model(model, path, "savedmodel")     # .keras, SavedModel or ONNX for serving
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ _EXPORTS = {
     "MixConfig": "vitkit.mixing",
     "save_model": "vitkit.modelfile",
     "load_model": "vitkit.modelfile",
+    "convert_weights": "vitkit.convert",
+    "export_model": "vitkit.export",
     "read_manifest": "vitkit.manifest",
     "build_manifests": "vitkit.manifest",
     "check_manifest": "vitkit.manifest",

@@ -44,7 +44,95 @@ keras.saving.register_keras_serializable(package="vitkit", name="gelu_tanh")(gel
 
 
 def _gelu_exact(x):
-    return keras.activations.gelu(x, approximate=False)
+    """Exact GELU, ``x * Phi(x)``, written with ``erf``.
+
+    ``keras.activations.gelu`` uses ``erfc`` on JAX, which XLA evaluates with two branches and an
+    exponential: the MLP activation then took twice as long on a GPU as the same GELU in
+    PyTorch (bench/gpu_kernel_profile.py). ``erf`` gives the same values to float tolerance.
+    """
+    return 0.5 * x * (1.0 + ops.erf(x * math.sqrt(0.5)))
+
+
+def fused_attention(query, key, value, training: bool = False):
+    """``softmax(q k^T / sqrt(d)) v`` for ``(batch, tokens, heads, head_dim)`` inputs, fused.
+
+    Uses the backend's fused kernel through ``keras.ops.dot_product_attention``. One case needs
+    help: cuDNN's fused attention (JAX's kernel on NVIDIA GPUs) computes gradients only for
+    sequences of even length, and a ViT has ``1 + patches`` tokens, usually an odd number, so
+    Keras would fall back to unfused attention for training. There the sequence is padded by one
+    token that cuDNN's sequence lengths hide, and the extra row is dropped: the same result,
+    with the fused kernel in both directions.
+    """
+    length = query.shape[1]
+    if training and length is not None and length % 2 and keras.backend.backend() == "jax":
+        padded = _cudnn_attention_of_padded(query, key, value)
+        if padded is not None:
+            return padded
+    return ops.dot_product_attention(query, key, value)
+
+
+def _cudnn_attention_of_padded(query, key, value):
+    """cuDNN attention over the sequence padded to even length, or None where cuDNN cannot run it."""
+    import jax
+    import jax.numpy as jnp
+
+    length = query.shape[1]
+    padding = [(0, 0), (0, 1), (0, 0), (0, 0)]
+    lengths = jnp.full((query.shape[0],), length, jnp.int32)
+    try:
+        mixed = jax.nn.dot_product_attention(
+            *(jnp.pad(tensor, padding) for tensor in (query, key, value)),
+            query_seq_lengths=lengths, key_value_seq_lengths=lengths, implementation="cudnn",
+        )
+    except (NotImplementedError, RuntimeError, ValueError, TypeError):  # no GPU, cuDNN or dtype
+        return None
+    return mixed[:, :length]
+
+
+@keras.saving.register_keras_serializable(package="vitkit")
+class PatchEmbedding(keras.layers.Layer):
+    """Cuts images into ``patch x patch`` squares and projects each to ``hidden_size`` tokens.
+
+    The same arithmetic as a ``Conv2D`` with kernel and stride ``patch`` and the same variables
+    (``kernel`` of shape ``(patch, patch, channels, hidden)`` and ``bias``), computed as one
+    matrix product over the flattened patches: on GPUs a strided convolution's gradient and the
+    layout changes around it cost several times the product (bench/gpu_kernel_profile.py).
+    Returns ``(batch, rows * columns, hidden_size)``, patches in row-major order.
+    """
+
+    def __init__(self, hidden_size: int, patch_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.patch_size = patch_size
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.kernel = self.add_weight(
+            shape=(self.patch_size, self.patch_size, channels, self.hidden_size),
+            initializer="glorot_uniform", name="kernel",
+        )
+        self.bias = self.add_weight(shape=(self.hidden_size,), initializer="zeros", name="bias")
+
+    def call(self, images, training=None):
+        kernel = ops.cast(self.kernel, images.dtype)
+        bias = ops.cast(self.bias, images.dtype)
+        if training:
+            tokens = ops.conv(images, kernel, strides=self.patch_size, padding="valid")
+            return ops.reshape(tokens, (ops.shape(images)[0], -1, self.hidden_size)) + bias
+        patch = self.patch_size
+        batch, height, width, channels = ops.shape(images)[0], images.shape[1], images.shape[2], images.shape[3]
+        rows, cols = height // patch, width // patch
+        patches = ops.reshape(images, (batch, rows, patch, cols, patch, channels))
+        patches = ops.transpose(patches, (0, 1, 3, 2, 4, 5))
+        patches = ops.reshape(patches, (batch, rows * cols, patch * patch * channels))
+        return ops.matmul(patches, ops.reshape(kernel, (patch * patch * channels, self.hidden_size))) + bias
+
+    def compute_output_shape(self, input_shape):
+        tokens = (input_shape[1] // self.patch_size) * (input_shape[2] // self.patch_size)
+        return (input_shape[0], tokens, self.hidden_size)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_size": self.hidden_size, "patch_size": self.patch_size}
 
 
 @keras.saving.register_keras_serializable(package="vitkit")
@@ -86,11 +174,12 @@ class ConvStem(keras.layers.Layer):
     3x3 convolutions with batch normalization and ReLU, stride 2 while the remaining patch
     factor is even (stride 1 for the first one otherwise, so every token sees its neighbours),
     then a ``projection`` convolution with kernel = stride = the remaining factor. Output:
-    ``(batch, H / patch, W / patch, hidden_size)``, the grid of the plain patch embedding.
+    ``(batch, (H / patch) * (W / patch), hidden_size)`` tokens in row-major order, as
+    :class:`PatchEmbedding` gives.
 
     Example:
         >>> ConvStem(patch_size=4, hidden_size=32)(keras.ops.zeros((1, 32, 32, 3))).shape
-        (1, 8, 8, 32)
+        (1, 64, 32)
     """
 
     def __init__(self, patch_size: int, hidden_size: int, **kwargs):
@@ -122,7 +211,8 @@ class ConvStem(keras.layers.Layer):
         x = images
         for conv, norm in zip(self.convs, self.norms):
             x = ops.relu(norm(conv(x), training=training))
-        return self.projection(x)
+        grid = self.projection(x)
+        return ops.reshape(grid, (ops.shape(grid)[0], -1, self.hidden_size))
 
     def get_config(self):
         return {**super().get_config(), "patch_size": self.patch_size, "hidden_size": self.hidden_size}
@@ -135,11 +225,12 @@ class ShiftedPatchTokenizer(keras.layers.Layer):
     The image and four copies shifted diagonally by half a patch (zero-filled) are stacked on
     the channel axis; each ``patch x patch`` patch of that stack is flattened, layer-normed
     (``norm``) and linearly projected (``projection``), so every token also sees the pixels
-    around its patch. Output: ``(batch, H / patch, W / patch, hidden_size)``.
+    around its patch. Output: ``(batch, (H / patch) * (W / patch), hidden_size)`` tokens in
+    row-major order, as :class:`PatchEmbedding` gives.
 
     Example:
         >>> ShiftedPatchTokenizer(patch_size=4, hidden_size=32)(keras.ops.zeros((1, 32, 32, 3))).shape
-        (1, 8, 8, 32)
+        (1, 64, 32)
     """
 
     def __init__(self, patch_size: int, hidden_size: int, **kwargs):
@@ -172,7 +263,7 @@ class ShiftedPatchTokenizer(keras.layers.Layer):
         p, channels = self.patch_size, stacked.shape[-1]
         rows, cols = images.shape[1] // p, images.shape[2] // p
         patches = ops.reshape(stacked, (batch, rows, p, cols, p, channels))
-        patches = ops.reshape(ops.transpose(patches, (0, 1, 3, 2, 4, 5)), (batch, rows, cols, p * p * channels))
+        patches = ops.reshape(ops.transpose(patches, (0, 1, 3, 2, 4, 5)), (batch, rows * cols, p * p * channels))
         return self.projection(self.norm(patches))
 
     def get_config(self):
@@ -180,12 +271,12 @@ class ShiftedPatchTokenizer(keras.layers.Layer):
 
 
 def patch_tokenizer(tokenizer: str, patch_size: int, hidden_size: int) -> keras.layers.Layer:
-    """The layer turning ``(batch, H, W, 3)`` images into a ``(batch, H/P, W/P, D)`` token grid."""
+    """The layer turning ``(batch, H, W, 3)`` images into ``(batch, (H/P) * (W/P), D)`` tokens, row-major."""
     if tokenizer == "conv":
         return ConvStem(patch_size, hidden_size, name="conv_stem")
     if tokenizer == "shifted":
         return ShiftedPatchTokenizer(patch_size, hidden_size, name="shifted_patches")
-    return keras.layers.Conv2D(hidden_size, patch_size, strides=patch_size, padding="valid", name="embedding")
+    return PatchEmbedding(hidden_size, patch_size, name="embedding")
 
 
 @keras.saving.register_keras_serializable(package="vitkit")
@@ -252,7 +343,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             )
         else:
             weights = None
-            mixed = ops.dot_product_attention(query, key, value, mask=mask)
+            mixed = (fused_attention(query, key, value, training=bool(training)) if mask is None
+                     else ops.dot_product_attention(query, key, value, mask=mask))
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         output = self.out(ops.reshape(mixed, (batch, length, x.shape[-1])))
         return (output, weights) if return_attention else output
@@ -451,10 +543,7 @@ class VisionTransformer(keras.layers.Layer):
             self.pre_logits.build((input_shape[0], self.config.hidden_size))
 
     def call(self, images, training=None, return_attention: bool = False):
-        patches = self.embedding(images, training=training)
-        batch = ops.shape(patches)[0]
-        tokens = ops.reshape(patches, (batch, -1, self.config.hidden_size))
-        tokens = self.position_embedding(self.class_token(tokens))
+        tokens = self.position_embedding(self.class_token(self.embedding(images, training=training)))
         tokens = self.embedding_dropout(tokens, training=training)
         attention = []
         for block in self.blocks:

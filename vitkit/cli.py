@@ -38,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend
+    from vitkit.device import configure_xla
+
+    configure_xla()
     warnings.showwarning = _show_warning
     from vitkit.errors import VitkitError
 
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for add in (_add_demo, _add_manifest, _add_train, _add_evaluate, _add_predict):
+    for add in (_add_demo, _add_manifest, _add_train, _add_evaluate, _add_predict, _add_weights, _add_export):
         add(commands)
     return parser
 
@@ -129,6 +132,24 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
         "label_from": args.label_from, "classes": args.classes, "root": args.root,
         "cache_dir": args.cache_dir, "on_bad_image": args.on_bad_image,
     }
+
+
+def _add_foreign_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "model files of other tools",
+        "Flax .npz checkpoints, vit-keras .h5 / .weights.h5 and the original recipe's Keras-2 .h5\n"
+        "load directly; they do not record class names (give --classes in output order) nor,\n"
+        "for H5 files, how pixels were scaled (give --preprocess)",
+    )
+    group.add_argument("--preprocess", choices=("tf", "raw"),
+                       help="tf: pixels scaled to [-1, 1] (as in training); raw: 0-255 as the original "
+                            "notebook fed them at prediction time")
+    group.add_argument("--heads", dest="num_heads", type=int, metavar="N",
+                       help="attention heads, for H5 files whose width is not a published ViT's")
+
+
+def _foreign_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"preprocess": args.preprocess, "num_heads": args.num_heads}
 
 
 def _add_overwrite(parser: argparse.ArgumentParser) -> None:
@@ -373,19 +394,20 @@ def _add_evaluate(commands) -> None:
                     "per-class probability tables.\n\n"
                     "example: vitkit evaluate models/products.weights.h5 data_manifests/products/test.csv --out report/",
     )
-    parser.add_argument("model", type=Path, metavar="MODEL", help="a .weights.h5 model file")
+    parser.add_argument("model", type=Path, metavar="MODEL", help="a .weights.h5 model file (or a file of another tool)")
     parser.add_argument("data", metavar="TEST", help="labelled manifest (or pixel CSV / class-folder tree)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="report folder")
     parser.add_argument("--batch-size", type=int, default=32)
     _add_overwrite(parser)
     _add_data_options(parser)
+    _add_foreign_model_options(parser)
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
     from vitkit.evaluate import evaluate
 
     metrics = evaluate(args.model, args.data, out=args.out, batch_size=args.batch_size,
-                       overwrite=args.overwrite, **_load_options(args))
+                       overwrite=args.overwrite, **_foreign_options(args), **_load_options(args))
     print(f"{metrics['images']} images: accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
           f"macro F1 {metrics['macro_f1']:.4f}")
     for name, values in metrics["per_class"].items():
@@ -403,20 +425,22 @@ def _add_predict(commands) -> None:
                     "  vitkit predict models/products.weights.h5 new_photos/ --out predictions.csv\n"
                     "  vitkit predict models/products.weights.h5 a.jpg b.jpg --grid grid.png",
     )
-    parser.add_argument("model", type=Path, metavar="MODEL", help="a .weights.h5 model file")
+    parser.add_argument("model", type=Path, metavar="MODEL", help="a .weights.h5 model file (or a file of another tool)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="a manifest, a folder, or image files")
     parser.add_argument("--out", type=Path, metavar="CSV", help="write the table here (default: print it)")
     parser.add_argument("--grid", type=Path, metavar="PNG", help="also draw the first 16 images titled with predictions")
     parser.add_argument("--batch-size", type=int, default=32)
     _add_overwrite(parser)
     _add_data_options(parser)
+    _add_foreign_model_options(parser)
 
 
 def _run_predict(args: argparse.Namespace) -> None:
     from vitkit.predict import predict
 
     table = predict(args.model, _inputs(args.inputs), out=args.out, grid=args.grid,
-                    batch_size=args.batch_size, overwrite=args.overwrite, **_load_options(args))
+                    batch_size=args.batch_size, overwrite=args.overwrite, **_foreign_options(args),
+                    **_load_options(args))
     shown = [c for c in ("image", "predicted", "confidence", "true") if c in table]
     if args.out is None:
         print(table[shown].to_string(index=False))
@@ -424,6 +448,124 @@ def _run_predict(args: argparse.Namespace) -> None:
         print(f"{len(table)} predictions: {args.out}")
     if args.grid is not None:
         print(f"grid: {args.grid}")
+
+
+# weights ---------------------------------------------------------------------------------------
+
+def _add_weights(commands) -> None:
+    parser = commands.add_parser(
+        "weights", help="list, download and convert pretrained and old weights files",
+        description="Pretrained checkpoints (the original Flax ViT .npz files) are cached in\n"
+                    "$VITKIT_HOME/weights (default ~/.keras/vitkit/weights); vit-keras' cache\n"
+                    "~/.keras/weights is searched too.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
+    _command(actions, "list", "show the known checkpoints, the cache folders and which checkpoints are present",
+             _run_weights_list)
+
+    download = _command(
+        actions, "download", "download a checkpoint into the cache (progress bar, SHA-256, atomic write)",
+        _run_weights_download,
+        description="Download one of the checkpoints `vitkit weights list` shows. The file is written\n"
+                    "under a temporary name and moved into place only when complete; its SHA-256 is\n"
+                    "recorded beside it and checked on later use.\n\n"
+                    "example: vitkit weights download ViT-B_16_imagenet21k",
+    )
+    download.add_argument("name", metavar="NAME", help="checkpoint name, e.g. ViT-B_16_imagenet21k (.npz optional)")
+    download.add_argument("--sha256", metavar="HEX", help="expected SHA-256; a download that differs is discarded")
+    download.add_argument("--force", action="store_true", help="download even if the checkpoint is already cached")
+
+    convert = _command(
+        actions, "convert", "turn a weights file of another tool into a vitkit model file",
+        _run_weights_convert,
+        description="Read a Flax .npz checkpoint, a vit-keras .weights.h5 / .h5 or the original recipe's\n"
+                    "Keras-2 .h5 (every dimension is read from the file) and write a vitkit .weights.h5\n"
+                    "that `vitkit.load_model` rebuilds alone. Such files do not record class names:\n"
+                    "give them in the model's output order.\n\n"
+                    "examples:\n"
+                    "  vitkit weights convert old/model.h5 --classes bottle,can,mug --preprocess tf \\\n"
+                    "        --out models/old.weights.h5\n"
+                    "  vitkit weights convert ViT-B_16_imagenet21k+imagenet2012.npz \\\n"
+                    "        --classes imagenet2012.txt --out models/imagenet.weights.h5",
+    )
+    convert.add_argument("source", type=Path, metavar="FILE", help="the weights file to convert")
+    convert.add_argument("--classes", required=True, metavar="A,B,C|FILE",
+                         help="class names in output order: a,b,c, a text file (one per line) or a manifest CSV")
+    convert.add_argument("--out", type=Path, required=True, metavar="MODEL.weights.h5", help="vitkit model file to write")
+    convert.add_argument("--no-top", dest="include_top", action="store_false", default=None,
+                         help="keep only the backbone and put a new, untrained head for --classes on it")
+    convert.add_argument("--image-size", type=_image_size, metavar="SIZE",
+                         help="input size (default: the file's; another size resamples the position embedding)")
+    _add_overwrite(convert)
+    _add_foreign_model_options(convert)
+
+
+def _run_weights_list(args: argparse.Namespace) -> None:
+    from vitkit.weights import CHECKPOINTS, cached_checkpoint, weights_dirs
+
+    folders = weights_dirs()
+    print("cache folders (downloads go to the first; set VITKIT_HOME to move it):")
+    for folder in folders:
+        print(f"  {folder}{'' if folder.is_dir() else '  (not created yet)'}")
+    width = max(len(name) for name in CHECKPOINTS)
+    print(f"\n{'checkpoint':<{width}}  {'backbone':<8}  present")
+    for name, checkpoint in CHECKPOINTS.items():
+        found = cached_checkpoint(checkpoint)
+        print(f"{name:<{width}}  {checkpoint.backbone:<8}  {found if found else '-'}")
+
+
+def _run_weights_download(args: argparse.Namespace) -> None:
+    from vitkit.weights import cached_checkpoint, checkpoint_named, download_checkpoint, sha256_of
+
+    checkpoint = checkpoint_named(args.name)
+    found = cached_checkpoint(checkpoint)
+    if found and not args.force:
+        print(f"{checkpoint.file_name} is already present: {found} (use --force to download it again)")
+        return
+    path = download_checkpoint(checkpoint, sha256=args.sha256)
+    print(f"downloaded {path} (SHA-256 {sha256_of(path)})")
+
+
+def _run_weights_convert(args: argparse.Namespace) -> None:
+    from vitkit.convert import convert_weights
+
+    out = convert_weights(args.source, args.out, classes=args.classes, include_top=args.include_top,
+                  image_size=args.image_size, overwrite=args.overwrite, **_foreign_options(args))
+    print(f"model: {out}")
+
+
+# export ----------------------------------------------------------------------------------------
+
+def _add_export(commands) -> None:
+    parser = _command(
+        commands, "export", "export a model for serving outside vitkit (.keras, SavedModel, ONNX)", _run_export,
+        description="Write MODEL (a vitkit .weights.h5, or any file `vitkit.load_model` reads) as a\n"
+                    ".keras file, a TensorFlow SavedModel folder or an .onnx file. Every export takes\n"
+                    "uint8 images (batch, height, width, 3) and returns class probabilities in the\n"
+                    "model's class order. SavedModel needs the tensorflow or jax backend, ONNX the\n"
+                    "tensorflow backend and the tf2onnx package.\n\n"
+                    "examples:\n"
+                    "  vitkit export models/products.weights.h5 --format savedmodel --out serve/products\n"
+                    "  vitkit export models/products.weights.h5 --format onnx --out products.onnx",
+    )
+    parser.add_argument("model", type=Path, metavar="MODEL", help="model file")
+    parser.add_argument("--format", choices=("keras", "savedmodel", "onnx"), required=True,
+                        help="keras (.keras file), savedmodel (TensorFlow SavedModel folder) or onnx")
+    parser.add_argument("--out", type=Path, required=True, metavar="PATH",
+                        help="a .keras / .onnx file, or a folder for savedmodel")
+    parser.add_argument("--classes", metavar="A,B,C|FILE", help="class names, for a file of another tool")
+    _add_overwrite(parser)
+    _add_foreign_model_options(parser)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from vitkit.export import export_model
+    from vitkit.modelfile import load_model
+
+    model = load_model(args.model, classes=args.classes, **_foreign_options(args))
+    out = export_model(model, args.out, args.format, overwrite=args.overwrite)
+    print(f"{args.format}: {out}")
 
 
 if __name__ == "__main__":

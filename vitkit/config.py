@@ -63,13 +63,14 @@ class ViTConfig:
         return cls(**values)
 
 
-# The B and L dimensions are those of the original paper, vit-keras and the Flax checkpoints.
+# The B and L dimensions are those of the original paper, vit-keras and the Flax checkpoints;
+# like the original fine-tuning configurations they use no dropout (--dropout adds it).
 # The small ones are for training from scratch; their patch size follows the image size.
 PRESETS: dict[str, ViTConfig] = {
-    "vit_b16": ViTConfig(16, 12, 768, 12, 3072, dropout=0.1),
-    "vit_b32": ViTConfig(32, 12, 768, 12, 3072, dropout=0.1),
-    "vit_l16": ViTConfig(16, 24, 1024, 16, 4096, dropout=0.1),
-    "vit_l32": ViTConfig(32, 24, 1024, 16, 4096, dropout=0.1),
+    "vit_b16": ViTConfig(16, 12, 768, 12, 3072),
+    "vit_b32": ViTConfig(32, 12, 768, 12, 3072),
+    "vit_l16": ViTConfig(16, 24, 1024, 16, 4096),
+    "vit_l32": ViTConfig(32, 24, 1024, 16, 4096),
     "vit_s16": ViTConfig(16, 12, 384, 6, 1536),
     "vit_ti16": ViTConfig(16, 12, 192, 3, 768),
     "vit_small": ViTConfig(None, 6, 128, 4, 256),

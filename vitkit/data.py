@@ -20,8 +20,9 @@ import numpy as np
 from PIL import Image
 
 from vitkit.cache import ImageStore
+from vitkit.device import batch_stager
 from vitkit.errors import ConfigError, ImageError, ManifestError
-from vitkit.manifest import Manifest, find_images, read_manifest
+from vitkit.manifest import Manifest, find_images, folder_labels, read_manifest
 from vitkit.pixelcsv import is_pixel_csv, read_pixel_csv
 
 BAD_IMAGE_POLICIES = ("skip", "error")
@@ -88,8 +89,9 @@ def load_images(
     """Bring any supported input to an :class:`ImageSet` of ``image_size``.
 
     Args:
-        data: manifest CSV path or :class:`Manifest`, pixel CSV path, folder, image file, list
-            of image files, uint8 array ``x`` (N, H, W[, C]) or ``(x, y)``.
+        data: manifest CSV path or :class:`Manifest`, pixel CSV path, folder (its images are
+            labelled by their first sub-folder when every image has one), image file, list of
+            image files, uint8 array ``x`` (N, H, W[, C]) or ``(x, y)``.
         image_size: (height, width) of the model.
         resize_mode: ``stretch``, ``pad`` or ``crop``.
         label_from, classes, root: passed to :func:`~vitkit.manifest.read_manifest`.
@@ -117,7 +119,8 @@ def load_images(
             files = find_images(path)
             if not files:
                 raise ManifestError(f"{path}: no image files found")
-            return _file_set(files, None, None, image_size, resize_mode, cache_dir, on_bad_image, progress)
+            return _file_set(files, folder_labels(path, files), None, image_size, resize_mode, cache_dir,
+                             on_bad_image, progress)
         if path.suffix.lower() == ".csv":
             if is_pixel_csv(path):
                 pixels, labels = read_pixel_csv(path)
@@ -232,6 +235,7 @@ class ImageBatches(keras.utils.PyDataset):
         self.shard = shard
         self.epoch = 0
         self._order = self._epoch_order()
+        self._stage = batch_stager() or (lambda pixels: pixels)
 
     def _epoch_order(self) -> np.ndarray:
         order = np.arange(len(self.images))
@@ -251,9 +255,9 @@ class ImageBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         selected = self._order[index * self.batch_size:(index + 1) * self.batch_size]
-        pixels = self.images.read(selected)
+        pixels = self._stage(self.images.read(selected))
         if self.targets is None:
-            return pixels
+            return (pixels,)
         if self.sample_weights is None:
             return pixels, self.targets[selected]
         return pixels, self.targets[selected], self.sample_weights[selected]

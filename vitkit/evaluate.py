@@ -66,6 +66,8 @@ def evaluate(
     out: str | os.PathLike | None = None,
     batch_size: int = 32,
     overwrite: bool = False,
+    preprocess: str | None = None,
+    num_heads: int | None = None,
     **load_options: Any,
 ) -> dict[str, Any]:
     """Evaluate a model on labelled images and, with ``out``, write the report files there.
@@ -73,6 +75,8 @@ def evaluate(
     Files in ``out``: ``metrics.json``, ``confusion_matrix.csv`` / ``.png``,
     ``misclassified.png`` (up to 16 errors), ``probabilities.csv`` (every image, every class)
     and ``class_probabilities.csv`` (mean probability of each predicted class per true class).
+    ``preprocess`` and ``num_heads`` (with ``classes`` as the class names) serve weights files
+    of other tools, as in :func:`vitkit.load_model`.
 
     Returns:
         The metrics (see :func:`classification_metrics`).
@@ -80,7 +84,7 @@ def evaluate(
     if out is not None:
         for name in OUTPUT_FILES:
             check_writable(Path(out) / name, overwrite)
-    model = as_model(model)
+    model = as_model(model, load_options.get("classes"), preprocess=preprocess, num_heads=num_heads)
     images = images_for(model, data, **load_options)
     if images.labels is None:
         raise ManifestError("evaluation needs labelled images: give a manifest with classes")

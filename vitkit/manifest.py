@@ -187,6 +187,7 @@ def _entry(source: Path, header: list[str], row: list[str], line: int, base: Pat
         raise ManifestError(f"{where}: empty file_name")
     base_path = Path(values["base_path"]).expanduser()
     image = (base_path if base_path.is_absolute() else base / base_path) / values["type_dir"] / values["file_name"]
+    image = Path(os.path.normpath(image))
     label = _label(values, label_from, classes, where)
     split = values.get("split") or None
     if split is not None:
@@ -261,6 +262,14 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [Path(current) / f for f in sorted(files) if not f.startswith(".") and is_image_file(Path(f))]
     return found
+
+
+def folder_labels(folder: Path, images: Sequence[Path]) -> list[str] | None:
+    """Class of each image from its first sub-folder under ``folder``; None unless every image has one."""
+    parts = [image.relative_to(folder).parts for image in images]
+    if not parts or any(len(p) < 2 for p in parts):
+        return None
+    return [p[0] for p in parts]
 
 
 def manifest_rows_for_folder(photo_dir: Path, manifest_dir: Path) -> list[dict[str, str]]:
@@ -388,11 +397,8 @@ def check_manifest(
     for name in classes or []:
         if counts[name] == 0:
             problems.append(Problem(0, f"class {name!r} has no rows"))
-    for name, count in sorted(counts.items(), key=lambda item: str(item[0])):
-        if name is None:
-            problems.append(Problem(0, f"{count} row(s) have no class (empty label)"))
-        elif count == 1:
-            problems.append(Problem(0, f"class {name!r} has a single image; it cannot be split or validated"))
+    if counts[None]:
+        problems.append(Problem(0, f"{counts[None]} row(s) have no class (empty label)"))
     return sorted(problems, key=lambda problem: problem.line)
 
 

@@ -31,6 +31,8 @@ class ModelSpec:
         backbone: backbone dimensions.
         head_width: width of the head's hidden GELU layer (21 in the original recipe);
             0 for a linear head.
+        head_norm: BatchNormalization before each Dense layer of the head (the recipe's);
+            False for plain Dense layers, such as a checkpoint's pretrained classification top.
         preprocess: ``"tf"`` (scale to [-1, 1]) or ``"raw"`` (feed 0-255).
         resize_mode: how images are brought to ``image_size`` before they reach the model:
             ``stretch``, ``pad`` (keep aspect, letterbox) or ``crop`` (keep aspect, centre crop).
@@ -42,6 +44,7 @@ class ModelSpec:
     image_size: tuple[int, int]
     backbone: ViTConfig
     head_width: int = 21
+    head_norm: bool = True
     preprocess: str = "tf"
     resize_mode: str = "stretch"
     augment: AugmentConfig = AugmentConfig()
@@ -69,6 +72,7 @@ class ModelSpec:
             "image_size": list(self.image_size),
             "backbone": self.backbone.to_dict(),
             "head_width": self.head_width,
+            "head_norm": self.head_norm,
             "preprocess": self.preprocess,
             "resize_mode": self.resize_mode,
             "augment": self.augment.to_dict(),
@@ -82,6 +86,7 @@ class ModelSpec:
             image_size=tuple(values["image_size"]),
             backbone=ViTConfig.from_dict(values["backbone"]),
             head_width=int(values.get("head_width", 21)),
+            head_norm=bool(values.get("head_norm", True)),
             preprocess=values.get("preprocess", "tf"),
             resize_mode=values.get("resize_mode", "stretch"),
             augment=AugmentConfig.from_dict(values.get("augment") or {}),
@@ -165,12 +170,15 @@ class _WithAttention(keras.Model):
 
 
 def _head_layers(spec: ModelSpec) -> list[keras.layers.Layer]:
-    """``BatchNorm -> Dense(head_width, gelu tanh) -> BatchNorm -> Dense(n, softmax)``."""
-    layers: list[keras.layers.Layer] = [keras.layers.BatchNormalization(name="head_norm_0")]
+    """``BatchNorm -> Dense(head_width, gelu tanh) -> BatchNorm -> Dense(n, softmax)`` (no BatchNorm without ``head_norm``)."""
+    def norm(name: str) -> list[keras.layers.Layer]:
+        return [keras.layers.BatchNormalization(name=name)] if spec.head_norm else []
+
+    layers = norm("head_norm_0")
     if spec.head_width:
         layers += [
             keras.layers.Dense(spec.head_width, activation=gelu_tanh, name="head_hidden"),
-            keras.layers.BatchNormalization(name="head_norm_1"),
+            *norm("head_norm_1"),
         ]
     layers.append(
         keras.layers.Dense(spec.num_classes, activation="softmax", dtype="float32", name="head_output")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import h5py
 import keras
@@ -80,22 +80,58 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     return metadata
 
 
-def load_model(path: str | os.PathLike) -> ImageClassifier:
+def is_model_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a vitkit model file (HDF5 with vitkit metadata), not a file of another tool."""
+    from vitkit.legacy import file_kind
+
+    return file_kind(path) == "hdf5" and read_metadata(path) is not None
+
+
+def load_model(
+    path: str | os.PathLike,
+    classes: Sequence[str] | str | os.PathLike | None = None,
+    preprocess: str | None = None,
+    **foreign_options: Any,
+) -> ImageClassifier:
     """Rebuild a classifier from a model file alone, on the current Keras backend.
 
-    Files without vitkit metadata are refused with a message saying what the file is.
+    Files of other tools (Flax ``.npz`` checkpoints, vit-keras ``.weights.h5`` / ``.h5``, the
+    original recipe's Keras-2 ``.h5``) load too, with what they do not record given here:
+    ``classes`` and ``preprocess`` (see :func:`vitkit.convert.load_foreign`, which also takes
+    ``include_top``, ``num_heads`` and ``image_size``). A vitkit file records both; options
+    that contradict it are an error.
 
     Example:
         >>> model = vitkit.load_model("models/products.weights.h5")
         >>> model.class_names
         ['bottle', 'can', 'carton', 'mug']
+        >>> old = vitkit.load_model("old/recipe.h5", classes=["a", "b", "c"], preprocess="raw")
     """
+    if not is_model_file(path):
+        from vitkit.convert import load_foreign
+
+        return load_foreign(path, classes=classes, preprocess=preprocess, **foreign_options)
     metadata = read_metadata(path)
-    if metadata is None:
-        raise WeightsError(f"{path} is an HDF5 file without vitkit metadata, not a vitkit model file")
     model = ImageClassifier(ModelSpec.from_dict(metadata["spec"]))
+    _check_agrees(path, model.spec, classes, preprocess, foreign_options)
     try:
         model.load_weights(path)
     except (ValueError, KeyError, OSError) as error:
         raise WeightsError(f"{path}: weights do not match the model described in the file ({error})") from None
     return model
+
+
+def _check_agrees(path, spec: ModelSpec, classes, preprocess: str | None, foreign_options: dict[str, Any]) -> None:
+    """Options given for a vitkit file must say what the file says."""
+    given = {key: value for key, value in foreign_options.items() if value is not None}
+    if given:
+        raise WeightsError(f"{path} is a vitkit model file; {', '.join(sorted(given))} apply only to files of other tools")
+    if preprocess is not None and preprocess != spec.preprocess:
+        raise WeightsError(f"{path} was made with preprocess {spec.preprocess!r}; drop preprocess={preprocess!r}")
+    if classes is not None:
+        from vitkit.convert import class_names_from
+
+        if class_names_from(classes) != list(spec.class_names):
+            raise WeightsError(
+                f"{path} names its classes {list(spec.class_names)}; classes= is only for files of other tools"
+            )

@@ -15,13 +15,21 @@ from vitkit.fileio import atomic_output, check_writable
 from vitkit.model import ImageClassifier
 
 
-def as_model(model: ImageClassifier | str | os.PathLike) -> ImageClassifier:
-    """A loaded classifier, loading it when given a path."""
+def as_model(model: ImageClassifier | str | os.PathLike, classes: Sequence[str] | None = None,
+             **foreign_options: Any) -> ImageClassifier:
+    """A loaded classifier, loading it when given a path.
+
+    ``classes`` and ``foreign_options`` (``preprocess``, ``num_heads``, ``include_top``,
+    ``image_size``) are what files of other tools do not record (see :func:`vitkit.load_model`).
+    A vitkit model file names its classes, so there ``classes`` only selects manifest rows.
+    """
     if isinstance(model, ImageClassifier):
         return model
-    from vitkit.modelfile import load_model
+    from vitkit.modelfile import is_model_file, load_model
 
-    return load_model(model)
+    if is_model_file(model):
+        return load_model(model, **foreign_options)
+    return load_model(model, classes=classes, **foreign_options)
 
 
 def images_for(model: ImageClassifier, data: Any, **load_options: Any) -> ImageSet:
@@ -60,6 +68,8 @@ def predict(
     grid: str | os.PathLike | None = None,
     batch_size: int = 32,
     overwrite: bool = False,
+    preprocess: str | None = None,
+    num_heads: int | None = None,
     **load_options: Any,
 ) -> pd.DataFrame:
     """Predict classes for images and optionally write ``predictions.csv`` and a 4x4 grid.
@@ -72,6 +82,8 @@ def predict(
             right and red when wrong if the true classes are known.
         batch_size: images per prediction step.
         overwrite: replace existing output files.
+        preprocess, num_heads: for a weights file of another tool (see :func:`vitkit.load_model`),
+            whose class names are then ``classes``.
         **load_options: ``cache_dir``, ``on_bad_image``, ``label_from``, ``classes``, ``root``.
 
     Returns:
@@ -84,7 +96,7 @@ def predict(
     for target in (out, grid):
         if target is not None:
             check_writable(target, overwrite)
-    model = as_model(model)
+    model = as_model(model, load_options.get("classes"), preprocess=preprocess, num_heads=num_heads)
     images = images_for(model, data, **load_options)
     probabilities = predict_probabilities(model, images, batch_size)
     table = prediction_table(images, probabilities, model.class_names)

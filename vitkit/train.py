@@ -8,6 +8,7 @@ is going, ``NAME.run/`` from which ``resume=True`` continues an interrupted run.
 from __future__ import annotations
 
 import dataclasses
+import random
 import shutil
 import sys
 import warnings
@@ -305,11 +306,24 @@ def _prepare_outputs(paths: dict[str, Path], resume: bool, overwrite: bool) -> N
 
 
 def _seed_everything(seed: int) -> None:
-    keras.utils.set_random_seed(seed)
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
+        keras.utils.set_random_seed(seed)
         tf.config.experimental.enable_op_determinism()
+        return
+    # keras.utils.set_random_seed imports TensorFlow whenever it is installed, only to seed it;
+    # on other backends do the rest of what it does without that import.
+    from keras.src.backend.common import global_state
+
+    global_state.set_global_attribute("global_random_seed", seed)
+    global_state.set_global_attribute("global_seed_generator", None)
+    random.seed(seed)
+    np.random.seed(seed)
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.manual_seed(seed)
 
 
 def _datasets(train_data, val_data, size, resize_mode, val_fraction, seed, label_from, classes,

@@ -79,6 +79,27 @@ def weights_dirs() -> list[Path]:
     return [vitkit_home() / "weights", Path.home() / ".keras" / "weights"]
 
 
+def checkpoint_named(name: str) -> Checkpoint:
+    """A published checkpoint by name: ``ViT-B_16_imagenet21k`` (``.npz`` optional, any case)."""
+    wanted = name.strip().lower().removesuffix(".npz")
+    for file_name, checkpoint in CHECKPOINTS.items():
+        if file_name.lower().removesuffix(".npz") == wanted:
+            return checkpoint
+    raise WeightsError(
+        f"unknown checkpoint {name!r}; known: {', '.join(n.removesuffix('.npz') for n in CHECKPOINTS)} "
+        f"(see `vitkit weights list`)"
+    )
+
+
+def cached_checkpoint(checkpoint: Checkpoint) -> Path | None:
+    """Where a checkpoint is cached (first of :func:`weights_dirs` that has it), or None."""
+    for folder in weights_dirs():
+        candidate = folder / checkpoint.file_name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def find_checkpoint(weights: str, config: ViTConfig) -> Checkpoint:
     """The published checkpoint for a weight name and backbone dimensions."""
     for size, (_, patch, layers, hidden) in _SIZES.items():
@@ -110,11 +131,10 @@ def resolve_checkpoint(weights: str, config: ViTConfig, download: bool = True) -
             )
         return path
     checkpoint = find_checkpoint(weights, config)
-    for folder in weights_dirs():
-        candidate = folder / checkpoint.file_name
-        if candidate.is_file():
-            verify_recorded_checksum(candidate)
-            return candidate
+    cached = cached_checkpoint(checkpoint)
+    if cached is not None:
+        verify_recorded_checksum(cached)
+        return cached
     if not download:
         raise WeightsError(_missing_message(checkpoint, "it is not in the cache"))
     return download_checkpoint(checkpoint)

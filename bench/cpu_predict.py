@@ -1,0 +1,120 @@
+"""CPU prediction: vitkit against the original recipe (vit-keras) on the same weights and images.
+
+Both models are ViT-B/16 + the recipe's head at 224 px with the same random weights (copied by
+name from vitkit into vit-keras); both predict the same uint8 photos at the same batch size on
+the same backend (TensorFlow by default), float32, after one warm-up batch. vitkit is timed
+through ``vitkit.predict`` (its batch stream and in-model scaling), the recipe as its notebooks
+ran it: ``preprocess_inputs`` in NumPy, then ``model.predict``. The outputs are compared too.
+
+Usage::
+
+    python bench/cpu_predict.py --images 64 --batch 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = {"patch_size": 16, "num_layers": 12, "hidden_size": 768, "num_heads": 12, "mlp_dim": 3072}
+CLASSES = ["bottle", "can", "carton", "mug"]
+
+
+def recipe_model(image_size: int, classes: int):
+    """The original notebooks' model: vit-keras ViT-B/16 backbone, Flatten, BN, Dense(21), BN, Dense(n)."""
+    import keras
+
+    sys.modules.setdefault("cv2", type(sys)("cv2"))  # vit-keras imports OpenCV only for image files
+    from vit_keras import vit
+
+    backbone = vit.build_model(image_size=image_size, patch_size=16, num_layers=12, hidden_size=768,
+                               num_heads=12, mlp_dim=3072, name="vit-b16", classes=1000, dropout=0.1,
+                               activation="linear", include_top=False, representation_size=None)
+    return keras.Sequential([
+        backbone, keras.layers.Flatten(), keras.layers.BatchNormalization(),
+        keras.layers.Dense(21, activation=lambda t: keras.activations.gelu(t, approximate=True)),
+        keras.layers.BatchNormalization(), keras.layers.Dense(classes, activation="softmax"),
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes of each peer, alternating; best kept")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cpu_predict.json")
+    args = parser.parse_args()
+
+    import keras
+
+    import vitkit
+
+    rng = np.random.default_rng(0)
+    model = vitkit.build_model(CLASSES, backbone=dict(CONFIG), image_size=args.image_size, augment=False)
+    for variable in model.weights:
+        variable.assign(rng.normal(0, 0.02, variable.shape).astype(variable.dtype) + (
+            1.0 if variable.path.endswith(("gamma", "moving_variance")) else 0.0))
+    recipe = recipe_model(args.image_size, len(CLASSES))
+    copy_into_recipe(model, recipe, args.image_size)
+    photos = rng.integers(0, 256, (args.images, args.image_size, args.image_size, 3), dtype=np.uint8)
+
+    def run_vitkit():
+        return vitkit.predict(model, photos, batch_size=args.batch)[[f"p_{c}" for c in CLASSES]].to_numpy()
+
+    def run_recipe():
+        from vit_keras import vit
+
+        return recipe.predict(vit.preprocess_inputs(photos.astype("float32")), batch_size=args.batch, verbose=0)
+
+    for run in (run_vitkit, run_recipe):  # warm-up: tracing and compilation
+        run()
+    seconds = {"vitkit": [], "recipe": []}
+    outputs = {}
+    for _ in range(args.repeats):
+        for name, run in (("vitkit", run_vitkit), ("recipe", run_recipe)):
+            started = time.perf_counter()
+            outputs[name] = run()
+            seconds[name].append(time.perf_counter() - started)
+    rows = {name: {"images_per_s": args.images / min(times), "seconds": times} for name, times in seconds.items()}
+    ratio = rows["vitkit"]["images_per_s"] / rows["recipe"]["images_per_s"]
+    difference = float(np.abs(outputs["vitkit"] - outputs["recipe"]).max())
+    print(f"\nViT-B/16 + head, {args.image_size} px, batch {args.batch}, {args.images} images, float32, "
+          f"{keras.backend.backend()} on {os.cpu_count()} CPU cores")
+    print(f"{'peer':<8} {'images/s':>9}")
+    for name, row in rows.items():
+        print(f"{name:<8} {row['images_per_s']:>9.2f}")
+    print(f"vitkit / recipe: {ratio:.2f}x; largest probability difference {difference:.1e}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"backend": keras.backend.backend(), "batch": args.batch, "images": args.images,
+                                    "peers": rows, "ratio": ratio, "max_difference": difference}, indent=2))
+
+
+def copy_into_recipe(model, recipe, image_size: int) -> None:
+    """Give the recipe model vitkit's weights: the backbone through vit-keras' own checkpoint loader."""
+    import tempfile
+
+    from vit_keras import utils
+
+    from vitkit.convert import flax_arrays
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = Path(folder) / "vitkit.npz"
+        np.savez(checkpoint, **flax_arrays(model))
+        grid = image_size // CONFIG["patch_size"]
+        utils.load_weights_numpy(recipe.layers[0], str(checkpoint), pretrained_top=False,
+                                 num_x_patches=grid, num_y_patches=grid)
+    head = {layer.name: layer for layer in model.layers if layer.name.startswith("head_")}
+    for name, layer in zip(("head_norm_0", "head_hidden", "head_norm_1", "head_output"), recipe.layers[2:]):
+        layer.set_weights(head[name].get_weights())
+
+
+if __name__ == "__main__":
+    main()

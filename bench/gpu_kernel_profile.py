@@ -1,0 +1,195 @@
+"""GPU kernel time of one ViT-B/16 training step and one forward pass: vitkit (JAX) beside timm.
+
+Traces a few steps of each with the framework's profiler, sums the GPU time of every kernel and
+groups it: matrix products, attention, convolution, and fused element-wise / normalisation
+kernels. Run where a throughput target is missed, to see which group the difference sits in.
+
+Usage (GPU machine)::
+
+    KERAS_BACKEND=jax python bench/gpu_kernel_profile.py --peer vitkit
+    python bench/gpu_kernel_profile.py --peer timm
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import re
+import tempfile
+from pathlib import Path
+
+GROUPS = (
+    ("attention", re.compile(r"fmha|flash|attention|sdpa|cudnn.*(softmax|attn)|scaled_dot", re.I)),
+    ("convolution", re.compile(r"conv(?!ert)|implicit_gemm|winograd|fprop|dgrad|wgrad", re.I)),
+    ("matmul", re.compile(r"gemm|cublas|matmul|sm90_xmma|nvjet|cutlass|dot|\bmm\b|addmm", re.I)),
+    ("optimizer", re.compile(r"adam|multi_tensor|foreach", re.I)),
+)
+BATCH, STEPS = 128, 5
+
+
+def group_of(kernel: str) -> str:
+    for name, pattern in GROUPS:
+        if pattern.search(kernel):
+            return name
+    return "element-wise / norm / other"
+
+
+def summarise(kernels: dict[str, float], steps: int) -> dict:
+    groups = collections.Counter()
+    for kernel, microseconds in kernels.items():
+        groups[group_of(kernel)] += microseconds / steps
+    top = sorted(kernels.items(), key=lambda item: -item[1])[:12]
+    return {"ms_per_step_by_group": {k: round(v / 1000, 3) for k, v in groups.most_common()},
+            "ms_per_step": round(sum(groups.values()) / 1000, 3),
+            "top_kernels_ms_per_step": [(k[:90], round(v / steps / 1000, 3)) for k, v in top]}
+
+
+def _convolution_embedding(self, images):
+    """PatchEmbedding.call as a strided convolution, for comparison."""
+    from keras import ops
+
+    kernel = ops.cast(self.kernel, images.dtype)
+    patches = ops.conv(images, kernel, strides=self.patch_size, padding="valid")
+    return ops.reshape(patches, (ops.shape(images)[0], -1, self.hidden_size)) + ops.cast(self.bias, images.dtype)
+
+
+def profile_vitkit(embedding: str) -> dict:
+    import functools
+
+    from vitkit.device import configure_xla
+
+    configure_xla()
+    import jax
+    import keras
+    import numpy as np
+    from jax.profiler import ProfileData
+
+    import vitkit
+    import vitkit.backbone
+
+    if embedding == "convolution":
+        vitkit.backbone.PatchEmbedding.call = _convolution_embedding
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    config = {"patch_size": 16, "num_layers": 12, "hidden_size": 768, "num_heads": 12, "mlp_dim": 3072}
+    model = vitkit.build_model(10, backbone=config, image_size=224, augment=False)
+    optimizer = keras.optimizers.Adam(1e-4)
+    optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.CategoricalCrossentropy()
+    state = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
+             [v.value for v in optimizer.variables])
+    x = jax.device_put(np.random.default_rng(0).integers(0, 256, (BATCH, 224, 224, 3), dtype=np.uint8))
+    y = jax.device_put(np.eye(10, dtype="float32")[np.arange(BATCH) % 10])
+
+    def loss(trainable, non_trainable, x, y):
+        predicted, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
+        return loss_fn(y, predicted), non_trainable
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def train(trainable, non_trainable, optimizer_variables, x, y):
+        (value, non_trainable), grads = jax.value_and_grad(loss, has_aux=True)(trainable, non_trainable, x, y)
+        trainable, optimizer_variables = optimizer.stateless_apply(optimizer_variables, grads, trainable)
+        return trainable, non_trainable, optimizer_variables, value
+
+    forward = jax.jit(lambda trainable, non_trainable, x: model.stateless_call(trainable, non_trainable, x)[0])
+
+    def traced(run) -> dict[str, float]:
+        run()
+        folder = tempfile.mkdtemp()
+        jax.profiler.start_trace(folder)
+        run()
+        jax.profiler.stop_trace()
+        data = ProfileData.from_file(glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)[0])
+        kernels = collections.Counter()
+        for plane in data.planes:
+            if not plane.name.startswith("/device:GPU"):
+                continue
+            for line in plane.lines:
+                if "stream" not in line.name.lower():
+                    continue
+                for event in line.events:
+                    kernels[event.name] += event.duration_ns / 1000
+        return kernels
+
+    def run_train():
+        nonlocal state
+        t, n, o = state
+        for _ in range(STEPS):
+            t, n, o, value = train(t, n, o, x, y)
+        value.block_until_ready()
+        state = (t, n, o)
+
+    def run_forward():
+        for _ in range(STEPS):
+            out = forward(state[0], state[1], x)
+        out.block_until_ready()
+
+    return {"train": summarise(traced(run_train), STEPS), "forward": summarise(traced(run_forward), STEPS)}
+
+
+def profile_timm() -> dict:
+    import timm
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    model = timm.create_model("vit_base_patch16_224", num_classes=10).cuda().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    compiled = torch.compile(model)
+    pixels = torch.randint(0, 256, (BATCH, 3, 224, 224), dtype=torch.uint8, device="cuda")
+    labels = torch.randint(0, 10, (BATCH,), device="cuda")
+
+    def scaled():
+        return (pixels.float() / 127.5 - 1).contiguous(memory_format=torch.channels_last)
+
+    def run_train():
+        model.train()
+        for _ in range(STEPS):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(compiled(scaled()), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+
+    @torch.no_grad()
+    def run_forward():
+        model.eval()
+        for _ in range(STEPS):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                compiled(scaled())
+        torch.cuda.synchronize()
+
+    def traced(run) -> dict[str, float]:
+        run()
+        with profile(activities=[ProfilerActivity.CUDA]) as recorded:
+            run()
+        kernels = collections.Counter()
+        for event in recorded.events():
+            if event.device_type == torch.autograd.DeviceType.CUDA:
+                kernels[event.name] += event.device_time
+        return kernels
+
+    return {"train": summarise(traced(run_train), STEPS), "forward": summarise(traced(run_forward), STEPS)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peer", choices=("vitkit", "timm"), required=True)
+    parser.add_argument("--embedding", choices=("matmul", "convolution"), default="matmul",
+                        help="vitkit's patch embedding as it is, or as a strided convolution")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    result = profile_vitkit(args.embedding) if args.peer == "vitkit" else profile_timm()
+    for phase, summary in result.items():
+        print(f"{args.peer} {phase}: {summary['ms_per_step']:.2f} ms of GPU kernels per step of {BATCH}")
+        for group, ms in summary["ms_per_step_by_group"].items():
+            print(f"  {group:<30} {ms:8.2f} ms")
+        for kernel, ms in summary["top_kernels_ms_per_step"][:6]:
+            print(f"    {ms:7.3f} ms  {kernel}")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Where a vitkit ViT-B/16 training or prediction step spends its time on the GPU (JAX backend).
+
+Times the same model several ways, so that differences locate the cost:
+
+- ``compute``: a jitted step on batches already on the device (the model alone);
+- ``compute:VARIANT``: the same with another attention implementation, ``unpadded`` (the fused
+  op on the raw odd-length sequence, which cuDNN cannot differentiate) or ``xla`` (no fused
+  kernel), or with ``fusedqkv`` (query, key and value from one matrix product);
+- ``keras, arrays``: Keras ``fit`` / ``predict`` fed one NumPy batch over and over;
+- ``keras, vitkit batches``: Keras ``fit`` / ``predict`` fed by vitkit's batch stream, as
+  ``vitkit train`` / ``vitkit predict`` run (shuffled reads from an image set).
+
+Usage (GPU machine)::
+
+    KERAS_BACKEND=jax python bench/gpu_profile.py --batch 128 --steps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+VIT_B16 = {"patch_size": 16, "num_layers": 12, "hidden_size": 768, "num_heads": 12, "mlp_dim": 3072}
+TINY = {"patch_size": 8, "num_layers": 2, "hidden_size": 32, "num_heads": 4, "mlp_dim": 64}
+CLASSES = 10
+
+
+def _attention_variants():
+    """Attention implementations to compare, by name (``vitkit`` is the backbone's own)."""
+    import keras
+
+    def unpadded(query, key, value, training=False):
+        return keras.ops.dot_product_attention(query, key, value)
+
+    def xla(query, key, value, training=False):
+        return keras.ops.dot_product_attention(query, key, value, flash_attention=False)
+
+    return {"unpadded": unpadded, "xla": xla}
+
+
+def _fused_projection_call(self, x, training=None, return_attention=False):
+    """MultiHeadSelfAttention.call with query, key and value computed by one matrix product."""
+    from keras import ops
+
+    import vitkit.backbone
+
+    kernel = ops.concatenate([self.query.kernel, self.key.kernel, self.value.kernel], axis=-1)
+    bias = ops.concatenate([self.query.bias, self.key.bias, self.value.bias], axis=-1)
+    qkv = ops.matmul(x, ops.cast(kernel, x.dtype)) + ops.cast(bias, x.dtype)
+    query, key, value = (self._split_heads(part) for part in ops.split(qkv, 3, axis=-1))
+    mixed = vitkit.backbone.fused_attention(query, key, value, training=bool(training))
+    batch, length = ops.shape(x)[0], ops.shape(x)[1]
+    return self.out(ops.reshape(mixed, (batch, length, x.shape[-1])))
+
+
+def _model(args, variant: str):
+    import keras
+
+    import vitkit
+    import vitkit.backbone
+
+    originals = vitkit.backbone.__dict__.setdefault(
+        "_profile_originals", (vitkit.backbone.fused_attention, vitkit.backbone.MultiHeadSelfAttention.call))
+    vitkit.backbone.fused_attention, vitkit.backbone.MultiHeadSelfAttention.call = originals
+    if variant in ("unpadded", "xla"):
+        vitkit.backbone.fused_attention = _attention_variants()[variant]
+    elif variant == "fusedqkv":
+        vitkit.backbone.MultiHeadSelfAttention.call = _fused_projection_call
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = vitkit.build_model(CLASSES, backbone=dict(TINY if args.tiny else VIT_B16), image_size=args.image_size,
+                               augment=False)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy", metrics=["accuracy"],
+                  steps_per_execution=args.steps_per_execution)
+    return model
+
+
+def _compute_steps(model, x, y):
+    """Jitted forward and train steps over device-resident data, as Keras' JAX trainer builds them."""
+    import jax
+    import keras
+
+    loss_fn = keras.losses.CategoricalCrossentropy()
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    state = {
+        "trainable": [v.value for v in model.trainable_variables],
+        "non_trainable": [v.value for v in model.non_trainable_variables],
+        "optimizer": [v.value for v in optimizer.variables],
+    }
+
+    def loss(trainable, non_trainable, x, y):
+        predicted, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
+        return loss_fn(y, predicted), non_trainable
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def train(trainable, non_trainable, optimizer_variables, x, y):
+        (value, non_trainable), grads = jax.value_and_grad(loss, has_aux=True)(trainable, non_trainable, x, y)
+        trainable, optimizer_variables = optimizer.stateless_apply(optimizer_variables, grads, trainable)
+        return trainable, non_trainable, optimizer_variables, value
+
+    @jax.jit
+    def forward(trainable, non_trainable, x):
+        return model.stateless_call(trainable, non_trainable, x)[0]
+
+    x, y = jax.device_put(x), jax.device_put(y)
+
+    def run_train(steps):
+        started = time.perf_counter()
+        t, n, o = state["trainable"], state["non_trainable"], state["optimizer"]
+        for _ in range(steps):
+            t, n, o, value = train(t, n, o, x, y)
+        value.block_until_ready()
+        state.update(trainable=t, non_trainable=n, optimizer=o)
+        return time.perf_counter() - started
+
+    def run_forward(steps):
+        started = time.perf_counter()
+        for _ in range(steps):
+            out = forward(state["trainable"], state["non_trainable"], x)
+        out.block_until_ready()
+        return time.perf_counter() - started
+
+    return run_train, run_forward
+
+
+def _keras_steps(model, make_batches):
+    def run_train(steps):
+        started = time.perf_counter()
+        model.fit(make_batches(steps, True), epochs=1, verbose=0)
+        return time.perf_counter() - started
+
+    def run_forward(steps):
+        started = time.perf_counter()
+        model.predict(make_batches(steps, False), verbose=0)
+        return time.perf_counter() - started
+
+    return run_train, run_forward
+
+
+def _array_batches(x, y):
+    import keras
+
+    class Same(keras.utils.PyDataset):
+        def __init__(self, steps, labelled):
+            super().__init__()
+            self.steps, self.labelled = steps, labelled
+
+        def __len__(self):
+            return self.steps
+
+        def __getitem__(self, index):
+            return (x, y) if self.labelled else x
+
+    return Same
+
+
+def _vitkit_batches(args, pool_x, pool_y):
+    from gpu_throughput import _Repeat
+    from vitkit.data import ImageBatches, load_images
+
+    images = load_images((pool_x, pool_y), (args.image_size, args.image_size))
+    names = [str(i) for i in range(CLASSES)]
+
+    def make(steps, labelled):
+        batches = ImageBatches(images, args.batch, names if labelled else None, shuffle=labelled)
+        return _Repeat(batches, steps)
+
+    return make
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps-per-execution", type=int, default=1)
+    parser.add_argument("--tiny", action="store_true", help="a 2-layer, 32-wide model: checks the script on a CPU")
+    parser.add_argument("--variants", default="compute,compute:fusedqkv,compute:unpadded,keras-arrays,keras-vitkit",
+                        help="compute[:VARIANT] (unpadded, xla, fusedqkv), keras-arrays, keras-vitkit")
+    parser.add_argument("--no-xla-defaults", action="store_true", help="leave XLA_FLAGS as they are")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_profile.json")
+    args = parser.parse_args()
+    if not args.no_xla_defaults:
+        from vitkit.device import configure_xla
+
+        configure_xla()
+
+    rng = np.random.default_rng(0)
+    pool = 4 * args.batch
+    pool_x = rng.integers(0, 256, (pool, args.image_size, args.image_size, 3), dtype=np.uint8)
+    pool_y = np.array([str(i % CLASSES) for i in range(pool)])
+    x = pool_x[:args.batch]
+    y = np.eye(CLASSES, dtype="float32")[np.arange(args.batch) % CLASSES]
+
+    rows = {}
+    for variant in args.variants.split(","):
+        model = _model(args, variant.split(":")[1] if ":" in variant else "vitkit")
+        if variant.startswith("compute"):
+            train, forward = _compute_steps(model, x, y)
+        elif variant == "keras-arrays":
+            train, forward = _keras_steps(model, _array_batches(x, y))
+        else:
+            train, forward = _keras_steps(model, _vitkit_batches(args, pool_x, pool_y))
+        train(args.warmup)
+        train_seconds = train(args.steps)
+        forward(args.warmup)
+        forward_seconds = forward(args.steps)
+        rows[variant] = {"train_images_per_s": args.steps * args.batch / train_seconds,
+                         "infer_images_per_s": args.steps * args.batch / forward_seconds}
+        print(f"{variant:<18} train {rows[variant]['train_images_per_s']:8.0f} img/s   "
+              f"infer {rows[variant]['infer_images_per_s']:8.0f} img/s", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"batch": args.batch, "steps_per_execution": args.steps_per_execution,
+                                    "variants": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The data path: decode once into the cache, stream uint8 batches, other inputs, no TensorFlow on JAX."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+import vitkit
+from vitkit.cache import ImageStore
+from vitkit.data import ImageBatches, load_images
+from vitkit.errors import ConfigError
+from vitkit.images import load_image
+
+from conftest import run_python
+
+
+def test_images_are_decoded_once_and_reused(photo_tree, tmp_path):
+    paths = sorted(photo_tree.rglob("*.png"))
+    store = ImageStore((24, 24), "stretch", tmp_path / "cache")
+    frames, failures = store.frames(paths, progress=False)
+    assert not failures and store.decoded == len(paths)
+    again = ImageStore((24, 24), "stretch", tmp_path / "cache")  # a later run
+    assert np.array_equal(again.frames(paths, progress=False)[0], frames)
+    assert again.decoded == 0
+    for frame, path in zip(frames[:5], paths[:5]):
+        np.testing.assert_array_equal(again.read([frame])[0], load_image(path, (24, 24)))
+
+
+def test_changed_file_is_decoded_again(photo_tree, tmp_path):
+    path = sorted(photo_tree.rglob("*.png"))[0]
+    store = ImageStore((16, 16), "stretch", tmp_path / "cache")
+    store.frames([path], progress=False)
+    from PIL import Image
+
+    Image.new("RGB", (30, 30), (1, 2, 3)).save(path)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    frames, _ = store.frames([path], progress=False)
+    assert store.decoded == 2
+    assert tuple(store.read(frames)[0, 0, 0]) == (1, 2, 3)
+
+
+def test_each_size_and_resize_mode_has_its_own_store(photo_tree, tmp_path):
+    paths = sorted(photo_tree.rglob("*.png"))[:3]
+    for size, mode in (((16, 16), "stretch"), ((16, 16), "pad"), ((20, 16), "stretch")):
+        store = ImageStore(size, mode, tmp_path / "cache")
+        frames, _ = store.frames(paths, progress=False)
+        assert store.decoded == 3 and store.read(frames).shape == (3, *size, 3)
+
+
+def test_training_epochs_decode_nothing(photo_tree, tmp_path):
+    images = load_images(photo_tree, (24, 24), cache_dir=tmp_path / "cache", progress=False)
+    decoded = ImageStore((24, 24), "stretch", tmp_path / "cache")
+    calls = []
+    import vitkit.cache as cache
+
+    original = cache.load_image
+    cache.load_image = lambda *a, **k: calls.append(a) or original(*a, **k)
+    try:
+        batches = ImageBatches(load_images(photo_tree, (24, 24), cache_dir=tmp_path / "cache", progress=False),
+                               batch_size=5, shuffle=True)
+        for _ in range(2):
+            for i in range(len(batches)):
+                batches[i]
+            batches.on_epoch_end()
+    finally:
+        cache.load_image = original
+    assert calls == [] and decoded.decoded == 0 and len(images) == 24
+
+
+def test_batches_are_uint8_with_one_hot_labels_and_seeded_order(shape_arrays):
+    x, y = shape_arrays
+    images = load_images((x, y), (32, 32))
+    batches = ImageBatches(images, 16, class_names=["circle", "square", "triangle"], shuffle=True, seed=7)
+    pixels, targets = batches[0]
+    assert pixels.dtype == np.uint8 and pixels.shape == (16, 32, 32, 3)
+    assert targets.shape == (16, 3) and np.all(targets.sum(1) == 1)
+    first_epoch = np.concatenate([batches[i][1] for i in range(len(batches))])
+    assert sorted(first_epoch.argmax(1)) == sorted(images.label_indices(["circle", "square", "triangle"]))
+    replay = ImageBatches(images, 16, class_names=["circle", "square", "triangle"], shuffle=True, seed=7)
+    np.testing.assert_array_equal(replay[0][0], pixels)
+    batches.on_epoch_end()
+    assert not np.array_equal(batches[0][0], pixels)
+
+
+def test_shards_cover_an_epoch_once(shape_arrays):
+    x, y = shape_arrays
+    images = load_images((x, y), (32, 32))
+    seen = []
+    for index in range(3):
+        shard = ImageBatches(images, 4, shuffle=True, seed=1, shard=(index, 3))
+        seen += [int(i) for i in shard._order]
+    assert sorted(seen) == list(range(len(images)))
+
+
+def test_array_inputs_are_resized_and_checked():
+    grey = np.random.default_rng(0).integers(0, 256, (5, 28, 28)).astype(np.float32)
+    images = load_images(grey, (32, 32))
+    assert images.all_pixels().shape == (5, 32, 32, 3) and images.labels is None
+    with pytest.raises(ConfigError, match="0 to 255"):
+        load_images(grey * 2, (32, 32))
+
+
+def test_pixel_csv_of_the_digit_notebooks(tmp_path):
+    rows = ["label," + ",".join(f"pixel{i}" for i in range(16))]
+    rows += [f"{d}," + ",".join(str((d * 16 + i) % 256) for i in range(16)) for d in (3, 7)]
+    (tmp_path / "digits.csv").write_text("\n".join(rows) + "\n")
+    images = load_images(tmp_path / "digits.csv", (8, 8))
+    assert images.labels == ["3", "7"]
+    pixels = images.all_pixels()
+    assert pixels.shape == (2, 8, 8, 3) and np.all(pixels[..., 0] == pixels[..., 2])
+
+
+def test_api_reexports_the_loader():
+    assert vitkit.load_images is load_images
+
+
+_JAX_DATA_PATH = """
+import sys, numpy as np
+from pathlib import Path
+from vitkit.data import ImageBatches, load_images
+images = load_images(Path({photos!r}), (24, 24), cache_dir={cache!r}, progress=False)
+batches = ImageBatches(images, 8, class_names=sorted(set(images.labels)), shuffle=True)
+x, y = batches[0]
+import keras, vitkit
+model = vitkit.build_model(sorted(set(images.labels)), backbone={backbone!r}, image_size=24)
+model.predict(x, verbose=0)
+assert keras.backend.backend() == "jax"
+print("tensorflow" in sys.modules, x.dtype, x.shape)
+"""
+
+
+@pytest.mark.slow
+def test_jax_backend_never_imports_tensorflow(photo_tree, tmp_path):
+    code = _JAX_DATA_PATH.format(photos=str(photo_tree), cache=str(tmp_path / "cache"),
+                                 backbone={"patch_size": 8, "num_layers": 1, "hidden_size": 16,
+                                           "num_heads": 2, "mlp_dim": 32})
+    finished = run_python(code, backend="jax")
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.split() == ["False", "uint8", "(8,", "24,", "24,", "3)"]

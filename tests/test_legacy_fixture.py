@@ -1,0 +1,185 @@
+"""The original recipe's Keras-2 H5 (TensorFlow 2.15, vit-keras 0.1.2) predicts what Keras 2 predicted.
+
+``seed_tiny_pred.json`` holds Keras 2's softmax outputs for the fixture's twelve 64 px PNGs:
+``pred`` for pixels scaled to [-1, 1] (``vit_keras.vit.preprocess_inputs``, x / 127.5 - 1) and
+``pred_raw`` for 0-255 floats fed as they are. vitkit reads the PNGs through its own image path
+(64 px already, so no resampling) and feeds uint8 to the model, which scales inside.
+"""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+import vitkit
+from vitkit.convert import convert_weights
+from vitkit.legacy import backbone_shape, read_weights
+from vitkit.modelfile import read_metadata
+
+from conftest import FIXTURES, run_cli, run_python
+
+LEGACY = FIXTURES / "legacy_keras2"
+WEIGHTS = LEGACY / "seed_tiny.h5"
+REFERENCE = json.loads((LEGACY / "seed_tiny_pred.json").read_text())
+CLASSES = ["bottle", "can", "carton", "jar", "mug"]
+TOLERANCE = 1e-5
+EXPECTED = {"tf": np.array(REFERENCE["pred"]), "raw": np.array(REFERENCE["pred_raw"])}
+
+
+def image_paths() -> list:
+    return [LEGACY / name for name in REFERENCE["images"]]
+
+
+def test_every_dimension_is_read_from_the_file():
+    weights = read_weights(WEIGHTS)
+    shape = backbone_shape(weights)
+    backbone = REFERENCE["backbone"]
+    assert weights.format == "legacy-h5"
+    assert (shape.patch_size, shape.num_layers, shape.hidden_size, shape.mlp_dim) == (
+        backbone["patch_size"], backbone["num_layers"], backbone["hidden_size"], backbone["mlp_dim"])
+    assert shape.image_size == REFERENCE["image_size"]
+    assert shape.num_heads is None, "query kernels are (width, width): the file does not tell the heads"
+    assert [layer.kind for layer in weights.head] == ["batchnorm", "dense", "batchnorm", "dense"]
+    model = vitkit.load_model(WEIGHTS, classes=CLASSES, preprocess="tf", num_heads=4)
+    assert model.spec.head_width == backbone["head_units"] and model.spec.num_classes == REFERENCE["classes"]
+
+
+@pytest.mark.parametrize("preprocess", ["tf", "raw"])
+def test_predictions_equal_keras2(preprocess, record_property):
+    table = vitkit.predict(WEIGHTS, [str(path) for path in image_paths()], classes=CLASSES,
+                           preprocess=preprocess, num_heads=4)
+    probabilities = table[[f"p_{name}" for name in CLASSES]].to_numpy()
+    difference = float(np.abs(probabilities - EXPECTED[preprocess]).max())
+    record_property("max_abs_difference", difference)
+    print(f"legacy fixture, preprocess {preprocess}: max |difference| {difference:.2e}")
+    assert difference < TOLERANCE
+    assert list(table["predicted"]) == [CLASSES[i] for i in EXPECTED[preprocess].argmax(axis=1)]
+
+
+def test_converted_file_keeps_the_choice_and_the_predictions(tmp_path):
+    out = convert_weights(WEIGHTS, tmp_path / "old.weights.h5", classes=",".join(CLASSES), preprocess="raw", num_heads=4)
+    metadata = read_metadata(out)
+    assert metadata["spec"]["preprocess"] == "raw" and metadata["spec"]["class_names"] == CLASSES
+    assert metadata["converted_from"]["file"] == "seed_tiny.h5"
+    assert metadata["converted_from"]["format"] == "legacy-h5"
+    model = vitkit.load_model(out)
+    table = vitkit.predict(model, [str(path) for path in image_paths()])
+    assert np.abs(table[[f"p_{n}" for n in CLASSES]].to_numpy() - EXPECTED["raw"]).max() < TOLERANCE
+
+
+def test_class_names_from_a_text_file_or_a_manifest(tmp_path):
+    listing = tmp_path / "classes.txt"
+    listing.write_text("\n".join(CLASSES) + "\n")
+    assert vitkit.load_model(WEIGHTS, classes=listing, preprocess="tf", num_heads=4).class_names == CLASSES
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("base_path,type_dir,file_name\n" + "".join(f"/x,{name},a.png\n" for name in reversed(CLASSES)))
+    assert vitkit.load_model(WEIGHTS, classes=manifest, preprocess="tf", num_heads=4).class_names == CLASSES
+
+
+@pytest.mark.parametrize("missing, message", [
+    ({"classes": None}, "--classes"),
+    ({"preprocess": None}, "--preprocess tf"),
+    ({"num_heads": None}, "--heads N"),
+    ({"classes": CLASSES[:3]}, "has 5 classes, but 3 class names were given"),
+    ({"num_heads": 5}, "not divisible by 5 heads"),
+])
+def test_missing_or_wrong_options_say_what_to_pass(missing, message):
+    options = {"classes": CLASSES, "preprocess": "tf", "num_heads": 4, **missing}
+    with pytest.raises(vitkit.VitkitError, match=message) as error:
+        vitkit.load_model(WEIGHTS, **options)
+    assert "\n" not in str(error.value)
+
+
+def test_a_changed_layer_order_in_the_file_changes_nothing(tmp_path):
+    """Names, not positions: the head layers listed in another order, and the groups renamed."""
+    shuffled = tmp_path / "shuffled.h5"
+    with h5py.File(WEIGHTS, "r") as source, h5py.File(shuffled, "w") as target:
+        for key, value in source.attrs.items():
+            target.attrs[key] = value
+        renames = {"dense": "dense_7", "dense_1": "dense_12"}
+        names = [n.decode() if isinstance(n, bytes) else n for n in source.attrs["layer_names"]]
+        for name in names:
+            new = renames.get(name, name)
+            group = target.create_group(new)
+            weight_names = []
+            for weight in source[name].attrs["weight_names"]:
+                weight = weight.decode() if isinstance(weight, bytes) else weight
+                renamed = weight.replace(f"{name}/", f"{new}/", 1)
+                group.create_dataset(renamed, data=source[name][weight][()])
+                weight_names.append(renamed.encode())
+            group.attrs["weight_names"] = np.array(weight_names)
+        target.attrs["layer_names"] = np.array([renames.get(n, n).encode() for n in reversed(names)])
+    model = vitkit.load_model(shuffled, classes=CLASSES, preprocess="tf", num_heads=4)
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in image_paths()])
+    assert np.abs(model.predict(pixels, verbose=0) - EXPECTED["tf"]).max() < TOLERANCE
+
+
+def test_keras2_backbone_saved_alone(tmp_path):
+    """vit-keras 0.1.2's functional backbone saved alone by Keras 2: one group per layer, named
+    ``Transformer/encoderblock_0`` (nested groups), the fixture's arrays rewritten in that layout."""
+    alone = tmp_path / "backbone.h5"
+    with h5py.File(WEIGHTS, "r") as source, h5py.File(alone, "w") as target:
+        group = source["vit-b16"]
+        layers: dict[str, list[str]] = {}
+        for weight in (w.decode() if isinstance(w, bytes) else w for w in group.attrs["weight_names"]):
+            parts = weight.split("/")
+            layer = "/".join(parts[:2]) if parts[0] == "Transformer" else parts[0]
+            layers.setdefault(layer, []).append(weight)
+        names = ["input_1", "embedding", "reshape", "class_token", *[n for n in layers if n.startswith("Transformer")],
+                 "ExtractToken"]
+        for name in names:
+            created = target.create_group(name)
+            for weight in layers.get(name, []):
+                created.create_dataset(weight, data=group[weight][()])
+            created.attrs["weight_names"] = np.array([w.encode() for w in layers.get(name, [])], dtype="S")
+        target.attrs["layer_names"] = np.array([n.encode() for n in names])
+        target.attrs["keras_version"] = b"2.15.0"
+    bare = vitkit.load_model(alone, classes=CLASSES, preprocess="tf", num_heads=4, include_top=False)
+    whole = vitkit.load_model(WEIGHTS, classes=CLASSES, preprocess="tf", num_heads=4)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)).astype("float32") / 127.5 - 1
+    assert np.array_equal(np.asarray(bare.backbone(pixels)), np.asarray(whole.backbone(pixels)))
+    with pytest.raises(vitkit.WeightsError, match="without a classifier head"):
+        vitkit.load_model(alone, classes=CLASSES, preprocess="tf", num_heads=4)
+
+
+@pytest.mark.slow
+def test_cli_predicts_and_converts_the_old_file(tmp_path):
+    images = [str(path) for path in image_paths()]
+    predicted = run_cli("predict", str(WEIGHTS), *images, "--classes", ",".join(CLASSES), "--preprocess", "raw",
+                        "--heads", "4", "--out", str(tmp_path / "predictions.csv"))
+    assert predicted.returncode == 0, predicted.stderr
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "predictions.csv")
+    assert np.abs(table[[f"p_{n}" for n in CLASSES]].to_numpy() - EXPECTED["raw"]).max() < 1e-5
+    missing = run_cli("predict", str(WEIGHTS), *images)
+    assert missing.returncode == 2
+    errors = [line for line in missing.stderr.splitlines() if line.startswith("vitkit: error:")]
+    assert len(errors) == 1 and "--preprocess tf" in errors[0]
+    out = tmp_path / "models" / "old.weights.h5"
+    converted = run_cli("weights", "convert", str(WEIGHTS), "--classes", ",".join(CLASSES), "--preprocess", "tf",
+                        "--heads", "4", "--out", str(out))
+    assert converted.returncode == 0, converted.stderr
+    assert str(out) in converted.stdout and read_metadata(out)["spec"]["preprocess"] == "tf"
+
+
+@pytest.mark.slow
+def test_jax_backend_reproduces_keras2(tmp_path):
+    code = (
+        "import json, numpy as np, sys\n"
+        "import vitkit\n"
+        f"table = vitkit.predict({str(WEIGHTS)!r}, {[str(p) for p in image_paths()]!r}, classes={CLASSES!r},"
+        " preprocess='tf', num_heads=4)\n"
+        f"p = table[[f'p_{{n}}' for n in {CLASSES!r}]].to_numpy()\n"
+        f"print(float(np.abs(p - np.array({REFERENCE['pred']!r})).max()))\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    result = run_python(code, backend="jax")
+    assert result.returncode == 0, result.stderr
+    difference, tensorflow_imported = result.stdout.split()[-2:]
+    assert float(difference) < TOLERANCE
+    assert tensorflow_imported == "False"
