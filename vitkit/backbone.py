@@ -43,14 +43,37 @@ def gelu_tanh(x):
 keras.saving.register_keras_serializable(package="vitkit", name="gelu_tanh")(gelu_tanh)
 
 
+# The rational approximation of erf that XLA and Eigen use for float32 (error below 1e-7):
+# erf(x) = x * P(x^2) / Q(x^2) on [-4, 4], and +-1 beyond.
+_ERF_NUMERATOR = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+                  -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+                  -1.60960333262415e-02)
+_ERF_DENOMINATOR = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                    -7.37332916720468e-03, -1.42647390514189e-02)
+
+
+def _erf(x):
+    """``erf`` from additions, products and one division, in float32, on every backend."""
+    x = ops.clip(ops.cast(x, "float32"), -4.0, 4.0)
+    square = x * x
+    numerator, denominator = _ERF_NUMERATOR[0], _ERF_DENOMINATOR[0]
+    for coefficient in _ERF_NUMERATOR[1:]:
+        numerator = numerator * square + coefficient
+    for coefficient in _ERF_DENOMINATOR[1:]:
+        denominator = denominator * square + coefficient
+    return x * numerator / denominator
+
+
 def _gelu_exact(x):
-    """Exact GELU, ``x * Phi(x)``, written with ``erf``.
+    """Exact GELU, ``x * Phi(x) = x/2 * (1 + erf(x / sqrt 2))``.
 
     ``keras.activations.gelu`` uses ``erfc`` on JAX, which XLA evaluates with two branches and an
-    exponential: the MLP activation then took twice as long on a GPU as the same GELU in
-    PyTorch (bench/gpu_kernel_profile.py). ``erf`` gives the same values to float tolerance.
+    exponential: the MLP activation took twice as long on a GPU as the same GELU in PyTorch
+    (bench/gpu_kernel_profile.py). ``erf`` is the single-branch form; it is written out rather
+    than taken from ``keras.ops.erf`` because JAX exports that as an operation TensorFlow's
+    SavedModel loader does not know, which would stop JAX-trained models being served.
     """
-    return 0.5 * x * (1.0 + ops.erf(x * math.sqrt(0.5)))
+    return ops.cast(ops.cast(0.5 * x, "float32") * (1.0 + _erf(x * math.sqrt(0.5))), x.dtype)
 
 
 def fused_attention(query, key, value, training: bool = False):
