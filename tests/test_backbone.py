@@ -166,3 +166,11 @@ def test_patch_embedding_paths_agree():
     patch = images[:, 4:8, 8:12, :].reshape(2, -1)  # row 1, column 2 -> token 1 * 6 + 2
     expected = patch @ keras.ops.convert_to_numpy(layer.kernel).reshape(-1, 12) + keras.ops.convert_to_numpy(layer.bias)
     np.testing.assert_allclose(product[:, 8], expected, atol=1e-5)
+
+
+def test_exact_gelu_matches_the_erf_definition():
+    from vitkit.backbone import _gelu_exact
+
+    x = np.linspace(-9, 9, 20001)
+    expected = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(_gelu_exact(x.astype("float32"))), expected, atol=2e-6)

@@ -13,7 +13,8 @@ from vitkit.errors import ConfigError, ManifestError, OutputExistsError
 
 from conftest import TINY_BACKBONE
 
-FAST = dict(backbone="vit_micro", weights="none", image_size=32, batch_size=10, verbose=0, augment=False,
+# The plain recipe: these tests are about training mechanics, not the small-data recipe's options.
+FAST = dict(recipe="plain", backbone="vit_micro", weights="none", image_size=32, batch_size=10, verbose=0, augment=False,
             **{k: TINY_BACKBONE[k] for k in ("patch_size", "num_layers", "hidden_size", "num_heads", "mlp_dim")})
 
 

@@ -4,7 +4,7 @@ The public API, imported lazily so that ``import vitkit`` (and ``vitkit --help``
 Keras backend::
 
     vitkit.build_manifests(photo_dir, out_dir)        # photos -> train/val/test manifests
-    vitkit.train(train_csv, val_csv, out=...)          # -> models/NAME.weights.h5
+    vitkit.train(train_csv, val_csv, out=...)          # -> models/NAME.weights.h5 (recipe="plain"|"small-data")
     vitkit.load_model(path)                            # -> keras.Model with .class_names
     vitkit.evaluate(model, test_csv, out=...)          # -> metrics and figures
     vitkit.predict(model, images, out=...)             # -> table of predictions
@@ -29,6 +29,8 @@ _EXPORTS = {
     "ViTConfig": "vitkit.config",
     "PRESETS": "vitkit.config",
     "AugmentConfig": "vitkit.preprocessing",
+    "RECIPES": "vitkit.recipes",
+    "MixConfig": "vitkit.mixing",
     "save_model": "vitkit.modelfile",
     "load_model": "vitkit.modelfile",
     "convert_weights": "vitkit.convert",

@@ -16,6 +16,13 @@ model by name::
 Attention runs through ``keras.ops.dot_product_attention`` (fused kernels where the backend has
 them) unless the caller asks for the attention weights, which takes the explicit softmax path in
 the same forward pass.
+
+Options for training from scratch on small data (off by default; a model that uses them has
+other variables and takes no checkpoint): ``tokenizer="conv"`` puts :class:`ConvStem` (variables
+under ``vit/conv_stem``) and ``tokenizer="shifted"`` puts :class:`ShiftedPatchTokenizer` (under
+``vit/shifted_patches``) in place of ``embedding``; ``locality_attention=True`` adds a
+``temperature`` to every attention layer. The token layout (class token first, then the patch
+grid row by row) is the same for all of them.
 """
 
 from __future__ import annotations
@@ -36,14 +43,37 @@ def gelu_tanh(x):
 keras.saving.register_keras_serializable(package="vitkit", name="gelu_tanh")(gelu_tanh)
 
 
+# The rational approximation of erf that XLA and Eigen use for float32 (error below 1e-7):
+# erf(x) = x * P(x^2) / Q(x^2) on [-4, 4], and +-1 beyond.
+_ERF_NUMERATOR = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+                  -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+                  -1.60960333262415e-02)
+_ERF_DENOMINATOR = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                    -7.37332916720468e-03, -1.42647390514189e-02)
+
+
+def _erf(x):
+    """``erf`` from additions, products and one division, in float32, on every backend."""
+    x = ops.clip(ops.cast(x, "float32"), -4.0, 4.0)
+    square = x * x
+    numerator, denominator = _ERF_NUMERATOR[0], _ERF_DENOMINATOR[0]
+    for coefficient in _ERF_NUMERATOR[1:]:
+        numerator = numerator * square + coefficient
+    for coefficient in _ERF_DENOMINATOR[1:]:
+        denominator = denominator * square + coefficient
+    return x * numerator / denominator
+
+
 def _gelu_exact(x):
-    """Exact GELU, ``x * Phi(x)``, written with ``erf``.
+    """Exact GELU, ``x * Phi(x) = x/2 * (1 + erf(x / sqrt 2))``.
 
     ``keras.activations.gelu`` uses ``erfc`` on JAX, which XLA evaluates with two branches and an
-    exponential: the MLP activation then took twice as long on a GPU as the same GELU in
-    PyTorch (bench/gpu_kernel_profile.py). ``erf`` gives the same values to float tolerance.
+    exponential: the MLP activation took twice as long on a GPU as the same GELU in PyTorch
+    (bench/gpu_kernel_profile.py). ``erf`` is the single-branch form; it is written out rather
+    than taken from ``keras.ops.erf`` because JAX exports that as an operation TensorFlow's
+    SavedModel loader does not know, which would stop JAX-trained models being served.
     """
-    return 0.5 * x * (1.0 + ops.erf(x * math.sqrt(0.5)))
+    return ops.cast(ops.cast(0.5 * x, "float32") * (1.0 + _erf(x * math.sqrt(0.5))), x.dtype)
 
 
 def fused_attention(query, key, value, training: bool = False):
@@ -161,18 +191,137 @@ class PositionEmbedding(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="vitkit")
+class ConvStem(keras.layers.Layer):
+    """Convolutional stem (Xiao et al. 2021, "Early convolutions help transformers see better").
+
+    3x3 convolutions with batch normalization and ReLU, stride 2 while the remaining patch
+    factor is even (stride 1 for the first one otherwise, so every token sees its neighbours),
+    then a ``projection`` convolution with kernel = stride = the remaining factor. Output:
+    ``(batch, (H / patch) * (W / patch), hidden_size)`` tokens in row-major order, as
+    :class:`PatchEmbedding` gives.
+
+    Example:
+        >>> ConvStem(patch_size=4, hidden_size=32)(keras.ops.zeros((1, 32, 32, 3))).shape
+        (1, 64, 32)
+    """
+
+    def __init__(self, patch_size: int, hidden_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+        self.hidden_size = hidden_size
+        strides, remaining = [], patch_size
+        while remaining % 2 == 0:
+            strides.append(2)
+            remaining //= 2
+        self.strides = strides or [1]
+        width = max(hidden_size // 2, 8)
+        self.convs = [
+            keras.layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False, name=f"conv_{i}")
+            for i, stride in enumerate(self.strides)
+        ]
+        self.norms = [keras.layers.BatchNormalization(name=f"norm_{i}") for i in range(len(self.strides))]
+        self.projection = keras.layers.Conv2D(hidden_size, remaining, strides=remaining, name="projection")
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for conv, norm, stride in zip(self.convs, self.norms, self.strides):
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            norm.build(shape)
+        self.projection.build(shape)
+
+    def call(self, images, training=None):
+        x = images
+        for conv, norm in zip(self.convs, self.norms):
+            x = ops.relu(norm(conv(x), training=training))
+        grid = self.projection(x)
+        return ops.reshape(grid, (ops.shape(grid)[0], -1, self.hidden_size))
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size, "hidden_size": self.hidden_size}
+
+
+@keras.saving.register_keras_serializable(package="vitkit")
+class ShiftedPatchTokenizer(keras.layers.Layer):
+    """Shifted patch tokenization (Lee et al. 2021, "Vision Transformer for Small-Size Datasets").
+
+    The image and four copies shifted diagonally by half a patch (zero-filled) are stacked on
+    the channel axis; each ``patch x patch`` patch of that stack is flattened, layer-normed
+    (``norm``) and linearly projected (``projection``), so every token also sees the pixels
+    around its patch. Output: ``(batch, (H / patch) * (W / patch), hidden_size)`` tokens in
+    row-major order, as :class:`PatchEmbedding` gives.
+
+    Example:
+        >>> ShiftedPatchTokenizer(patch_size=4, hidden_size=32)(keras.ops.zeros((1, 32, 32, 3))).shape
+        (1, 64, 32)
+    """
+
+    def __init__(self, patch_size: int, hidden_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+        self.hidden_size = hidden_size
+        self.shift = max(patch_size // 2, 1)
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")
+        self.projection = keras.layers.Dense(hidden_size, name="projection")
+
+    def build(self, input_shape):
+        patch_values = self.patch_size * self.patch_size * input_shape[-1] * 5
+        self.norm.build((None, None, patch_values))
+        self.projection.build((None, None, patch_values))
+
+    def _shifted(self, images, rows: int, cols: int):
+        """``images`` moved by ``rows`` down and ``cols`` right, zeros where nothing moved in."""
+        s = self.shift
+        padded = ops.pad(images, [(0, 0), (s, s), (s, s), (0, 0)])
+        height, width = images.shape[1], images.shape[2]
+        return padded[:, s - rows:s - rows + height, s - cols:s - cols + width, :]
+
+    def call(self, images):
+        s = self.shift
+        stacked = ops.concatenate(
+            [images] + [self._shifted(images, r, c) for r, c in ((-s, -s), (-s, s), (s, -s), (s, s))],
+            axis=-1,
+        )
+        batch = ops.shape(images)[0]
+        p, channels = self.patch_size, stacked.shape[-1]
+        rows, cols = images.shape[1] // p, images.shape[2] // p
+        patches = ops.reshape(stacked, (batch, rows, p, cols, p, channels))
+        patches = ops.reshape(ops.transpose(patches, (0, 1, 3, 2, 4, 5)), (batch, rows * cols, p * p * channels))
+        return self.projection(self.norm(patches))
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size, "hidden_size": self.hidden_size}
+
+
+def patch_tokenizer(tokenizer: str, patch_size: int, hidden_size: int) -> keras.layers.Layer:
+    """The layer turning ``(batch, H, W, 3)`` images into ``(batch, (H/P) * (W/P), D)`` tokens, row-major."""
+    if tokenizer == "conv":
+        return ConvStem(patch_size, hidden_size, name="conv_stem")
+    if tokenizer == "shifted":
+        return ShiftedPatchTokenizer(patch_size, hidden_size, name="shifted_patches")
+    return PatchEmbedding(hidden_size, patch_size, name="embedding")
+
+
+@keras.saving.register_keras_serializable(package="vitkit")
 class MultiHeadSelfAttention(keras.layers.Layer):
     """Multi-head self-attention with ``query``/``key``/``value``/``out`` projections (D x D).
 
     ``call(x, return_attention=True)`` also returns the attention weights
     ``(batch, heads, tokens, tokens)``; otherwise the fused attention op is used.
+
+    With ``locality=True`` (locality self-attention, Lee et al. 2021) the scores are divided by
+    a learned ``temperature`` (initialized to sqrt(head size), the usual fixed scale) instead of
+    the fixed scale, and each token's score for itself is masked out, which sharpens attention
+    towards other tokens. Returned weights then have a zero diagonal.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float = 0.0, **kwargs):
+    def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float = 0.0,
+                 locality: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.attention_dropout = attention_dropout
+        self.locality = locality
         self.query = keras.layers.Dense(hidden_size, name="query")
         self.key = keras.layers.Dense(hidden_size, name="key")
         self.value = keras.layers.Dense(hidden_size, name="value")
@@ -182,6 +331,11 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def build(self, input_shape):
         for dense in (self.query, self.key, self.value, self.out):
             dense.build(input_shape)
+        if self.locality:
+            head_dim = self.hidden_size // self.num_heads
+            self.temperature = self.add_weight(
+                shape=(), initializer=keras.initializers.Constant(math.sqrt(head_dim)), name="temperature"
+            )
 
     def _split_heads(self, x):
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
@@ -192,9 +346,19 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         key = self._split_heads(self.key(x))
         value = self._split_heads(self.value(x))
         head_dim = query.shape[-1]
+        mask = None
+        if self.locality:
+            # Scaling the queries by sqrt(d) / temperature turns the fixed 1 / sqrt(d) of both
+            # paths into 1 / temperature, so the fused kernel still applies.
+            query = query * ops.cast(math.sqrt(head_dim) / self.temperature, query.dtype)
+            length = ops.shape(x)[1]
+            mask = ops.logical_not(ops.eye(length, dtype="bool"))[None, None]
         if return_attention or (training and self.attention_dropout > 0):
             scores = ops.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(head_dim)
-            weights = ops.softmax(ops.cast(scores, "float32"), axis=-1)
+            scores = ops.cast(scores, "float32")
+            if mask is not None:
+                scores = ops.where(mask, scores, ops.full_like(scores, -1e9))
+            weights = ops.softmax(scores, axis=-1)
             mixed = ops.einsum(
                 "bhqk,bkhd->bqhd",
                 ops.cast(self.weights_dropout(weights, training=training), value.dtype),
@@ -202,7 +366,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             )
         else:
             weights = None
-            mixed = fused_attention(query, key, value, training=bool(training))
+            mixed = (fused_attention(query, key, value, training=bool(training)) if mask is None
+                     else ops.dot_product_attention(query, key, value, mask=mask))
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         output = self.out(ops.reshape(mixed, (batch, length, x.shape[-1])))
         return (output, weights) if return_attention else output
@@ -213,6 +378,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             "hidden_size": self.hidden_size,
             "num_heads": self.num_heads,
             "attention_dropout": self.attention_dropout,
+            "locality": self.locality,
         }
 
 
@@ -263,6 +429,7 @@ class EncoderBlock(keras.layers.Layer):
         attention_dropout: float = 0.0,
         drop_path: float = 0.0,
         seed: int | None = None,
+        locality_attention: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -273,9 +440,11 @@ class EncoderBlock(keras.layers.Layer):
         self.attention_dropout = attention_dropout
         self.drop_path = drop_path
         self.seed = seed
+        self.locality_attention = locality_attention
         self.norm_0 = keras.layers.LayerNormalization(epsilon=1e-6, name="LayerNorm_0")
         self.attention = MultiHeadSelfAttention(
-            hidden_size, num_heads, attention_dropout, name="MultiHeadDotProductAttention_1"
+            hidden_size, num_heads, attention_dropout, locality=locality_attention,
+            name="MultiHeadDotProductAttention_1",
         )
         self.attention_output_dropout = keras.layers.Dropout(dropout)
         self.norm_2 = keras.layers.LayerNormalization(epsilon=1e-6, name="LayerNorm_2")
@@ -314,6 +483,7 @@ class EncoderBlock(keras.layers.Layer):
             "attention_dropout": self.attention_dropout,
             "drop_path": self.drop_path,
             "seed": self.seed,
+            "locality_attention": self.locality_attention,
         }
 
 
@@ -345,15 +515,18 @@ class VisionTransformer(keras.layers.Layer):
         drop_path: float = 0.0,
         representation_size: int | None = None,
         seed: int | None = None,
+        tokenizer: str = "patch",
+        locality_attention: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.config = ViTConfig(
             patch_size, num_layers, hidden_size, num_heads, mlp_dim,
             dropout, attention_dropout, drop_path, representation_size,
+            tokenizer, locality_attention,
         )
         self.seed = seed
-        self.embedding = PatchEmbedding(hidden_size, patch_size, name="embedding")
+        self.embedding = patch_tokenizer(tokenizer, patch_size, hidden_size)
         self.class_token = ClassToken(name="class_token")
         self.position_embedding = PositionEmbedding(name="posembed_input")
         self.embedding_dropout = keras.layers.Dropout(dropout)
@@ -362,6 +535,7 @@ class VisionTransformer(keras.layers.Layer):
                 hidden_size, num_heads, mlp_dim, dropout, attention_dropout,
                 drop_path=drop_path * i / max(num_layers - 1, 1),
                 seed=None if seed is None else seed + i,
+                locality_attention=locality_attention,
                 name=f"encoderblock_{i}",
             )
             for i in range(num_layers)

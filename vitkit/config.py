@@ -25,6 +25,13 @@ class ViTConfig:
         drop_path: stochastic-depth rate of the last block (linearly increasing from 0).
         representation_size: width of the ``pre_logits`` tanh layer of ImageNet-21k
             checkpoints, or ``None`` for none.
+        tokenizer: how images become patch tokens (see :data:`TOKENIZERS`): ``patch`` (one
+            linear projection per patch, the original ViT and every checkpoint), ``conv``
+            (a convolutional stem of 3x3 convolutions before the projection) or ``shifted``
+            (shifted patch tokenization, Lee et al. 2021). Every tokenizer gives the same
+            ``(H / patch) x (W / patch)`` grid of tokens.
+        locality_attention: locality self-attention (Lee et al. 2021): a learned softmax
+            temperature per block and no attention of a token to itself.
     """
 
     patch_size: int | None
@@ -36,6 +43,13 @@ class ViTConfig:
     attention_dropout: float = 0.0
     drop_path: float = 0.0
     representation_size: int | None = None
+    tokenizer: str = "patch"
+    locality_attention: bool = False
+
+    @property
+    def checkpoint_compatible(self) -> bool:
+        """True when the variables match the original ViT checkpoints (no small-data options)."""
+        return self.tokenizer == "patch" and not self.locality_attention
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -63,8 +77,21 @@ PRESETS: dict[str, ViTConfig] = {
     "vit_micro": ViTConfig(None, 4, 64, 4, 128),
 }
 
+# Presets with published checkpoints (weights "auto" loads ImageNet-21k for these only).
+PRETRAINED_PRESETS = ("vit_b16", "vit_b32", "vit_l16", "vit_l32")
+
+# Tokenizer name -> what it does; "patch" is the original ViT's and the only one checkpoints hold.
+TOKENIZERS: dict[str, str] = {
+    "patch": "non-overlapping patches, one linear projection each (original ViT)",
+    "conv": "3x3 convolution stem (stride 2 while the patch size allows), then a projection",
+    "shifted": "shifted patch tokenization: the image and 4 diagonal half-patch shifts, "
+               "layer-normed and projected",
+}
+
 # Automatic patch size aims at this many patches along each side.
 _AUTO_GRID = 8
+# More tokens than this make attention matrices no machine holds (224 px at patch 1 is 50k).
+MAX_TOKENS = 4096
 
 
 def auto_patch_size(image_size: tuple[int, int]) -> int:
@@ -103,11 +130,25 @@ def _check_config(config: ViTConfig, image_size: tuple[int, int]) -> None:
     patch = config.patch_size
     if patch is None or patch < 1:
         raise ConfigError(f"patch size must be a positive integer, got {patch}")
+    if min(image_size) < patch:
+        raise ConfigError(
+            f"image size {image_size[0]}x{image_size[1]} is smaller than the patch size {patch}: "
+            f"choose a larger --image-size (images are resized, so small images are upsampled) "
+            f"or a --patch-size of at most {min(image_size)}"
+        )
     if image_size[0] % patch or image_size[1] % patch:
         raise ConfigError(
             f"image size {image_size[0]}x{image_size[1]} is not a multiple of the patch size "
             f"{patch}; use an image size divisible by {patch} or another --patch-size"
         )
+    tokens = (image_size[0] // patch) * (image_size[1] // patch)
+    if tokens > MAX_TOKENS:
+        raise ConfigError(
+            f"image size {image_size[0]}x{image_size[1]} with patch size {patch} makes {tokens} "
+            f"tokens (at most {MAX_TOKENS}); use a larger --patch-size or a smaller --image-size"
+        )
+    if config.tokenizer not in TOKENIZERS:
+        raise ConfigError(f"tokenizer must be one of {sorted(TOKENIZERS)}, got {config.tokenizer!r}")
     if config.hidden_size % config.num_heads:
         raise ConfigError(
             f"hidden size {config.hidden_size} is not divisible by {config.num_heads} heads"

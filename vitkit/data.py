@@ -329,20 +329,21 @@ class ImageBatches(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
 
-    def epoch_callback(self) -> keras.callbacks.Callback:
-        """A callback for ``fit`` that sets this stream to the order of the epoch Keras starts.
 
-        Keras also calls ``on_epoch_end`` when a ``fit`` begins, so counting those calls does
-        not tell which epoch is running; with this callback epoch ``e`` always reads the order
-        of ``(seed, e)``, in a first run and after a resume alike.
-        """
-        return _FollowEpochs(self)
+def follow_epochs(stream: keras.utils.PyDataset) -> keras.callbacks.Callback:
+    """A callback for ``fit`` that sets ``stream`` (anything with ``set_epoch``) to the epoch Keras starts.
+
+    Keras also calls ``on_epoch_end`` when a ``fit`` begins, so counting those calls does not
+    tell which epoch is running; with this callback epoch ``e`` always reads the order of
+    ``(seed, e)``, in a first run and after a resume alike.
+    """
+    return _FollowEpochs(stream)
 
 
 class _FollowEpochs(keras.callbacks.Callback):
-    def __init__(self, batches: ImageBatches):
+    def __init__(self, stream: keras.utils.PyDataset):
         super().__init__()
-        self.batches = batches
+        self.stream = stream
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.batches.set_epoch(epoch)
+        self.stream.set_epoch(epoch)

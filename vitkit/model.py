@@ -221,7 +221,8 @@ def build_model(
         seed: seed of augmentation and dropout randomness.
         **backbone_overrides: ``patch_size``, ``num_layers``, ``hidden_size``, ``num_heads``,
             ``mlp_dim``, ``dropout``, ``attention_dropout``, ``drop_path``,
-            ``representation_size``.
+            ``representation_size``, and for training from scratch ``tokenizer`` (``patch``,
+            ``conv``, ``shifted``) and ``locality_attention``.
 
     Returns:
         An :class:`ImageClassifier` (a ``keras.Model``) taking uint8 images.
@@ -236,6 +237,13 @@ def build_model(
     size = image_size_pair(image_size)
     weights = None if weights in (None, "none") else weights
     config = resolve_config(backbone, size, **backbone_overrides)
+    if weights is not None and not config.checkpoint_compatible:
+        raise ConfigError(
+            f"pretrained weights ({weights}) need the original ViT tokenizer and attention, but this "
+            f"backbone has tokenizer={config.tokenizer!r}, locality_attention={config.locality_attention} "
+            f"(options for training from scratch, set by the small-data recipe): use --weights none, "
+            f"or --recipe plain for fine-tuning"
+        )
     if weights is not None and config.representation_size is None:
         from vitkit.weights import checkpoint_representation_size
 

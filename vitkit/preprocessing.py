@@ -50,6 +50,10 @@ class AugmentConfig:
         translation: maximum shift as a fraction of the image size.
         brightness: maximum brightness change as a fraction of the value range.
         contrast: maximum contrast change factor.
+        randaugment_ops: RandAugment-style operations applied to each image after the steps
+            above, each drawn per image from :data:`RANDAUGMENT_OPS` (0 turns it off).
+        randaugment_magnitude: strength of those operations, 0 to 1 (each op's range at
+            magnitude 1 is in :data:`RANDAUGMENT_OPS`).
     """
 
     flip: str | None = "horizontal"
@@ -58,6 +62,14 @@ class AugmentConfig:
     translation: float = 0.1
     brightness: float = 0.1
     contrast: float = 0.1
+    randaugment_ops: int = 0
+    randaugment_magnitude: float = 0.5
+
+    def __post_init__(self):
+        if self.randaugment_ops < 0:
+            raise ConfigError(f"randaugment_ops must be >= 0, got {self.randaugment_ops}")
+        if not 0.0 <= self.randaugment_magnitude <= 1.0:
+            raise ConfigError(f"randaugment_magnitude must be in [0, 1], got {self.randaugment_magnitude}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,12 +84,13 @@ class AugmentConfig:
 
     @classmethod
     def off(cls) -> "AugmentConfig":
-        return cls(None, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return cls(None, 0.0, 0.0, 0.0, 0.0, 0.0, randaugment_ops=0)
 
     @property
     def enabled(self) -> bool:
         return bool(self.flip) or any(
-            (self.rotation, self.zoom, self.translation, self.brightness, self.contrast)
+            (self.rotation, self.zoom, self.translation, self.brightness, self.contrast,
+             self.randaugment_ops)
         )
 
 
@@ -136,4 +149,96 @@ def _augmentation_steps(config: AugmentConfig, seed: int | None) -> list[keras.l
         steps.append(
             keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=step_seed(5))
         )
+    if config.randaugment_ops:
+        steps.append(RandAugmentOps(config.randaugment_ops, config.randaugment_magnitude, seed=step_seed(6)))
     return steps
+
+
+# RandAugment-style operations (Cubuk et al. 2020) and their strength at magnitude 1; each is a
+# Keras layer that draws its own amount per image, so they run on every backend.
+RANDAUGMENT_OPS: dict[str, str] = {
+    "identity": "no change",
+    "rotate": "rotation up to +-30 degrees",
+    "shear": "shear up to 30% along x and y",
+    "translate": "shift up to 30% of the size along x and y",
+    "brightness": "brightness change up to +-50% of the value range",
+    "contrast": "contrast change up to +-50%",
+    "color": "desaturation up to 90% grey",
+    "sharpness": "blur or sharpen up to 90%",
+    "solarize": "invert the pixels above a threshold from 100% down to 50% of the range",
+    "autocontrast": "stretch the values to the full range (no magnitude)",
+}
+
+
+def _randaugment_layer(name: str, magnitude: float, seed: int | None) -> keras.layers.Layer:
+    m = magnitude
+    value_range = (0, 255)
+    if name == "identity":
+        return keras.layers.Identity()
+    if name == "rotate":
+        return keras.layers.RandomRotation(30.0 / 360.0 * m, fill_mode="constant", seed=seed)
+    if name == "shear":
+        return keras.layers.RandomShear(0.3 * m, 0.3 * m, fill_mode="constant", seed=seed)
+    if name == "translate":
+        return keras.layers.RandomTranslation(0.3 * m, 0.3 * m, fill_mode="constant", seed=seed)
+    if name == "brightness":
+        return keras.layers.RandomBrightness(0.5 * m, value_range=value_range, seed=seed)
+    if name == "contrast":
+        return keras.layers.RandomContrast(0.5 * m, value_range=value_range, seed=seed)
+    if name == "color":
+        return keras.layers.RandomColorDegeneration(0.9 * m, value_range=value_range, seed=seed)
+    if name == "sharpness":
+        return keras.layers.RandomSharpness((0.5 - 0.45 * m, 0.5 + 0.45 * m), value_range=value_range, seed=seed)
+    if name == "solarize":
+        return keras.layers.Solarization(threshold_factor=(1.0 - 0.5 * m, 1.0), value_range=value_range, seed=seed)
+    if name == "autocontrast":
+        return keras.layers.AutoContrast(value_range=value_range)
+    raise ConfigError(f"unknown RandAugment operation {name!r}; known: {sorted(RANDAUGMENT_OPS)}")
+
+
+@keras.saving.register_keras_serializable(package="vitkit")
+class RandAugmentOps(keras.layers.Layer):
+    """RandAugment-style augmentation: ``num_ops`` rounds, each applying one operation per image.
+
+    Each round draws, for every image of the batch independently, one operation of
+    :data:`RANDAUGMENT_OPS` (identity included); the amount of each operation is drawn per
+    image up to ``magnitude``. Every operation runs on the whole batch and each image keeps the
+    result of its own draw, which on small images costs less than per-image branching and
+    needs no backend-specific control flow. Takes and returns 0-255 floats; identity outside
+    training.
+
+    Example:
+        >>> layer = RandAugmentOps(num_ops=2, magnitude=0.5, seed=0)
+        >>> layer(keras.ops.zeros((4, 32, 32, 3)), training=True).shape
+        (4, 32, 32, 3)
+    """
+
+    def __init__(self, num_ops: int = 2, magnitude: float = 0.5, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_ops = num_ops
+        self.magnitude = magnitude
+        self.seed = seed
+        self.ops_layers = [
+            _randaugment_layer(name, magnitude, None if seed is None else seed + 1 + i)
+            for i, name in enumerate(RANDAUGMENT_OPS)
+        ]
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, input_shape):
+        for layer in self.ops_layers:
+            layer.build(input_shape)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        batch = ops.shape(images)[0]
+        count = len(self.ops_layers)
+        for _ in range(self.num_ops):
+            choice = keras.random.randint((batch,), 0, count, seed=self.seed_generator)
+            chosen = ops.reshape(ops.one_hot(choice, count, dtype=images.dtype), (-1, 1, 1, 1, count))
+            results = ops.stack([layer(images, training=True) for layer in self.ops_layers], axis=-1)
+            images = ops.clip(ops.sum(results * chosen, axis=-1), 0.0, 255.0)
+        return images
+
+    def get_config(self):
+        return {**super().get_config(), "num_ops": self.num_ops, "magnitude": self.magnitude, "seed": self.seed}

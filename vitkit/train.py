@@ -20,18 +20,19 @@ import keras
 import numpy as np
 
 from vitkit import _callable_module
-from vitkit.config import PRESETS
-from vitkit.data import ImageBatches, ImageSet, load_images, write_skipped
+from vitkit.config import PRESETS, PRETRAINED_PRESETS
+from vitkit.data import ImageBatches, ImageSet, follow_epochs, load_images, write_skipped
 from vitkit.device import is_out_of_memory, out_of_memory_error, out_of_memory_hint, resolve_precision
 from vitkit.errors import ConfigError, ManifestError
 from vitkit.figures import history_figure, save_figure
 from vitkit.fileio import check_writable, remove_temporaries
 from vitkit.manifest import Manifest, read_manifest, stratified_split
+from vitkit.mixing import MixConfig, MixedBatches
 from vitkit.model import ImageClassifier, build_model, image_size_pair
 from vitkit.modelfile import load_weights_only
+from vitkit.recipes import choose_recipe, resolve_options
 from vitkit.runstate import RunKeeper
 
-PRETRAINED_PRESETS = ("vit_b16", "vit_b32", "vit_l16", "vit_l32")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 
@@ -47,6 +48,7 @@ class TrainResult:
     curves_path: Path
     best_epoch: int | None
     skipped_path: Path | None = None
+    recipe: str = "plain"
 
 
 def output_paths(out: str | Path) -> dict[str, Path]:
@@ -69,24 +71,27 @@ def train(
     val_data: Any = None,
     *,
     out: str | Path,
-    backbone: str = "vit_b16",
+    recipe: str | None = None,
+    backbone: str | None = None,
     weights: str | None = "auto",
-    image_size: int | Sequence[int] = 224,
-    epochs: int = 10,
-    batch_size: int = 16,
-    learning_rate: float = 1e-4,
-    optimizer: str = "adam",
-    weight_decay: float = 0.05,
-    schedule: str = "constant",
-    warmup_epochs: int = 0,
-    label_smoothing: float = 0.0,
+    image_size: int | Sequence[int] | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    optimizer: str | None = None,
+    weight_decay: float | None = None,
+    schedule: str | None = None,
+    warmup_epochs: int | None = None,
+    label_smoothing: float | None = None,
+    mixup: float | None = None,
+    cutmix: float | None = None,
     class_weights: str | dict[str, float] | None = None,
     freeze_backbone_epochs: int = 0,
-    augment: bool | dict[str, Any] = True,
+    augment: bool | dict[str, Any] | None = None,
     head_width: int = 21,
     preprocess: str = "tf",
     resize_mode: str = "stretch",
-    patience: int = 5,
+    patience: int | None = None,
     reduce_lr_patience: int = 2,
     val_fraction: float = 0.1,
     seed: int = 0,
@@ -103,6 +108,9 @@ def train(
 ) -> TrainResult:
     """Train a ViT classifier and save the best epoch to ``out``.
 
+    Options left at ``None`` take the value of the recipe (see :mod:`vitkit.recipes`); those
+    given explicitly win. The defaults below are the ``plain`` recipe's.
+
     Args:
         train_data: training images: a manifest CSV (if it has a ``split`` column, its
             ``train`` rows, and its ``val`` rows for validation), a pixel CSV, a folder tree,
@@ -110,7 +118,10 @@ def train(
         val_data: validation images in the same forms; by default ``val_fraction`` of the
             training images, stratified and seeded.
         out: model file, ``models/NAME.weights.h5``.
-        backbone: preset name (see :data:`vitkit.backbone.PRESETS`).
+        recipe: ``plain`` or ``small-data``; by default ``small-data`` when training starts
+            from random weights (``weights="none"``, or ``"auto"`` with a small backbone) and
+            ``plain`` otherwise. Stored in the model file.
+        backbone: preset name (see :data:`vitkit.config.PRESETS`); plain: ``vit_b16``.
         weights: ``auto`` (ImageNet-21k for the B/L presets, none for the small ones),
             ``none``, ``imagenet21k``, ``imagenet21k+imagenet2012`` or a ``.npz`` path.
         image_size: input size, int or (height, width).
@@ -120,6 +131,8 @@ def train(
         optimizer: ``adam`` or ``adamw`` (with ``weight_decay``).
         schedule: ``constant`` (with plateau reduction) or ``cosine`` (with ``warmup_epochs``).
         label_smoothing: cross-entropy label smoothing.
+        mixup: Mixup Beta alpha (0 = off), see :mod:`vitkit.mixing`.
+        cutmix: CutMix Beta alpha (0 = off); with both on, each batch uses one of them.
         class_weights: ``balanced``, a dict class -> weight, or None.
         freeze_backbone_epochs: epochs that train only the head before the backbone joins.
         augment: training augmentation (True/False or options, see
@@ -141,7 +154,8 @@ def train(
         resume: continue the interrupted run of the same ``out`` and options.
         overwrite: replace existing outputs.
         verbose: Keras verbosity (default: progress bar on a terminal, a line per epoch otherwise).
-        **backbone_overrides: backbone dimensions (``patch_size``, ``num_layers``, ...).
+        **backbone_overrides: backbone options (``patch_size``, ``num_layers``, ``tokenizer``,
+            ``locality_attention``, ``drop_path``, ...; see :class:`~vitkit.config.ViTConfig`).
 
     Returns:
         A :class:`TrainResult` whose model holds the best epoch's weights.
@@ -152,15 +166,31 @@ def train(
         ...                       backbone="vit_micro", image_size=48, epochs=5,
         ...                       out="models/products.weights.h5")
     """
+    chosen = choose_recipe(recipe, weights, backbone)
+    settings, backbone_overrides = resolve_options(chosen, {
+        "backbone": backbone, "weights": weights, "image_size": image_size, "epochs": epochs,
+        "batch_size": batch_size, "learning_rate": learning_rate, "optimizer": optimizer,
+        "weight_decay": weight_decay, "schedule": schedule, "warmup_epochs": warmup_epochs,
+        "label_smoothing": label_smoothing, "augment": augment, "mixup": mixup, "cutmix": cutmix,
+        "patience": patience,
+    }, backbone_overrides)
+    (backbone, weights, image_size, epochs, batch_size, learning_rate, optimizer, weight_decay,
+     schedule, warmup_epochs, label_smoothing, augment, mixup, cutmix, patience) = (
+        settings[key] for key in (
+            "backbone", "weights", "image_size", "epochs", "batch_size", "learning_rate",
+            "optimizer", "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
+            "augment", "mixup", "cutmix", "patience"))
     _check_choices(optimizer, schedule, epochs, freeze_backbone_epochs, batch_size)
+    mix = MixConfig(mixup, cutmix)
     paths = output_paths(out)
     size = image_size_pair(image_size)
     weights = _resolve_weights(weights, backbone)
     options = {
-        "backbone": backbone, "weights": weights, "image_size": list(size), "epochs": epochs,
+        "recipe": chosen.name, "backbone": backbone, "weights": weights, "image_size": list(size), "epochs": epochs,
         "batch_size": batch_size, "learning_rate": learning_rate, "optimizer": optimizer,
         "weight_decay": weight_decay, "schedule": schedule, "warmup_epochs": warmup_epochs,
-        "label_smoothing": label_smoothing, "class_weights": class_weights,
+        "label_smoothing": label_smoothing, "mixup": mixup, "cutmix": cutmix,
+        "class_weights": class_weights,
         "freeze_backbone_epochs": freeze_backbone_epochs, "augment": augment,
         "head_width": head_width, "preprocess": preprocess, "resize_mode": resize_mode,
         "patience": patience, "reduce_lr_patience": reduce_lr_patience,
@@ -189,6 +219,8 @@ def train(
     sample_weights = _sample_weights(train_set, class_names, class_weights)
     batches = ImageBatches(train_set, batch_size, class_names, shuffle=True, seed=seed,
                            sample_weights=sample_weights, drop_remainder=True)
+    if mix.enabled:
+        batches = MixedBatches(batches, mix, seed)
     val_batches = ImageBatches(val_set, batch_size, class_names) if val_set is not None else None
     monitor = "val_loss" if val_batches is not None else "loss"
 
@@ -219,7 +251,7 @@ def train(
             # reorder batches with the global random module and break resumed runs.
             model.fit(
                 batches, validation_data=val_batches, epochs=end, initial_epoch=max(start, done),
-                shuffle=False, callbacks=[batches.epoch_callback()] + stateful + [keeper],
+                shuffle=False, callbacks=[follow_epochs(batches)] + stateful + [keeper],
                 verbose=_verbosity(verbose),
             )
             done = end
@@ -238,7 +270,7 @@ def train(
     save_figure(history_figure(keeper.history), paths["curves"])
     keeper.finish()
     return TrainResult(model, paths["model"], keeper.history, paths["history"], paths["curves"],
-                       keeper.best_epoch, skipped_path)
+                       keeper.best_epoch, skipped_path, chosen.name)
 
 
 def _build(class_names, backbone, weights, size, precision, **options) -> ImageClassifier:
