@@ -20,6 +20,7 @@ from vitkit.runstate import RunKeeper
 from vitkit.train import train
 
 TINY = dict(backbone="vit_micro", weights="none", image_size=32, batch_size=8, verbose=0, **TINY_BACKBONE)
+PLAIN = dict(TINY, recipe="plain")  # a plain patch embedding: quicker where the recipe is not the point
 
 
 @pytest.fixture
@@ -57,8 +58,9 @@ def interrupt_after(epoch_index: int, monkeypatch) -> None:
 # Determinism and resume in this process (interrupted with Ctrl-C) ----------------------------------
 
 def test_same_seed_gives_identical_weights_and_an_interrupted_run_resumes_to_them(lists, tmp_path, monkeypatch):
-    """With augmentation, dropout, shuffling and two loader threads all on."""
-    options = dict(TINY, epochs=3, augment=True, dropout=0.1, seed=3)
+    """The small-data recipe (RandAugment, stochastic depth, warm-up and cosine decay) with
+    dropout, Mixup/CutMix, shuffling and read-ahead threads all on."""
+    options = dict(TINY, epochs=3, dropout=0.1, mixup=0.8, cutmix=1.0, seed=3)
     a = train(lists["train"], lists["val"], out=tmp_path / "a.weights.h5", **options)
     b = train(lists["train"], lists["val"], out=tmp_path / "b.weights.h5", **options)
     assert max_difference(weights_of(a.model_path), weights_of(b.model_path)) == 0.0
@@ -79,9 +81,10 @@ def test_same_seed_gives_identical_weights_and_an_interrupted_run_resumes_to_the
 
 
 def test_run_interrupted_when_the_backbone_unfreezes_resumes_to_the_same_result(lists, tmp_path, monkeypatch):
-    """The second phase starts with a fresh optimizer and fresh early-stopping/plateau counters."""
-    options = dict(TINY, epochs=3, augment=True, dropout=0.1, seed=4, freeze_backbone_epochs=1,
-                   reduce_lr_patience=0)
+    """The second phase starts with a fresh optimizer and fresh early-stopping/plateau counters
+    (the plain recipe: constant learning rate halved on plateaus)."""
+    options = dict(TINY, recipe="plain", epochs=3, augment=True, dropout=0.1, seed=4,
+                   freeze_backbone_epochs=1, reduce_lr_patience=0)
     straight = train(lists["train"], lists["val"], out=tmp_path / "straight.weights.h5", **options)
     interrupt_after(0, monkeypatch)
     out = tmp_path / "resumed.weights.h5"
@@ -95,7 +98,7 @@ def test_run_interrupted_when_the_backbone_unfreezes_resumes_to_the_same_result(
 
 def test_early_stopped_run_is_not_trained_further_after_a_resume(lists, tmp_path, monkeypatch):
     """A learning rate of 0 never improves: patience 1 stops after epoch 2, interrupted just then."""
-    options = dict(TINY, epochs=6, patience=1, learning_rate=0.0, seed=0)
+    options = dict(PLAIN, epochs=6, patience=1, learning_rate=0.0, seed=0)
     interrupt_after(1, monkeypatch)
     out = tmp_path / "m.weights.h5"
     with pytest.raises(KeyboardInterrupt):
@@ -117,7 +120,7 @@ def interrupted_run(tmp_path_factory) -> Path:
         interrupt_after(0, patch)
         with pytest.raises(KeyboardInterrupt):
             train(folder / "lists" / "train.csv", folder / "lists" / "val.csv", out=folder / "m.weights.h5",
-                  epochs=2, seed=0, **TINY)
+                  epochs=2, seed=0, **PLAIN)
     return folder
 
 
@@ -133,23 +136,23 @@ def interrupted(interrupted_run, tmp_path) -> dict[str, Path]:
 def test_resume_with_other_options_is_refused(interrupted):
     with pytest.raises(ConfigError, match=r"m\.run holds an interrupted run with other options \(learning_rate\)"):
         train(interrupted["train"], interrupted["val"], out=interrupted["out"], epochs=2, seed=0,
-              learning_rate=0.5, resume=True, **TINY)
+              learning_rate=0.5, resume=True, **PLAIN)
     with pytest.raises(ConfigError, match="holds an interrupted run; continue it with --resume"):
-        train(interrupted["train"], interrupted["val"], out=interrupted["out"], epochs=2, seed=0, **TINY)
+        train(interrupted["train"], interrupted["val"], out=interrupted["out"], epochs=2, seed=0, **PLAIN)
 
 
 def test_damaged_resume_state_is_a_clear_error(interrupted):
     state = interrupted["run"] / "state.json"
     state.write_text(state.read_text()[:40])
     with pytest.raises(ConfigError, match=r"state\.json is damaged .*pass --overwrite to start again"):
-        train(interrupted["train"], interrupted["val"], out=interrupted["out"], epochs=2, seed=0, resume=True, **TINY)
+        train(interrupted["train"], interrupted["val"], out=interrupted["out"], epochs=2, seed=0, resume=True, **PLAIN)
 
 
 def test_resume_state_missing_its_weights_is_a_clear_error(interrupted):
     for path in interrupted["run"].glob("epoch-*.weights.h5"):
         path.unlink()
     with pytest.raises(ConfigError, match=r"m\.run lacks epoch-0001\.weights\.h5"):
-        train(interrupted["train"], interrupted["val"], out=interrupted["out"], epochs=2, seed=0, resume=True, **TINY)
+        train(interrupted["train"], interrupted["val"], out=interrupted["out"], epochs=2, seed=0, resume=True, **PLAIN)
 
 
 @pytest.mark.parametrize("damaged", ["epoch-0001.weights.h5", "epoch-0001.state.h5"])
@@ -157,14 +160,14 @@ def test_resume_state_with_a_damaged_file_is_a_clear_error(interrupted, damaged)
     path = interrupted["run"] / damaged
     path.write_bytes(path.read_bytes()[:3000])
     with pytest.raises(ConfigError, match=r"m\.run is damaged .*pass --overwrite to start again"):
-        train(interrupted["train"], interrupted["val"], out=interrupted["out"], epochs=2, seed=0, resume=True, **TINY)
+        train(interrupted["train"], interrupted["val"], out=interrupted["out"], epochs=2, seed=0, resume=True, **PLAIN)
 
 
 def test_resume_without_an_interrupted_run_does_not_overwrite(lists, tmp_path, capsys):
     out = tmp_path / "m.weights.h5"
     out.write_text("an earlier model")
     with pytest.raises(OutputExistsError):
-        train(lists["train"], lists["val"], out=out, epochs=1, resume=True, **TINY)
+        train(lists["train"], lists["val"], out=out, epochs=1, resume=True, **PLAIN)
     assert "no interrupted run" in capsys.readouterr().err
     assert out.read_text() == "an earlier model"
 
@@ -175,6 +178,6 @@ def test_temporary_files_left_by_a_kill_are_removed_on_resume(interrupted):
     for path in litter:
         path.write_bytes(b"half")
     result = train(interrupted["train"], interrupted["val"], out=interrupted["out"], epochs=2, seed=0,
-                   resume=True, **TINY)
+                   resume=True, **PLAIN)
     assert [row["epoch"] for row in result.history] == [1, 2]
     assert not any(path.exists() for path in litter)
