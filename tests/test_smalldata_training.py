@@ -204,7 +204,7 @@ def test_small_data_recipe_trains_lowers_the_loss_and_is_stored(shape_arrays, tm
     result = vitkit.train(shape_arrays, out=tmp_path / "m.weights.h5", weights="none", backbone=dict(TINY_BACKBONE),
                           epochs=6, batch_size=8, val_fraction=0.2, mixup=0.8, cutmix=1.0, verbose=0)
     assert result.recipe == "small-data"
-    losses = [row["loss"] for row in result.history]
+    losses = [row["val_loss"] for row in result.history]  # training loss is noisy under Mixup/CutMix
     assert min(losses[-2:]) < losses[0], losses
     training = read_metadata(result.model_path)["training"]
     assert training["recipe"] == "small-data"
