@@ -430,7 +430,7 @@ def _add_predict(commands) -> None:
     parser.add_argument("model", type=Path, metavar="MODEL", help="a .weights.h5 model file (or a file of another tool)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="a manifest, a folder, or image files")
     parser.add_argument("--out", type=Path, metavar="CSV", help="write the table here (default: print it)")
-    parser.add_argument("--grid", type=Path, metavar="PNG", help="also draw the first 16 images titled with predictions")
+    parser.add_argument("--grid", type=Path, metavar="PNG", help="also draw 16 of the images, spread over the set, titled with predictions")
     parser.add_argument("--batch-size", type=int, default=32)
     _add_overwrite(parser)
     _add_data_options(parser)

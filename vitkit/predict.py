@@ -82,7 +82,7 @@ def predict(
         model: a classifier or a model file.
         data: manifest, folder, image files, or arrays (see :func:`vitkit.data.load_images`).
         out: CSV file for the table.
-        grid: image file (PNG/PDF) with the first 16 images titled by prediction, green when
+        grid: image file (PNG/PDF) with 16 images spread over the set, titled by prediction, green when
             right and red when wrong if the true classes are known.
         batch_size: images per prediction step.
         overwrite: replace existing output files.
@@ -112,8 +112,7 @@ def predict(
         if images.skipped:
             write_skipped(images.skipped, skipped, overwrite=True)
     if grid is not None and len(table):
-        shown = min(len(table), 16)
-        save_figure(prediction_grid(images, table, shown), grid, overwrite)
+        save_figure(prediction_grid(images, table), grid, overwrite)
     return table
 
 
@@ -133,11 +132,15 @@ def _warn_unknown_classes(images: ImageSet, class_names: Sequence[str]) -> None:
         )
 
 
-def prediction_grid(images: ImageSet, table: pd.DataFrame, count: int):
-    """A grid of the first ``count`` images titled with prediction and confidence."""
-    pixels = images.read(np.arange(count))
+def prediction_grid(images: ImageSet, table: pd.DataFrame, count: int = 16):
+    """A 4x4 grid of ``count`` images spread evenly over the table, titled with their predictions.
+
+    Spread rather than the first ones, so a manifest sorted by class shows every class.
+    """
+    chosen = np.unique(np.linspace(0, len(table) - 1, min(count, len(table))).round().astype(int))
+    pixels = images.read(chosen)
     titles, verdicts = [], []
-    for _, row in table.head(count).iterrows():
+    for _, row in table.iloc[chosen].iterrows():
         title = f"{Path(row['image']).name}\n{row['predicted']} ({row['confidence']:.0%})"
         if "true" in row:
             title += f"\ntrue: {row['true']}"
