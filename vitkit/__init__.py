@@ -9,6 +9,7 @@ Keras backend::
     vitkit.evaluate(model, test_csv, out=...)          # -> metrics and figures
     vitkit.predict(model, images, out=...)             # -> table of predictions
     vitkit.build_model(classes, backbone="vit_b16")    # a fresh model
+    vitkit.explain(model, images, out=...)             # -> attention maps, figures, report
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ _EXPORTS = {
     "TrainResult": "vitkit.train",
     "evaluate": "vitkit.evaluate",
     "predict": "vitkit.predict",
+    "explain": "vitkit.explain",
+    "Explanation": "vitkit.explain",
+    "attention_rollout": "vitkit.explain",
+    "gradient_rollout": "vitkit.explain",
     "VitkitError": "vitkit.errors",
     "ManifestError": "vitkit.errors",
     "ImageError": "vitkit.errors",

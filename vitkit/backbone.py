@@ -15,7 +15,8 @@ model by name::
 
 Attention runs through ``keras.ops.dot_product_attention`` (fused kernels where the backend has
 them) unless the caller asks for the attention weights, which takes the explicit softmax path in
-the same forward pass.
+the same forward pass. An ``attention_offset`` (zeros) added to those weights gives explanations
+a tensor to differentiate the class scores against, on every backend.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     ``call(x, return_attention=True)`` also returns the attention weights
     ``(batch, heads, tokens, tokens)``; otherwise the fused attention op is used.
+    ``attention_offset`` (same shape) is added to the weights after the softmax; with zeros the
+    output is unchanged and its gradient is the gradient with respect to the weights.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float = 0.0, **kwargs):
@@ -99,14 +102,17 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         return ops.reshape(x, (batch, length, self.num_heads, x.shape[-1] // self.num_heads))
 
-    def call(self, x, training=None, return_attention: bool = False):
+    def call(self, x, training=None, return_attention: bool = False, attention_offset=None):
         query = self._split_heads(self.query(x))
         key = self._split_heads(self.key(x))
         value = self._split_heads(self.value(x))
         head_dim = query.shape[-1]
-        if return_attention or (training and self.attention_dropout > 0):
+        explicit = return_attention or attention_offset is not None
+        if explicit or (training and self.attention_dropout > 0):
             scores = ops.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(head_dim)
             weights = ops.softmax(ops.cast(scores, "float32"), axis=-1)
+            if attention_offset is not None:
+                weights = weights + ops.cast(attention_offset, weights.dtype)
             mixed = ops.einsum(
                 "bhqk,bkhd->bqhd",
                 ops.cast(self.weights_dropout(weights, training=training), value.dtype),
@@ -207,8 +213,11 @@ class EncoderBlock(keras.layers.Layer):
         mask = keras.random.uniform(shape, seed=self.seed_generator) < keep
         return branch * ops.cast(mask, branch.dtype) / keep
 
-    def call(self, x, training=None, return_attention: bool = False):
-        attended = self.attention(self.norm_0(x), training=training, return_attention=return_attention)
+    def call(self, x, training=None, return_attention: bool = False, attention_offset=None):
+        attended = self.attention(
+            self.norm_0(x), training=training, return_attention=return_attention,
+            attention_offset=attention_offset,
+        )
         if return_attention:
             attended, weights = attended
         attended = self.attention_output_dropout(attended, training=training)
@@ -236,7 +245,8 @@ class VisionTransformer(keras.layers.Layer):
     Takes images already scaled (``(batch, H, W, 3)`` floats) and returns the class token's
     features ``(batch, D)`` (after ``pre_logits`` when configured). With
     ``return_attention=True`` it also returns every block's attention weights stacked as
-    ``(batch, layers, heads, tokens, tokens)``.
+    ``(batch, layers, heads, tokens, tokens)``. ``attention_offset`` of that shape is added to
+    each block's attention weights (see :class:`MultiHeadSelfAttention`).
 
     Example:
         >>> layer = VisionTransformer(patch_size=8, num_layers=2, hidden_size=32,
@@ -305,19 +315,20 @@ class VisionTransformer(keras.layers.Layer):
         if self.pre_logits is not None:
             self.pre_logits.build((input_shape[0], self.config.hidden_size))
 
-    def call(self, images, training=None, return_attention: bool = False):
+    def call(self, images, training=None, return_attention: bool = False, attention_offset=None):
         patches = self.embedding(images)
         batch = ops.shape(patches)[0]
         tokens = ops.reshape(patches, (batch, -1, self.config.hidden_size))
         tokens = self.position_embedding(self.class_token(tokens))
         tokens = self.embedding_dropout(tokens, training=training)
         attention = []
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            offset = None if attention_offset is None else attention_offset[:, i]
             if return_attention:
-                tokens, weights = block(tokens, training=training, return_attention=True)
+                tokens, weights = block(tokens, training=training, return_attention=True, attention_offset=offset)
                 attention.append(weights)
             else:
-                tokens = block(tokens, training=training)
+                tokens = block(tokens, training=training, attention_offset=offset)
         features = self.encoder_norm(tokens)[:, 0]
         if self.pre_logits is not None:
             features = self.pre_logits(features)
