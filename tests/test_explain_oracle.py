@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import types
 
 import numpy as np
@@ -16,27 +15,9 @@ from vitkit.explain import explain_images
 pytestmark = pytest.mark.oracle
 
 vit_keras = pytest.importorskip("vit_keras", reason="vit-keras (the compat extra) is not installed")
-from vit_keras import visualize, vit  # noqa: E402
+from vit_keras import visualize  # noqa: E402
 
-
-def vitkit_path(vit_keras_path: str) -> str:
-    """``Transformer_encoderblock_0/MlpBlock_3/Transformer_encoderblock_0_Dense_0/kernel`` -> ``vit/encoderblock_0/MlpBlock_3/Dense_0/kernel``."""
-    path = re.sub(r"Transformer_encoderblock_\d+_(Dense_\d)", r"\1", vit_keras_path)
-    return "vit/" + re.sub(r"^Transformer_", "", path)
-
-
-def vit_keras_twin(model, layers: int, image_size: int):
-    """A vit-keras model with the backbone weights of a vitkit classifier, copied by name."""
-    config = model.backbone.config
-    twin = vit.build_model(image_size=image_size, patch_size=config.patch_size, num_layers=layers,
-                           hidden_size=config.hidden_size, num_heads=config.num_heads, name="twin",
-                           mlp_dim=config.mlp_dim, classes=len(model.class_names), dropout=0.0,
-                           include_top=False)
-    ours = {variable.path: variable for variable in model.backbone.weights}
-    assert len(twin.weights) == len(ours)
-    for variable in twin.weights:
-        variable.assign(np.asarray(ours[vitkit_path(variable.path)].value))
-    return twin
+from vitkit.compat import to_vit_keras, vitkit_variable_path  # noqa: E402
 
 
 def vit_keras_mask(twin, image: np.ndarray, monkeypatch) -> np.ndarray:
@@ -58,7 +39,7 @@ def vit_keras_mask(twin, image: np.ndarray, monkeypatch) -> np.ndarray:
 
 def test_rollout_equals_vit_keras_attention_map(tiny_model, monkeypatch):
     model = sharpen(tiny_model(num_layers=3), seed=5)
-    twin = vit_keras_twin(model, layers=3, image_size=32)
+    twin = to_vit_keras(model)
     images, labels = shapes(count=4, seed=3)
     result = explain_images(model, load_images((images, labels), (32, 32)), head_fusion="mean",
                             discard_ratio=0.0, progress=False)
@@ -73,3 +54,10 @@ def test_rollout_equals_vit_keras_attention_map(tiny_model, monkeypatch):
     print(f"largest difference from vit-keras: {max(differences):.2e}")
     assert max(differences) < 1e-4
     assert np.ptp(ours) > 0.5  # the maps are not flat, so the comparison means something
+
+
+def test_vit_keras_names_map_onto_vitkit_names():
+    assert vitkit_variable_path("Transformer_encoderblock_11/MlpBlock_3/Transformer_encoderblock_11_Dense_1/bias") == \
+        "vit/encoderblock_11/MlpBlock_3/Dense_1/bias"
+    assert vitkit_variable_path("Transformer_posembed_input/pos_embedding") == "vit/posembed_input/pos_embedding"
+    assert vitkit_variable_path("class_token/cls") == "vit/class_token/cls"

@@ -117,13 +117,20 @@ def verdicts(explanation: "Explanation") -> list[bool | None]:
     return [label == explanation.class_names[p] for label, p in zip(explanation.labels, explanation.predicted)]
 
 
-def image_title(explanation: "Explanation", index: int) -> str:
-    """File, predicted class and confidence, true class when known, explained class when not the predicted."""
+def image_title(explanation: "Explanation", index: int, compact: bool = False) -> str:
+    """File, predicted class and confidence, true class when known, explained class when not the predicted.
+
+    ``compact`` puts the prediction and the true class on one line (for grids).
+    """
     predicted = int(explanation.predicted[index])
-    lines = [short_name(explanation.names[index]),
-             f"predicted {explanation.class_names[predicted]} ({explanation.confidence[index]:.1%})"]
+    prediction = f"predicted {explanation.class_names[predicted]} ({explanation.confidence[index]:.1%})"
+    lines = [short_name(explanation.names[index]), prediction]
     if explanation.labels is not None:
-        lines.append(f"true {explanation.labels[index]}")
+        truth = f"true {explanation.labels[index]}"
+        if compact:
+            lines[-1] += f", {truth}"
+        else:
+            lines.append(truth)
     explained = int(explanation.explained[index])
     if explained != predicted:
         lines.append(f"map for class {explanation.class_names[explained]}")
@@ -156,7 +163,7 @@ def grid_figure(explanation: "Explanation", indices: Sequence[int], columns: int
     known = explanation.labels is not None
     return overlay_grid_figure(
         list(explanation.pixels(indices)), list(explanation.maps(indices)),
-        [image_title(explanation, i) for i in indices],
+        [image_title(explanation, i, compact=True) for i in indices],
         [verdict[i] for i in indices] if known else None, columns,
     )
 

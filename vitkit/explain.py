@@ -186,29 +186,49 @@ class _ExplanationStep(keras.Model):
         images, targets = inputs["images"], inputs["targets"]
         if self.method == "gradient":
             logits, attention, gradients = _scores_with_attention_gradients(self.classifier, images, targets)
-            relevance = gradient_rollout(attention, gradients)
         else:
             logits, attention = self.classifier.logits_and_attention(images)
-        fused = fuse_heads(attention, self.head_fusion)
-        layer_rows = class_token_attention(fused)
-        if self.method == "rollout":
+        layer_rows = class_token_attention(fuse_heads(attention, self.head_fusion))
+        if self.method == "gradient":
+            relevance = gradient_rollout(attention, gradients)
+        elif self.method == "rollout":
             relevance = attention_rollout(attention, self.head_fusion, self.discard_ratio)
-        elif self.method == "layer":
+        else:
             relevance = layer_rows[:, self.layer]
-        predicted = ops.cast(ops.argmax(logits, axis=-1), "int32")
-        explained = ops.where(targets < 0, predicted, ops.cast(targets, "int32"))
         return {
             "probabilities": ops.softmax(ops.cast(logits, "float32"), axis=-1),
             "relevance": relevance,
             "layer_maps": layer_rows,
-            "explained": explained,
+            "explained": _explained_classes(logits, targets),
         }
 
 
-def _chosen_scores(logits, targets):
-    """Sum over the batch of each image's logit of its target class (``-1`` = the predicted class)."""
+def _explanation_step(model: ImageClassifier, method: str, head_fusion: str, discard_ratio: float,
+                      layer: int) -> _ExplanationStep:
+    """The step for these options, made once per model so later calls reuse its compiled function.
+
+    The steps live on the model (outside Keras' attribute tracking, so they add no layers or
+    weights to it) and go away with it.
+    """
+    steps = model.__dict__.get("_explanation_steps")
+    if steps is None:
+        steps = {}
+        object.__setattr__(model, "_explanation_steps", steps)
+    key = (method, head_fusion, discard_ratio, layer)
+    if key not in steps:
+        steps[key] = _ExplanationStep(model, method, head_fusion, discard_ratio, layer)
+    return steps[key]
+
+
+def _explained_classes(logits, targets):
+    """The class each image is explained for: its target, or its predicted class where the target is ``-1``."""
     predicted = ops.cast(ops.argmax(logits, axis=-1), "int32")
-    chosen = ops.where(targets < 0, predicted, ops.cast(targets, "int32"))
+    return ops.where(targets < 0, predicted, ops.cast(targets, "int32"))
+
+
+def _chosen_scores(logits, targets):
+    """Sum over the batch of each image's logit of its explained class."""
+    chosen = _explained_classes(logits, targets)
     return ops.sum(ops.take_along_axis(logits, ops.expand_dims(chosen, -1), axis=-1))
 
 
@@ -493,7 +513,7 @@ def explain_images(
     """:func:`explain` for an already loaded :class:`~vitkit.data.ImageSet` at the model's size."""
     check_options(model, method, head_fusion, discard_ratio, layer, class_name, batch_size)
     layers = model.backbone.config.num_layers
-    step = _ExplanationStep(model, method, head_fusion, float(discard_ratio), layer % layers)
+    step = _explanation_step(model, method, head_fusion, float(discard_ratio), layer % layers)
     target = -1 if class_name is None else model.class_names.index(class_name)
     rows, cols = model.backbone.grid_shape(model.spec.image_size)
     outputs: dict[str, list[np.ndarray]] = {"probabilities": [], "relevance": [], "layer_maps": [], "explained": []}
