@@ -74,8 +74,8 @@ def layer_strip_figure(image: np.ndarray, layer_maps: Sequence[np.ndarray], fina
                        title: str, final_caption: str = "rollout", columns: int = 7) -> plt.Figure:
     """One image: the original, every layer's class-token map, and the final map, left to right.
 
-    ``layer_maps`` are at image resolution, each normalised on its own so that weak layers still
-    show where they look.
+    ``layer_maps`` are at image resolution, each stretched to its own range (:func:`stretched`)
+    so that weak layers still show where they look.
     """
     panels = [(image, "original")]
     panels += [(overlay(image, m), f"layer {i}") for i, m in enumerate(layer_maps)]
@@ -168,26 +168,43 @@ def grid_figure(explanation: "Explanation", indices: Sequence[int], columns: int
     )
 
 
+def stretched(maps: np.ndarray) -> np.ndarray:
+    """Each map (first axis) stretched to [0, 1] between its own minimum and maximum.
+
+    For the per-layer and per-head panels: a single layer's or head's attention is often nearly
+    flat, and divided by its maximum alone it would paint the whole image hot.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    flat = maps.reshape(len(maps), -1)
+    low, high = flat.min(axis=1), flat.max(axis=1)
+    span = np.where(high > low, high - low, 1.0)
+    return ((flat - low[:, None]) / span[:, None]).reshape(maps.shape)
+
+
 def layer_figure(explanation: "Explanation", index: int) -> plt.Figure:
     """The per-layer strip of image ``index``: original, each layer's class-token map, final map."""
-    from vitkit.explain import normalise_maps, resize_maps
+    from vitkit.explain import resize_maps
 
     image = explanation.pixels([index])[0]
-    layer_maps = resize_maps(normalise_maps(explanation.layer_maps[index]), explanation.image_size)
-    return layer_strip_figure(image, list(layer_maps), explanation.maps([index])[0],
-                              image_title(explanation, index).replace("\n", ", "), f"{explanation.method} map")
+    layer_maps = resize_maps(stretched(explanation.layer_maps[index]), explanation.image_size)
+    title = (image_title(explanation, index).replace("\n", ", ")
+             + f"\nclass-token attention per layer (heads: {explanation.head_fusion}), then the {explanation.method} map")
+    return layer_strip_figure(image, list(layer_maps), explanation.maps([index])[0], title, f"{explanation.method} map")
 
 
 def head_figure(model, explanation: "Explanation", index: int) -> plt.Figure:
-    """Every layer's and head's class-token map for image ``index`` (one extra forward pass)."""
-    from vitkit.explain import attention_weights, class_token_attention, normalise_maps, resize_maps
+    """Every layer's and head's class-token map for image ``index`` (one extra forward pass).
+
+    Each panel is stretched to its own range (:func:`stretched`).
+    """
+    from vitkit.explain import attention_weights, class_token_attention, resize_maps
 
     image = explanation.pixels([index])[0]
     _, attention = attention_weights(model, image[np.newaxis])
     rows = class_token_attention(attention[0])
     layers, heads = rows.shape[:2]
     grid = model.backbone.grid_shape(model.spec.image_size)
-    maps = resize_maps(normalise_maps(rows.reshape(layers * heads, *grid)), explanation.image_size)
+    maps = resize_maps(stretched(rows.reshape(layers * heads, *grid)), explanation.image_size)
     return head_grid_figure(image, maps.reshape(layers, heads, *explanation.image_size),
                             image_title(explanation, index).replace("\n", ", "))
 

@@ -410,11 +410,11 @@ def _add_explain(commands) -> None:
     parser = _command(
         commands, "explain", "draw where the model looks: attention maps beside the photos, and a report",
         _run_explain,
-        description="For every image: the original, the attention map over it and the image masked by "
-                    "the map, titled with the file, the predicted class and confidence (and the true "
-                    "class, green when right, red when wrong). OUT also gets grid.png (the first 16 "
-                    "maps), layers.png and heads.png (every layer's and head's map for one image) and "
-                    "explanations.csv.\n\n"
+        description="For every image, OUT/figures/ gets the original, the attention map over it and the image\n"
+                    "masked by the map, titled with the file, the predicted class and confidence (and the\n"
+                    "true class: green when right, red when wrong). OUT also gets grid.png (the first 16\n"
+                    "maps), layers.png and heads.png (every layer's and head's map for the --focus image)\n"
+                    "and explanations.csv. Maps are computed in the prediction's own forward pass.\n\n"
                     "methods:\n"
                     "  rollout   attention rollout through all layers (Abnar & Zuidema 2020); the same for every class\n"
                     "  gradient  class-specific relevance (Chefer et al. 2021) of the predicted class, or of --class\n"
@@ -444,7 +444,7 @@ def _add_explain(commands) -> None:
                        help="one self-contained HTML page: model, metrics, every image with its map, sortable and filterable")
     files.add_argument("--pdf", type=Path, metavar="PDF", help="every image's figure as the pages of one PDF")
     files.add_argument("--save-maps", type=Path, metavar="NPZ",
-                       help="the raw maps (image resolution, values 0-1), one array per image keyed by file")
+                       help="the raw maps (at the model's input size, values 0-1), one array per image keyed by file")
     files.add_argument("--export-attention", type=Path, metavar="JSON",
                        help="every layer's and head's attention of the --focus image, in BertViz's head_view/model_view layout")
     files.add_argument("--focus", metavar="IMAGE",

@@ -327,16 +327,14 @@ class Explanation:
         """``(k, height, width, 3)`` uint8 images the maps belong to."""
         return self.images.read(np.asarray(indices, dtype=np.int64))
 
-    def settings(self) -> dict[str, Any]:
-        """The options that made the maps, for reports and file metadata."""
-        values: dict[str, Any] = {"method": self.method}
-        if self.method != "gradient":
-            values["head_fusion"] = self.head_fusion
+    def description(self) -> str:
+        """The method in words, e.g. ``rollout (heads: max, discard ratio 0.9)``."""
+        if self.method == "gradient":
+            return "gradient relevance (Chefer et al. 2021)"
+        details = f"heads: {self.head_fusion}"
         if self.method == "rollout":
-            values["discard_ratio"] = self.discard_ratio
-        if self.method == "layer":
-            values["layer"] = self.layer
-        return values
+            return f"rollout ({details}, discard ratio {self.discard_ratio:g})"
+        return f"layer {self.layer} class-token attention ({details})"
 
     def table(self) -> pd.DataFrame:
         """One row per image: the prediction table plus ``explained`` (the class each map explains)."""
@@ -564,7 +562,7 @@ def _or_empty(values: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
 
 def save_maps_file(explanation: Explanation, path: str | os.PathLike, overwrite: bool = False,
               chunk: int = 64) -> Path:
-    """Write every map at image resolution (float32 in [0, 1]) to an ``.npz``, keyed by image.
+    """Write every map (float32 in [0, 1], at the size the model sees images) to an ``.npz``, keyed by image.
 
     Keys are the image names (file paths as read); a name seen twice gets ``#2``, ``#3``...
     Maps are written a chunk at a time, so memory does not grow with the number of images.

@@ -92,7 +92,7 @@ def model_metadata(model: "ImageClassifier", explanation: "Explanation",
         "backbone": (f"{backbone.num_layers} layers, width {backbone.hidden_size}, {backbone.num_heads} heads, "
                      f"MLP {backbone.mlp_dim}, patch {backbone.patch_size} ({grid[0]} x {grid[1]} patches)"),
         "parameters": f"{model.count_params():,}",
-        "maps": ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in explanation.settings().items()),
+        "maps": explanation.description(),
         "software": f"vitkit {__version__}, Keras {keras.__version__} ({keras.backend.backend()})",
     })
     return values
