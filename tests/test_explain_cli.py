@@ -27,6 +27,7 @@ def few_photos(tmp_path):
 
 @pytest.mark.slow
 def test_cli_writes_every_output(model_file, few_photos, tmp_path):
+    (few_photos / "circle" / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "explained"
     extra = {"report": tmp_path / "report.html", "pdf": tmp_path / "maps.pdf",
              "save-maps": tmp_path / "maps.npz", "export-attention": tmp_path / "attention.json"}
@@ -35,7 +36,9 @@ def test_cli_writes_every_output(model_file, few_photos, tmp_path):
                    "--focus", "square_01.png", *options)
     assert done.returncode == 0, done.stderr
     assert "9 images explained (gradient)" in done.stdout
-    images = sorted(str(p) for p in few_photos.rglob("*.png"))
+    assert "warning: skipped 1 unreadable image" in done.stderr
+    assert pd.read_csv(out / "skipped.csv")["image"].str.endswith("broken.png").all()
+    images = sorted(str(p) for p in few_photos.rglob("*.png") if p.name != "broken.png")
     assert len(list((out / "figures").glob("*.png"))) == 9
     table = pd.read_csv(out / "explanations.csv")
     assert sorted(table["image"]) == images

@@ -343,7 +343,7 @@ class Explanation:
         return table
 
 
-OUTPUT_FILES = ("explanations.csv", "grid.png", "layers.png", "heads.png")
+OUTPUT_FILES = ("explanations.csv", "grid.png", "layers.png", "heads.png", "skipped.csv")
 FIGURE_DIR = "figures"
 GRID_IMAGES = 16
 
@@ -381,11 +381,13 @@ def explain(
         class_name: with ``method="gradient"``, explain this class instead of the predicted one.
         out: folder for the figures: ``figures/NNNN_<name>.png`` per image (original | overlay |
             masked), ``grid.png`` (the first 16 overlays), ``layers.png`` and ``heads.png`` (the
-            per-layer strip and per-head maps of the ``focus`` image) and ``explanations.csv``.
+            per-layer strip and per-head maps of the ``focus`` image), ``explanations.csv`` and,
+            when some images could not be read, ``skipped.csv``.
         pdf: a PDF with one page per image (original | overlay | masked).
         report: a self-contained HTML report (see :mod:`vitkit.report`).
         save_maps: an ``.npz`` with every map at image resolution, keyed by image.
-        export_attention: a JSON file with the ``focus`` image's attention in BertViz's layout.
+        export_attention: a JSON file with the ``focus`` image's attention in BertViz's layout
+            (every layer and head: about 50 MB for ViT-B/16 at 224 px).
         focus: the image for ``layers.png``, ``heads.png`` and ``export_attention``: a position
             (0 = first, the default) or a file name (the end of the path is enough).
         batch_size: images per step.
@@ -476,6 +478,8 @@ def write_figures(result: Explanation, model: ImageClassifier, out: str | os.Pat
     save_figure(layer_figure(result, focus_index), out / "layers.png")
     save_figure(head_figure(model, result, focus_index), out / "heads.png")
     write_table(result.table(), out / "explanations.csv", overwrite=True)
+    if result.images.skipped:
+        write_table(pd.DataFrame(result.images.skipped, columns=["image", "reason"]), out / "skipped.csv", overwrite=True)
 
 
 def check_options(model: ImageClassifier, method: str, head_fusion: str, discard_ratio: float,
