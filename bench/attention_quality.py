@@ -134,8 +134,8 @@ def main() -> None:
         maps = result.maps()
         rows[label] = {"energy_in_mask": float(energy_in_mask(maps, masks).mean()),
                        "pointing_game": float(pointing_hits(maps, masks).mean())}
-        if result.labels is not None:
-            accuracy = float(np.mean([label == result.class_names[p] for label, p in zip(result.labels, result.predicted)]))
+        if result.correct is not None:
+            accuracy = float(result.correct.mean())
     centre = centre_maps(len(masks), size)
     rows["centred Gaussian (baseline)"] = {"energy_in_mask": float(energy_in_mask(centre, masks).mean()),
                                            "pointing_game": float(pointing_hits(centre, masks).mean())}

@@ -11,22 +11,18 @@ import pytest
 from vitkit.data import load_images
 from vitkit.errors import ConfigError, OutputExistsError
 from vitkit.explain import (
+    _scores_with_attention_gradients,
     attention_rollout,
     attention_weights,
-    bertviz_attention,
     class_token_attention,
     discard_lowest,
     explain,
     explain_images,
-    focus_position,
     gradient_rollout,
-    map_keys,
     normalise_maps,
     resize_maps,
-    save_maps_file,
-    token_names,
-    _scores_with_attention_gradients,
 )
+from vitkit.explain_outputs import bertviz_attention, focus_position, map_keys, save_maps_file, token_names
 
 FUSE = {"mean": np.mean, "max": np.max, "min": np.min}
 

@@ -49,7 +49,7 @@ def test_report_loads_sorts_and_filters_in_chromium(tiny_model, tmp_path):
     assert sorted(int(i) for i in rows) == list(range(1, 10))
     assert "showing 9 of 9" in dom
 
-    wrong = sum(label != result.class_names[p] for label, p in zip(labels, result.predicted))
+    wrong = int((~result.correct).sum())
     filtered = run_chromium(browser, tmp_path / "profile", "--dump-dom",
                             report.as_uri() + "#verdict=wrong&sort=confidence&order=desc").stdout
     assert f"showing {wrong} of 9" in filtered

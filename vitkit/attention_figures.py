@@ -112,9 +112,8 @@ def head_grid_figure(image: np.ndarray, head_maps: np.ndarray, title: str) -> pl
 
 def verdicts(explanation: "Explanation") -> list[bool | None]:
     """Per image: True when the prediction is right, False when wrong, None when the true class is unknown."""
-    if explanation.labels is None:
-        return [None] * len(explanation)
-    return [label == explanation.class_names[p] for label, p in zip(explanation.labels, explanation.predicted)]
+    correct = explanation.correct
+    return [None] * len(explanation) if correct is None else [bool(right) for right in correct]
 
 
 def image_title(explanation: "Explanation", index: int, compact: bool = False) -> str:

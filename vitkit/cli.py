@@ -467,9 +467,8 @@ def _run_explain(args: argparse.Namespace) -> None:
         print("no images to explain")
         return
     summary = f"{len(result)} images explained ({args.method})"
-    if result.labels is not None:
-        right = sum(label == result.class_names[p] for label, p in zip(result.labels, result.predicted))
-        summary += f": {right} of {len(result)} predicted right"
+    if result.correct is not None:
+        summary += f": {int(result.correct.sum())} of {len(result)} predicted right"
     print(summary)
     print(f"figures: {args.out}")
     for label, path in (("report", args.report), ("pdf", args.pdf), ("maps", args.save_maps),
