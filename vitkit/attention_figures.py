@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from vitkit.explain import Explanation
 
 COLORMAP = "jet"
-OVERLAY_ALPHA = 0.5
+# Opacity of the heat colours, from the map's lowest to its highest values: the photo stays
+# readable where the model does not look, and the colours still show the scale everywhere.
+OVERLAY_ALPHA = (0.2, 0.7)
 
 
 def heat_colours(attention_map: np.ndarray, colormap: str = COLORMAP) -> np.ndarray:
@@ -28,10 +30,16 @@ def heat_colours(attention_map: np.ndarray, colormap: str = COLORMAP) -> np.ndar
     return plt.get_cmap(colormap)(np.clip(attention_map, 0.0, 1.0))[..., :3]
 
 
-def overlay(image: np.ndarray, attention_map: np.ndarray, alpha: float = OVERLAY_ALPHA,
+def overlay(image: np.ndarray, attention_map: np.ndarray, alpha: tuple[float, float] = OVERLAY_ALPHA,
             colormap: str = COLORMAP) -> np.ndarray:
-    """The image blended with the map's colours: ``(1 - alpha) * image + alpha * colour``, uint8."""
-    blend = (1.0 - alpha) * image.astype(np.float32) / 255.0 + alpha * heat_colours(attention_map, colormap)
+    """The image blended with the map's colours, more opaque where the map is higher, uint8.
+
+    Each pixel is ``(1 - a) * image + a * colour`` with ``a`` going linearly from ``alpha[0]``
+    at map value 0 to ``alpha[1]`` at 1.
+    """
+    values = np.clip(attention_map, 0.0, 1.0)[..., np.newaxis]
+    opacity = alpha[0] + (alpha[1] - alpha[0]) * values
+    blend = (1.0 - opacity) * image.astype(np.float32) / 255.0 + opacity * heat_colours(attention_map, colormap)
     return np.clip(np.round(blend * 255.0), 0, 255).astype(np.uint8)
 
 
