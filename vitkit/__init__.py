@@ -11,6 +11,7 @@ Keras backend::
     vitkit.build_model(classes, backbone="vit_b16")    # a fresh model
     vitkit.convert_weights(old_h5, out, classes=...)   # a file of another tool -> a vitkit file
     vitkit.export_model(model, path, "savedmodel")     # .keras, SavedModel or ONNX for serving
+    vitkit.explain(model, images, out=...)             # -> attention maps, figures, report
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ _EXPORTS = {
     "TrainResult": "vitkit.train",
     "evaluate": "vitkit.evaluate",
     "predict": "vitkit.predict",
+    "explain": "vitkit.explain",
+    "Explanation": "vitkit.explain",
+    "attention_rollout": "vitkit.explain",
+    "gradient_rollout": "vitkit.explain",
     "VitkitError": "vitkit.errors",
     "ManifestError": "vitkit.errors",
     "ImageError": "vitkit.errors",

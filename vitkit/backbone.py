@@ -15,7 +15,8 @@ model by name::
 
 Attention runs through ``keras.ops.dot_product_attention`` (fused kernels where the backend has
 them) unless the caller asks for the attention weights, which takes the explicit softmax path in
-the same forward pass.
+the same forward pass. An ``attention_offset`` (zeros) added to those weights gives explanations
+a tensor to differentiate the class scores against, on every backend.
 
 Options for training from scratch on small data (off by default; a model that uses them has
 other variables and takes no checkpoint): ``tokenizer="conv"`` puts :class:`ConvStem` (variables
@@ -313,6 +314,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     a learned ``temperature`` (initialized to sqrt(head size), the usual fixed scale) instead of
     the fixed scale, and each token's score for itself is masked out, which sharpens attention
     towards other tokens. Returned weights then have a zero diagonal.
+    ``attention_offset`` (same shape) is added to the weights after the softmax; with zeros the
+    output is unchanged and its gradient is the gradient with respect to the weights.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float = 0.0,
@@ -341,7 +344,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         return ops.reshape(x, (batch, length, self.num_heads, x.shape[-1] // self.num_heads))
 
-    def call(self, x, training=None, return_attention: bool = False):
+    def call(self, x, training=None, return_attention: bool = False, attention_offset=None):
         query = self._split_heads(self.query(x))
         key = self._split_heads(self.key(x))
         value = self._split_heads(self.value(x))
@@ -353,12 +356,15 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             query = query * ops.cast(math.sqrt(head_dim) / self.temperature, query.dtype)
             length = ops.shape(x)[1]
             mask = ops.logical_not(ops.eye(length, dtype="bool"))[None, None]
-        if return_attention or (training and self.attention_dropout > 0):
+        explicit = return_attention or attention_offset is not None
+        if explicit or (training and self.attention_dropout > 0):
             scores = ops.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(head_dim)
             scores = ops.cast(scores, "float32")
             if mask is not None:
                 scores = ops.where(mask, scores, ops.full_like(scores, -1e9))
             weights = ops.softmax(scores, axis=-1)
+            if attention_offset is not None:
+                weights = weights + ops.cast(attention_offset, weights.dtype)
             mixed = ops.einsum(
                 "bhqk,bkhd->bqhd",
                 ops.cast(self.weights_dropout(weights, training=training), value.dtype),
@@ -464,8 +470,11 @@ class EncoderBlock(keras.layers.Layer):
         mask = keras.random.uniform(shape, seed=self.seed_generator) < keep
         return branch * ops.cast(mask, branch.dtype) / keep
 
-    def call(self, x, training=None, return_attention: bool = False):
-        attended = self.attention(self.norm_0(x), training=training, return_attention=return_attention)
+    def call(self, x, training=None, return_attention: bool = False, attention_offset=None):
+        attended = self.attention(
+            self.norm_0(x), training=training, return_attention=return_attention,
+            attention_offset=attention_offset,
+        )
         if return_attention:
             attended, weights = attended
         attended = self.attention_output_dropout(attended, training=training)
@@ -494,7 +503,8 @@ class VisionTransformer(keras.layers.Layer):
     Takes images already scaled (``(batch, H, W, 3)`` floats) and returns the class token's
     features ``(batch, D)`` (after ``pre_logits`` when configured). With
     ``return_attention=True`` it also returns every block's attention weights stacked as
-    ``(batch, layers, heads, tokens, tokens)``.
+    ``(batch, layers, heads, tokens, tokens)``. ``attention_offset`` of that shape is added to
+    each block's attention weights (see :class:`MultiHeadSelfAttention`).
 
     Example:
         >>> layer = VisionTransformer(patch_size=8, num_layers=2, hidden_size=32,
@@ -565,16 +575,17 @@ class VisionTransformer(keras.layers.Layer):
         if self.pre_logits is not None:
             self.pre_logits.build((input_shape[0], self.config.hidden_size))
 
-    def call(self, images, training=None, return_attention: bool = False):
+    def call(self, images, training=None, return_attention: bool = False, attention_offset=None):
         tokens = self.position_embedding(self.class_token(self.embedding(images, training=training)))
         tokens = self.embedding_dropout(tokens, training=training)
         attention = []
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            offset = None if attention_offset is None else attention_offset[:, i]
             if return_attention:
-                tokens, weights = block(tokens, training=training, return_attention=True)
+                tokens, weights = block(tokens, training=training, return_attention=True, attention_offset=offset)
                 attention.append(weights)
             else:
-                tokens = block(tokens, training=training)
+                tokens = block(tokens, training=training, attention_offset=offset)
         features = self.encoder_norm(tokens)[:, 0]
         if self.pre_logits is not None:
             features = self.pre_logits(features)

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for add in (_add_demo, _add_manifest, _add_train, _add_evaluate, _add_predict, _add_weights, _add_export):
+    for add in (_add_demo, _add_manifest, _add_train, _add_evaluate, _add_predict, _add_weights, _add_export, _add_explain):
         add(commands)
     return parser
 
@@ -570,6 +570,77 @@ def _run_export(args: argparse.Namespace) -> None:
     model = load_model(args.model, classes=args.classes, **_foreign_options(args))
     out = export_model(model, args.out, args.format, overwrite=args.overwrite)
     print(f"{args.format}: {out}")
+# explain ---------------------------------------------------------------------------------------
+
+def _add_explain(commands) -> None:
+    parser = _command(
+        commands, "explain", "draw where the model looks: attention maps beside the photos, and a report",
+        _run_explain,
+        description="For every image, OUT/figures/ gets the original, the attention map over it and the image\n"
+                    "masked by the map, titled with the file, the predicted class and confidence (and the\n"
+                    "true class: green when right, red when wrong). OUT also gets grid.png (the first 16\n"
+                    "maps), layers.png and heads.png (every layer's and head's map for the --focus image)\n"
+                    "and explanations.csv. Maps are computed in the prediction's own forward pass.\n\n"
+                    "methods:\n"
+                    "  rollout   attention rollout through all layers (Abnar & Zuidema 2020); the same for every class\n"
+                    "  gradient  class-specific relevance (Chefer et al. 2021) of the predicted class, or of --class\n"
+                    "  layer     the class token's attention in one layer (--layer; 0 = first, -1 = last)\n\n"
+                    "examples:\n"
+                    "  vitkit explain models/products.weights.h5 data_manifests/products/test.csv --out explained/ \\\n"
+                    "        --report explained/report.html --pdf explained/maps.pdf\n"
+                    "  vitkit explain models/products.weights.h5 photos/mug/ --out mugs/ --method gradient --class mug\n"
+                    "  vitkit explain models/products.weights.h5 a.jpg --out a/ --discard-ratio 0.9 --head-fusion max \\\n"
+                    "        --save-maps a/maps.npz --export-attention a/attention.json",
+    )
+    parser.add_argument("model", type=Path, metavar="MODEL", help="a .weights.h5 model file")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="a manifest, a folder, or image files")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the figures and the table")
+    maps = parser.add_argument_group("maps")
+    maps.add_argument("--method", choices=("rollout", "gradient", "layer"), default="rollout",
+                      help="how maps are made (default rollout)")
+    maps.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean",
+                      help="how the heads of a layer are combined, for rollout and layer (default mean)")
+    maps.add_argument("--discard-ratio", type=float, default=0.0, metavar="FRACTION",
+                      help="rollout: share of the weakest attention weights dropped per layer, e.g. 0.9 (default 0)")
+    maps.add_argument("--layer", type=int, default=0, help="layer of --method layer (default 0, the first; -1 = last)")
+    maps.add_argument("--class", dest="class_name", metavar="NAME",
+                      help="gradient: explain this class instead of the predicted one")
+    files = parser.add_argument_group("more outputs")
+    files.add_argument("--report", type=Path, metavar="HTML",
+                       help="one self-contained HTML page: model, metrics, every image with its map, sortable and filterable")
+    files.add_argument("--pdf", type=Path, metavar="PDF", help="every image's figure as the pages of one PDF")
+    files.add_argument("--save-maps", type=Path, metavar="NPZ",
+                       help="the raw maps (at the model's input size, values 0-1), one array per image keyed by file")
+    files.add_argument("--export-attention", type=Path, metavar="JSON",
+                       help="every layer's and head's attention of the --focus image, in BertViz's head_view/model_view layout")
+    files.add_argument("--focus", metavar="IMAGE",
+                       help="image for layers.png, heads.png and --export-attention: a file name or a position (default 0, the first)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    _add_overwrite(parser)
+    _add_data_options(parser)
+
+
+def _run_explain(args: argparse.Namespace) -> None:
+    from vitkit.explain import explain
+
+    result = explain(
+        args.model, _inputs(args.inputs), method=args.method, head_fusion=args.head_fusion,
+        discard_ratio=args.discard_ratio, layer=args.layer, class_name=args.class_name, out=args.out,
+        pdf=args.pdf, report=args.report, save_maps=args.save_maps, export_attention=args.export_attention,
+        focus=args.focus, batch_size=args.batch_size, overwrite=args.overwrite, **_load_options(args),
+    )
+    if not len(result):
+        print("no images to explain")
+        return
+    summary = f"{len(result)} images explained ({args.method})"
+    if result.correct is not None:
+        summary += f": {int(result.correct.sum())} of {len(result)} predicted right"
+    print(summary)
+    print(f"figures: {args.out}")
+    for label, path in (("report", args.report), ("pdf", args.pdf), ("maps", args.save_maps),
+                        ("attention", args.export_attention)):
+        if path is not None:
+            print(f"{label + ':':<10} {path}")
 
 
 if __name__ == "__main__":

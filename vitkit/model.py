@@ -143,6 +143,28 @@ class ImageClassifier(keras.Model):
         """
         return _WithAttention(self)
 
+    def logits_and_attention(self, images, attention_offset=None):
+        """Class scores before the softmax and every block's attention weights, in inference mode.
+
+        Args:
+            images: ``(batch, H, W, 3)`` pixels 0-255.
+            attention_offset: optional ``(batch, layers, heads, tokens, tokens)`` tensor added to
+                the attention weights; pass zeros and differentiate against it to get the
+                gradients of the scores with respect to the weights.
+
+        Returns:
+            ``(logits (batch, classes), attention (batch, layers, heads, tokens, tokens))``;
+            ``softmax(logits)`` equals the model's output.
+        """
+        augment, scale, backbone, head = self._parts
+        pixels = augment(ops.cast(images, "float32"), training=False)
+        features, attention = backbone(
+            scale(pixels), training=False, return_attention=True, attention_offset=attention_offset
+        )
+        *hidden_layers, output = head
+        hidden = ops.cast(_apply(hidden_layers, features), output.compute_dtype)
+        return ops.add(ops.matmul(hidden, output.kernel), output.bias), attention
+
     def get_config(self):
         return {"spec": self.spec.to_dict(), "name": self.name, "trainable": self.trainable}
 
