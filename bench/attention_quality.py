@@ -83,7 +83,7 @@ def load_masks(names: list[str], photos: Path, masks_dir: Path, size: tuple[int,
 def train_small_model(photos: Path, work: Path, epochs: int, image_size: int, seed: int) -> tuple[Path, Path]:
     """Train vit_micro from scratch on the train/val split; returns the model and the test manifest."""
     from vitkit.manifest import build_manifests
-    from vitkit.train import train
+    from vitkit.training import train
 
     manifests = work / "manifests"
     build_manifests(photos, manifests, val_fraction=0.15, test_fraction=0.2, seed=seed)
@@ -109,9 +109,9 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("VITKIT_PROGRESS", "0")
-    from vitkit.explain import explain_images
+    from vitkit.explanation import explain_images
     from vitkit.modelfile import load_model
-    from vitkit.predict import images_for
+    from vitkit.prediction import images_for
 
     work = args.work or Path(tempfile.mkdtemp(prefix="vitkit_quality_"))
     data = args.data

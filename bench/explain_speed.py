@@ -52,9 +52,9 @@ def main() -> None:
 
     from vitkit.compat import to_vit_keras
     from vitkit.data import load_images
-    from vitkit.explain import explain_images
+    from vitkit.explanation import explain_images
     from vitkit.model import build_model
-    from vitkit.predict import predict_probabilities
+    from vitkit.prediction import predict_probabilities
 
     size = (args.image_size, args.image_size)
     model = build_model(["a", "b", "c", "d"], backbone="vit_b16", weights=None, image_size=size,

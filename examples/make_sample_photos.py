@@ -754,7 +754,6 @@ def generate(out: Path, masks: Path, per_class: int, size: int, seed: int, diffi
         raise ValueError(f"difficulty must be one of {list(DIFFICULTIES)}, got {difficulty!r}")
     if per_class < 1 or size < 16:
         raise ValueError(f"need --per-class >= 1 and --size >= 16, got {per_class} and {size}")
-    level = DIFFICULTIES[difficulty]
     for folder in (out, masks):
         check_output(folder, overwrite)
     written = {}

@@ -10,7 +10,7 @@ import pytest
 
 from vitkit.data import load_images
 from vitkit.errors import ConfigError, OutputExistsError
-from vitkit.explain import (
+from vitkit.explanation import (
     _scores_with_attention_gradients,
     attention_rollout,
     attention_weights,

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import make_photo_tree, run_cli, run_python
 from test_explain import sharpen, shapes
-from vitkit.explain import explain
+from vitkit.explanation import explain
 from vitkit.modelfile import save_model
 
 
@@ -36,7 +36,7 @@ def test_cli_writes_every_output(model_file, few_photos, tmp_path):
                    "--focus", "square_01.png", *options)
     assert done.returncode == 0, done.stderr
     assert "9 images explained (gradient)" in done.stdout
-    assert "warning: skipped 1 unreadable image" in done.stderr
+    assert "warning: skipped 1 of" in done.stderr and "broken.png" in done.stderr
     assert pd.read_csv(out / "skipped.csv")["image"].str.endswith("broken.png").all()
     images = sorted(str(p) for p in few_photos.rglob("*.png") if p.name != "broken.png")
     assert len(list((out / "figures").glob("*.png"))) == 9
@@ -81,7 +81,7 @@ def test_jax_backend_gives_the_same_maps(model_file, tmp_path):
     code = f"""
 import json, sys
 import numpy as np
-from vitkit.explain import explain
+from vitkit.explanation import explain
 images = np.load({str(tmp_path / 'images.npy')!r})
 found = {{}}
 for method in ("rollout", "gradient"):

@@ -10,7 +10,7 @@ import pytest
 from test_explain import sharpen, shapes
 from vitkit.attention_figures import masked
 from vitkit.data import load_images
-from vitkit.explain import explain_images
+from vitkit.explanation import explain_images
 
 pytestmark = pytest.mark.oracle
 

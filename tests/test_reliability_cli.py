@@ -211,7 +211,7 @@ def test_disk_full_while_writing_leaves_no_partial_file(data, model_path, monkey
     import pandas as pd
 
     from vitkit.errors import OutputError
-    from vitkit.predict import predict
+    from vitkit.prediction import predict
 
     def full(self, path, *args, **kwargs):
         Path(path).write_text("half a tab")
@@ -308,16 +308,15 @@ def test_out_of_memory_after_some_epochs_says_the_run_can_resume(cli, data, monk
 
 @pytest.mark.slow
 def test_api_functions_work_whatever_was_imported_first(data, model_path):
-    """``vitkit.predict`` shares its name with the module ``vitkit.predict``; importing the module
-    first (as the command line does) must not turn ``vitkit.predict(...)`` into a TypeError."""
+    """Importing the modules behind ``vitkit.train`` / ``evaluate`` / ``predict`` / ``explain`` first
+    (as the command line does) must leave those names bound to the functions."""
     code = f"""
-import vitkit.evaluate, vitkit.predict, vitkit.train  # the modules first
+import vitkit.evaluation, vitkit.prediction, vitkit.training, vitkit.explanation  # the modules first
 import vitkit
 table = vitkit.predict({str(model_path)!r}, {str(data['good'])!r}, progress=False)
 metrics = vitkit.evaluate({str(model_path)!r}, {str(data['good'])!r}, progress=False)
-import vitkit.predict as module
-print(len(table), metrics["images"], callable(vitkit.train), module.__name__)
+print(len(table), metrics["images"], *(callable(getattr(vitkit, name)) for name in ("train", "explain")))
 """
     done = run_python(code)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["24", "24", "True", "vitkit.predict"]
+    assert done.stdout.split() == ["24", "24", "True", "True"]

@@ -203,7 +203,7 @@ def model():
 @given(files=st.lists(image_files(), min_size=len(NAMES), max_size=len(NAMES)), manifest=manifests(),
        policy=st.sampled_from(["skip", "error"]))
 def test_predict_writes_complete_outputs_or_nothing(model, files, manifest, policy):
-    from vitkit.predict import predict
+    from vitkit.prediction import predict
 
     with tempfile.TemporaryDirectory() as temporary, warnings.catch_warnings():
         warnings.simplefilter("ignore")

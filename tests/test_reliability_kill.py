@@ -114,7 +114,7 @@ def test_jax_backend_is_deterministic_and_resumes_exactly(tmp_path):
         from vitkit.manifest import build_manifests
         from vitkit.modelfile import load_model
         from vitkit.runstate import RunKeeper
-        from vitkit.train import train
+        from vitkit.training import train
 
         from pathlib import Path
         root = Path({str(tmp_path)!r})

@@ -161,7 +161,7 @@ def test_class_with_one_image_stays_in_training_and_is_explained(tmp_path):
 
 
 def test_unknown_class_at_evaluate_is_an_error(photos, tiny_model):
-    from vitkit.evaluate import evaluate
+    from vitkit.evaluation import evaluate
 
     model = tiny_model(classes=("circle", "triangle"))
     path = manifest(photos / "m.csv", f"{HEADER}\n.,circle,0.png\n.,square,0.png\n")
@@ -170,7 +170,7 @@ def test_unknown_class_at_evaluate_is_an_error(photos, tiny_model):
 
 
 def test_unknown_class_at_predict_is_predicted_with_a_warning(photos, tiny_model, tmp_path):
-    from vitkit.predict import predict
+    from vitkit.prediction import predict
 
     model = tiny_model(classes=("circle", "triangle"))
     path = manifest(photos / "m.csv", f"{HEADER}\n.,circle,0.png\n.,square,0.png\n")
@@ -181,7 +181,7 @@ def test_unknown_class_at_predict_is_predicted_with_a_warning(photos, tiny_model
 
 
 def test_rows_without_a_class_are_named_before_training_refuses(photos, tmp_path):
-    from vitkit.train import train
+    from vitkit.training import train
 
     path = manifest(photos / "m.csv", f"{HEADER},label\n.,circle,0.png,circle\n.,square,0.png,\n.,square,1.png,square\n")
     with pytest.warns(UserWarning, match=r"m\.csv line 3: 1 row\(s\) have an empty class"):

@@ -17,7 +17,7 @@ from vitkit.errors import ConfigError, OutputExistsError
 from vitkit.manifest import build_manifests
 from vitkit.modelfile import load_model
 from vitkit.runstate import RunKeeper
-from vitkit.train import train
+from vitkit.training import train
 
 TINY = dict(backbone="vit_micro", weights="none", image_size=32, batch_size=8, verbose=0, **TINY_BACKBONE)
 PLAIN = dict(TINY, recipe="plain")  # a plain patch embedding: quicker where the recipe is not the point

@@ -13,7 +13,7 @@ from PIL import Image
 
 from test_explain import sharpen, shapes
 from vitkit.data import load_images
-from vitkit.explain import explain_images
+from vitkit.explanation import explain_images
 from vitkit.report import write_report
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 
@@ -199,8 +197,6 @@ def test_small_data_recipe_trains_lowers_the_loss_and_is_stored(shape_arrays, tm
     import vitkit
     from vitkit.modelfile import read_metadata
 
-    # vitkit.train, not "from vitkit.train import train": importing the submodule first would
-    # leave the name vitkit.train bound to the module for the tests that run after this one.
     result = vitkit.train(shape_arrays, out=tmp_path / "m.weights.h5", weights="none", backbone=dict(TINY_BACKBONE),
                           epochs=6, batch_size=8, val_fraction=0.2, mixup=0.8, cutmix=1.0, verbose=0)
     assert result.recipe == "small-data"

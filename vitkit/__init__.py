@@ -17,8 +17,6 @@ Keras backend::
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -40,14 +38,14 @@ _EXPORTS = {
     "build_manifests": "vitkit.manifest",
     "check_manifest": "vitkit.manifest",
     "load_images": "vitkit.data",
-    "train": "vitkit.train",
-    "TrainResult": "vitkit.train",
-    "evaluate": "vitkit.evaluate",
-    "predict": "vitkit.predict",
-    "explain": "vitkit.explain",
-    "Explanation": "vitkit.explain",
-    "attention_rollout": "vitkit.explain",
-    "gradient_rollout": "vitkit.explain",
+    "train": "vitkit.training",
+    "TrainResult": "vitkit.training",
+    "evaluate": "vitkit.evaluation",
+    "predict": "vitkit.prediction",
+    "explain": "vitkit.explanation",
+    "Explanation": "vitkit.explanation",
+    "attention_rollout": "vitkit.explanation",
+    "gradient_rollout": "vitkit.explanation",
     "VitkitError": "vitkit.errors",
     "ManifestError": "vitkit.errors",
     "ImageError": "vitkit.errors",
@@ -61,32 +59,10 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-class _CallableModule(types.ModuleType):
-    """A module named after the function it provides (``vitkit.train``, ``vitkit.evaluate``,
-    ``vitkit.predict``): calling the module calls that function.
-
-    Python binds ``vitkit.predict`` to the submodule as soon as anything imports
-    ``vitkit.predict``, which would hide the function of the same name (``'module' object is not
-    callable``); with this class ``vitkit.predict(...)`` works whatever was imported first, and
-    ``import vitkit.predict`` still gives the module.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self, self.__name__.rpartition(".")[2])(*args, **kwargs)
-
-
-def _callable_module(module_name: str) -> None:
-    """Make the module ``module_name`` a :class:`_CallableModule` (called at its end)."""
-    sys.modules[module_name].__class__ = _CallableModule
-
-
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'vitkit' has no attribute {name!r}")
-    module = importlib.import_module(_EXPORTS[name])
-    if module.__name__ == f"{__name__}.{name}":  # the submodule itself, callable
-        return module
-    value = getattr(module, name)
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value
     return value
 

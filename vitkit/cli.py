@@ -356,7 +356,7 @@ def _class_weights(text: str) -> str | dict[str, float]:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from vitkit.train import train
+    from vitkit.training import train
 
     overrides = {key: getattr(args, key) for key in (
         "patch_size", "num_layers", "hidden_size", "num_heads", "mlp_dim", "dropout",
@@ -404,7 +404,7 @@ def _add_evaluate(commands) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
-    from vitkit.evaluate import evaluate
+    from vitkit.evaluation import evaluate
 
     metrics = evaluate(args.model, args.data, out=args.out, batch_size=args.batch_size,
                        overwrite=args.overwrite, **_foreign_options(args), **_load_options(args))
@@ -438,7 +438,7 @@ def _add_predict(commands) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> None:
-    from vitkit.predict import predict, skipped_path
+    from vitkit.prediction import predict, skipped_path
 
     table = predict(args.model, _inputs(args.inputs), out=args.out, grid=args.grid,
                     batch_size=args.batch_size, overwrite=args.overwrite, **_foreign_options(args),
@@ -621,7 +621,7 @@ def _add_explain(commands) -> None:
 
 
 def _run_explain(args: argparse.Namespace) -> None:
-    from vitkit.explain import explain
+    from vitkit.explanation import explain
 
     result = explain(
         args.model, _inputs(args.inputs), method=args.method, head_fusion=args.head_fusion,

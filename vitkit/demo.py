@@ -78,10 +78,10 @@ def run_demo(
     Returns:
         A summary: test accuracy, seconds taken, and the path of every output.
     """
-    from vitkit.evaluate import evaluate
+    from vitkit.evaluation import evaluate
     from vitkit.modelfile import load_model
-    from vitkit.predict import predict
-    from vitkit.train import train
+    from vitkit.prediction import predict
+    from vitkit.training import train
 
     started = time.monotonic()
     out = Path(out)
@@ -136,7 +136,7 @@ def run_demo(
 
 
 def _first_images(model, manifest: Path, count: int = 8) -> np.ndarray:
-    from vitkit.predict import images_for
+    from vitkit.prediction import images_for
 
     images = images_for(model, manifest, progress=False)
     return images.read(np.arange(min(count, len(images))))

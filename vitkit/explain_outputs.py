@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
 
 from vitkit.data import ImageSet
 from vitkit.errors import ConfigError
@@ -17,7 +16,7 @@ from vitkit.fileio import atomic_output, safe_file_stem, write_text_atomic
 from vitkit.progress import Progress
 
 if TYPE_CHECKING:
-    from vitkit.explain import Explanation
+    from vitkit.explanation import Explanation
     from vitkit.model import ImageClassifier
 
 OUTPUT_FILES = ("explanations.csv", "grid.png", "layers.png", "heads.png", "skipped.csv")
@@ -53,7 +52,8 @@ def write_figures(result: "Explanation", model: "ImageClassifier", out: str | os
     """The figures and table of :func:`explain`'s ``out`` folder (existing files are replaced)."""
     from vitkit.attention_figures import grid_figure, head_figure, image_figure, layer_figure
     from vitkit.figures import save_figure
-    from vitkit.predict import write_table
+    from vitkit.data import write_skipped
+    from vitkit.prediction import write_table
 
     out = Path(out)
     with Progress(len(result), "drawing", enabled=None if progress else False) as bar:
@@ -65,7 +65,7 @@ def write_figures(result: "Explanation", model: "ImageClassifier", out: str | os
     save_figure(head_figure(model, result, focus_index), out / "heads.png")
     write_table(result.table(), out / "explanations.csv", overwrite=True)
     if result.images.skipped:
-        write_table(pd.DataFrame(result.images.skipped, columns=["image", "reason"]), out / "skipped.csv", overwrite=True)
+        write_skipped(result.images.skipped, out / "skipped.csv", overwrite=True)
 
 
 def save_maps_file(explanation: "Explanation", path: str | os.PathLike, overwrite: bool = False,
@@ -130,7 +130,7 @@ def write_attention_json(model: "ImageClassifier", images: ImageSet, path: str |
 
     Besides BertViz's keys the file names the image, the prediction, the patch grid and size.
     """
-    from vitkit.explain import attention_weights
+    from vitkit.explanation import attention_weights
 
     probabilities, attention = attention_weights(model, images.read(np.array([index])))
     grid = model.backbone.grid_shape(model.spec.image_size)

@@ -24,7 +24,7 @@ from vitkit.fileio import write_text_atomic
 from vitkit.progress import Progress
 
 if TYPE_CHECKING:
-    from vitkit.explain import Explanation
+    from vitkit.explanation import Explanation
     from vitkit.model import ImageClassifier
 
 THUMBNAIL_SIZE = 128
@@ -100,7 +100,7 @@ def model_metadata(model: "ImageClassifier", explanation: "Explanation",
 
 def metrics_of(explanation: "Explanation") -> dict[str, Any] | None:
     """Classification metrics when every image has a known class, else None."""
-    from vitkit.evaluate import classification_metrics
+    from vitkit.evaluation import classification_metrics
 
     if explanation.labels is None or not len(explanation):
         return None

@@ -10,13 +10,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from vitkit import _callable_module
 from vitkit.data import write_skipped
 from vitkit.errors import ManifestError
 from vitkit.figures import confusion_figure, image_grid_figure, save_figure
 from vitkit.fileio import check_writable, write_text_atomic
 from vitkit.model import ImageClassifier
-from vitkit.predict import as_model, images_for, predict_probabilities, prediction_table, write_table
+from vitkit.prediction import as_model, images_for, predict_probabilities, prediction_table, write_table
 
 OUTPUT_FILES = (
     "metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "misclassified.png",
@@ -119,6 +118,3 @@ def _write_report(out: Path, metrics, images, probabilities, class_names) -> Non
     (out / "skipped.csv").unlink(missing_ok=True)
     if images.skipped:
         write_skipped(images.skipped, out / "skipped.csv", overwrite=True)
-
-
-_callable_module(__name__)  # vitkit.evaluate(...) calls evaluate(), whatever was imported first

@@ -11,7 +11,6 @@ import dataclasses
 import random
 import shutil
 import sys
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,8 +18,7 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from vitkit import _callable_module
-from vitkit.config import PRESETS, PRETRAINED_PRESETS
+from vitkit.config import PRETRAINED_PRESETS
 from vitkit.data import ImageBatches, ImageSet, follow_epochs, load_images, write_skipped
 from vitkit.device import is_out_of_memory, out_of_memory_error, out_of_memory_hint, resolve_precision
 from vitkit.errors import ConfigError, ManifestError
@@ -440,6 +438,3 @@ def _verbosity(verbose: int | None) -> int:
     if verbose is not None:
         return verbose
     return 1 if sys.stdout.isatty() else 2
-
-
-_callable_module(__name__)  # vitkit.train(...) calls train(), whatever was imported first

@@ -10,7 +10,6 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from vitkit import _callable_module
 from vitkit.data import ImageBatches, ImageSet, load_images, write_skipped
 from vitkit.device import out_of_memory_hint
 from vitkit.figures import image_grid_figure, save_figure
@@ -154,6 +153,3 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike, overwrite: bool = 
     with atomic_output(path, overwrite=overwrite) as temporary:
         table.to_csv(temporary, index=False, float_format="%.6g")
     return Path(path)
-
-
-_callable_module(__name__)  # vitkit.predict(...) calls predict(), whatever was imported first

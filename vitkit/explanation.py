@@ -50,7 +50,7 @@ from vitkit.explain_outputs import (
 )
 from vitkit.fileio import check_writable
 from vitkit.model import ImageClassifier
-from vitkit.predict import as_model, images_for, prediction_table
+from vitkit.prediction import as_model, images_for, prediction_table
 from vitkit.progress import Progress
 
 METHODS = ("rollout", "gradient", "layer")
