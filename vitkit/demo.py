@@ -1,7 +1,8 @@
 """``vitkit demo``: the whole path on the bundled sample photos, in a few minutes on a CPU.
 
 photos -> manifests -> train a small ViT from scratch -> save the ``.weights.h5`` file -> reload it
--> evaluate on the held-out split -> predict -> figures, all under one output folder.
+-> evaluate on the held-out split -> predict -> attention maps and an HTML report, all under one
+output folder.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def run_demo(
     overwrite: bool = False,
     verbose: bool = True,
 ) -> dict[str, Any]:
-    """Build manifests, train, save, reload, evaluate and predict on the sample photos.
+    """Build manifests, train, save, reload, evaluate, predict and explain on the sample photos.
 
     Args:
         out: output folder; an existing non-empty folder needs ``overwrite``.
@@ -79,6 +80,7 @@ def run_demo(
         A summary: test accuracy, seconds taken, and the path of every output.
     """
     from vitkit.evaluation import evaluate
+    from vitkit.explanation import explain
     from vitkit.modelfile import load_model
     from vitkit.prediction import predict
     from vitkit.training import train
@@ -91,30 +93,35 @@ def run_demo(
     photo_dir = find_sample_photos(photos)
     settings = demo_settings(backbone, weights, image_size, epochs)
 
-    say(f"[1/5] manifests from {photo_dir}")
+    say(f"[1/6] manifests from {photo_dir}")
     manifests = out / "manifests"
     counts = build_manifests(photo_dir, manifests, seed=seed, overwrite=True)
     say("      " + ", ".join(f"{split}: {sum(c.values())} images" for split, c in counts.items()))
 
-    say(f"[2/5] training {settings['backbone']} at {settings['image_size']} px for up to {settings['epochs']} epochs")
+    say(f"[2/6] training {settings['backbone']} at {settings['image_size']} px for up to {settings['epochs']} epochs")
     model_path = out / "models" / "demo.weights.h5"
     result = train(manifests / "train.csv", manifests / "val.csv", out=model_path, seed=seed,
                    overwrite=True, verbose=2 if verbose else 0, **settings)
 
-    say(f"[3/5] reloading {model_path}")
+    say(f"[3/6] reloading {model_path}")
     model = load_model(model_path)
     test_csv = manifests / "test.csv"
     check = np.asarray(result.model.predict(_first_images(model, test_csv), verbose=0))
     again = np.asarray(model.predict(_first_images(model, test_csv), verbose=0))
     reload_difference = float(np.abs(check - again).max())
 
-    say("[4/5] evaluating on the held-out test split")
+    say("[4/6] evaluating on the held-out test split")
     metrics = evaluate(model, test_csv, out=out / "evaluation", overwrite=True)
 
-    say("[5/5] predicting")
+    say("[5/6] predicting")
     predictions = out / "predictions.csv"
     grid = out / "predictions.png"
     predict(model, test_csv, out=predictions, grid=grid, overwrite=True)
+
+    say("[6/6] drawing where the model looks (attention rollout) and writing the report")
+    attention = out / "attention"
+    report = out / "report.html"
+    explain(model, test_csv, out=attention, report=report, overwrite=True)
 
     summary = {
         "test_accuracy": metrics["accuracy"],
@@ -125,7 +132,8 @@ def run_demo(
         "outputs": {
             "manifests": str(manifests), "model": str(model_path), "history": str(result.history_path),
             "curves": str(result.curves_path), "evaluation": str(out / "evaluation"),
-            "predictions": str(predictions), "grid": str(grid),
+            "predictions": str(predictions), "grid": str(grid), "attention": str(attention),
+            "report": str(report),
         },
     }
     say(f"\ntest accuracy {metrics['accuracy']:.1%} on {metrics['images']} images "

@@ -1,0 +1,30 @@
+"""``vitkit demo``: the whole path on a photo folder, through the command line."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.mark.slow
+def test_demo_runs_every_step_and_writes_every_output(photo_tree, tmp_path):
+    out = tmp_path / "demo"
+    done = run_cli("demo", "--photos", str(photo_tree), "--out", str(out), "--epochs", "2",
+                   "--image-size", "32", env={"VITKIT_PROGRESS": "0"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    for step in range(1, 7):
+        assert f"[{step}/6]" in done.stdout
+    assert "test accuracy" in done.stdout
+    for name in ("manifests/train.csv", "manifests/val.csv", "manifests/test.csv", "models/demo.weights.h5",
+                 "predictions.csv", "predictions.png", "attention/grid.png", "attention/explanations.csv",
+                 "report.html"):
+        assert (out / name).is_file(), name
+    test_rows = len(pd.read_csv(out / "manifests" / "test.csv"))
+    assert len(pd.read_csv(out / "predictions.csv")) == test_rows
+    assert len(pd.read_csv(out / "attention" / "explanations.csv")) == test_rows
+
+    again = run_cli("demo", "--photos", str(photo_tree), "--out", str(out), "--epochs", "1", "--image-size", "32")
+    assert again.returncode != 0 and "--overwrite" in again.stderr  # an earlier demo is never replaced silently
+    assert len(again.stderr.strip().splitlines()) == 1, again.stderr
