@@ -72,8 +72,12 @@ def _gelu_exact(x):
     exponential: the MLP activation took twice as long on a GPU as the same GELU in PyTorch
     (bench/gpu_kernel_profile.py). ``erf`` is the single-branch form; it is written out rather
     than taken from ``keras.ops.erf`` because JAX exports that as an operation TensorFlow's
-    SavedModel loader does not know, which would stop JAX-trained models being served.
+    SavedModel loader does not know, which would stop JAX-trained models being served. Other
+    backends have a native exact GELU (one kernel on a CPU, where the written-out ``erf`` would
+    be a dozen passes over the MLP's largest tensor), and use it.
     """
+    if keras.backend.backend() != "jax":
+        return keras.activations.gelu(x, approximate=False)
     return ops.cast(ops.cast(0.5 * x, "float32") * (1.0 + _erf(x * math.sqrt(0.5))), x.dtype)
 
 

@@ -79,6 +79,8 @@ def run_demo(
     Returns:
         A summary: test accuracy, seconds taken, and the path of every output.
     """
+    import keras
+
     from vitkit.evaluation import evaluate
     from vitkit.explanation import explain
     from vitkit.modelfile import load_model
@@ -106,8 +108,9 @@ def run_demo(
     say(f"[3/6] reloading {model_path}")
     model = load_model(model_path)
     test_csv = manifests / "test.csv"
-    check = np.asarray(result.model.predict(_first_images(model, test_csv), verbose=0))
-    again = np.asarray(model.predict(_first_images(model, test_csv), verbose=0))
+    first = _first_images(model, test_csv)
+    check = keras.ops.convert_to_numpy(result.model(first, training=False))
+    again = keras.ops.convert_to_numpy(model(first, training=False))
     reload_difference = float(np.abs(check - again).max())
 
     say("[4/6] evaluating on the held-out test split")
