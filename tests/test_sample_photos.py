@@ -140,3 +140,19 @@ def test_help_explains_the_options(generator, capsys):
     text = capsys.readouterr().out
     for option in ("--out", "--masks", "--per-class", "--size", "--seed", "--difficulty", "--overwrite", "examples:"):
         assert option in text
+
+
+def test_bundled_manifests_list_every_sample_photo_once_without_problems():
+    import pandas as pd
+
+    from vitkit.manifest import check_manifest
+
+    folder = ROOT / "data_manifests" / "sample_products"
+    listed = []
+    for split in ("train", "val", "test"):
+        assert check_manifest(folder / f"{split}.csv") == [], split
+        rows = pd.read_csv(folder / f"{split}.csv", dtype=str)
+        listed += [f"{row.type_dir}/{row.file_name}" for row in rows.itertuples()]
+    photos = sorted(str(path.relative_to(ROOT / "examples" / "photos")) for path in
+                    (ROOT / "examples" / "photos").glob("*/*.jpg"))
+    assert sorted(listed) == photos
