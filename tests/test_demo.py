@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -19,8 +21,10 @@ def test_demo_runs_every_step_and_writes_every_output(photo_tree, tmp_path):
     assert "test accuracy" in done.stdout
     for name in ("manifests/train.csv", "manifests/val.csv", "manifests/test.csv", "models/demo.weights.h5",
                  "predictions.csv", "predictions.png", "attention/grid.png", "attention/explanations.csv",
-                 "report.html"):
+                 "report.html", "summary.json"):
         assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 <= summary["test_accuracy"] <= 1 and summary["reload_max_difference"] < 1e-5
     test_rows = len(pd.read_csv(out / "manifests" / "test.csv"))
     assert len(pd.read_csv(out / "predictions.csv")) == test_rows
     assert len(pd.read_csv(out / "attention" / "explanations.csv")) == test_rows

@@ -7,6 +7,7 @@ output folder.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from vitkit.errors import ConfigError, OutputExistsError
+from vitkit.fileio import write_text_atomic
 from vitkit.manifest import build_manifests
 
 SAMPLE_PHOTOS = Path("examples") / "photos"
@@ -77,7 +79,8 @@ def run_demo(
         verbose: print each step and where its outputs went.
 
     Returns:
-        A summary: test accuracy, seconds taken, and the path of every output.
+        A summary: test accuracy, seconds taken, and the path of every output (also written to
+        ``out/summary.json``).
     """
     import keras
 
@@ -139,6 +142,8 @@ def run_demo(
             "report": str(report),
         },
     }
+    summary["outputs"]["summary"] = str(out / "summary.json")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2), overwrite=True)
     say(f"\ntest accuracy {metrics['accuracy']:.1%} on {metrics['images']} images "
         f"(best epoch {result.best_epoch}), {summary['seconds']:.0f} s in all")
     for name, path in summary["outputs"].items():
