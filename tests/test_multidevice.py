@@ -114,6 +114,21 @@ def test_more_devices_than_present_and_other_clusters_are_clear_errors(shape_arr
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("processes, index, message", [
+    ("2", "2", "VITKIT_PROCESS_ID=2 must be below VITKIT_NUM_PROCESSES=2"),
+    ("two", "0", "VITKIT_NUM_PROCESSES must be a whole number >= 1; got 'two'"),
+    ("2", "", "VITKIT_PROCESS_ID must be a whole number >= 0; got ''"),
+])
+def test_a_malformed_jax_cluster_environment_is_a_clear_error(processes, index, message, monkeypatch):
+    from vitkit.parallel import _join_jax_cluster
+
+    monkeypatch.setenv("VITKIT_COORDINATOR", "127.0.0.1:9876")
+    monkeypatch.setenv("VITKIT_NUM_PROCESSES", processes)
+    monkeypatch.setenv("VITKIT_PROCESS_ID", index)
+    with pytest.raises(ConfigError, match=message):
+        _join_jax_cluster()
+
+
 def test_command_line_takes_devices_and_explains_the_learning_rate(capsys):
     parser = build_parser()
     assert parser.parse_args(["train", "t.csv", "--out", "m.weights.h5"]).devices == 1

@@ -363,8 +363,8 @@ def _devices_help() -> str:
         "  scaling rule: when the global batch grows k times, multiply the learning rate by k (plain\n"
         "  recipe: 1e-4 at batch 16, so 4e-4 at 64), with a warm-up (--schedule cosine --warmup-epochs 2)\n"
         "  when k is large.\n"
-        f"  Several hosts: on JAX, start the same command on each host with {COORDINATOR}=HOST0:PORT\n"
-        f"  {NUM_PROCESSES}=N {PROCESS_ID}=I (0 on HOST0); on TensorFlow, with TF_CONFIG.\n"
+        "  Several hosts train on the JAX backend: start the same command on each host with\n"
+        f"  {COORDINATOR}=HOST0:PORT {NUM_PROCESSES}=N {PROCESS_ID}=I (0 on HOST0).\n"
         "  Process 0 writes the outputs; --resume needs --out on a file system all hosts share.\n"
         "  More in docs/multi_device.md."
     )

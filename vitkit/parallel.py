@@ -152,6 +152,8 @@ def plan(devices: int | str = 1) -> Parallel:
 
 def _plan_jax(devices: int | str) -> Parallel:
     _join_jax_cluster()
+    if devices == 1 and not _in_jax_cluster():
+        return SINGLE
     import jax
     import keras
     import numpy as np
@@ -187,11 +189,7 @@ def _first_devices_of_each_process(devices: list, count: int) -> list:
 
 def _join_jax_cluster() -> None:
     """Start JAX's multi-process runtime when the environment names a coordinator (once per process)."""
-    if COORDINATOR not in os.environ and _KERAS_ADDRESSES not in os.environ:
-        return
-    import jax
-
-    if getattr(jax.distributed, "is_initialized", lambda: False)():
+    if (COORDINATOR not in os.environ and _KERAS_ADDRESSES not in os.environ) or _in_jax_cluster():
         return
     if COORDINATOR in os.environ:
         address = os.environ[COORDINATOR]
@@ -212,6 +210,13 @@ def _join_jax_cluster() -> None:
             "the environment names a training cluster, but JAX already ran in this process; start "
             "training before anything else uses JAX (the vitkit command does)"
         ) from None
+
+
+def _in_jax_cluster() -> bool:
+    """Whether this process has joined JAX's multi-process runtime (without starting a backend)."""
+    import jax
+
+    return bool(getattr(jax.distributed, "is_initialized", lambda: False)())
 
 
 def _environment_int(name: str, minimum: int) -> int:

@@ -243,7 +243,7 @@ def train(
             shutil.rmtree(private, ignore_errors=True)
     if parallel.is_chief:
         save_figure(history_figure(keeper.history), paths["curves"])
-        keeper.finish()
+    keeper.finish()
     return TrainResult(model, paths["model"], keeper.history, paths["history"], paths["curves"],
                        keeper.best_epoch, skipped_path, chosen.name)
 
