@@ -277,8 +277,10 @@ def _add_train(commands) -> None:
                     "  vitkit train train.csv --val val.csv --backbone vit_b16 --weights imagenet21k \\\n"
                     "        --out models/products.weights.h5\n"
                     "  vitkit train digits.csv --weights none --out models/digits.weights.h5\n"
-                    "  vitkit train train.csv --val val.csv --out models/products.weights.h5 --resume\n\n"
-                    + _recipes_help(),
+                    "  vitkit train train.csv --val val.csv --out models/products.weights.h5 --resume\n"
+                    "  vitkit train train.csv --val val.csv --devices all --batch-size 64 --learning-rate 4e-4 \\\n"
+                    "        --out models/products.weights.h5\n\n"
+                    + _recipes_help() + "\n\n" + _devices_help(),
     )
     parser.add_argument("train", metavar="TRAIN", help="training manifest CSV (a split column is honoured), pixel CSV or photo folder")
     parser.add_argument("--val", metavar="VAL", help="validation manifest (default: --val-fraction of TRAIN)")
@@ -314,8 +316,9 @@ def _add_train(commands) -> None:
 
     fit = parser.add_argument_group("training")
     fit.add_argument("--epochs", type=int, help="most epochs (early stopping may end sooner; plain: 10, small-data: 50)")
-    fit.add_argument("--batch-size", type=int, help="images per step (plain: 16, small-data: 32)")
-    fit.add_argument("--learning-rate", type=float, help="peak learning rate (plain: 1e-4, small-data: 1e-3)")
+    fit.add_argument("--batch-size", type=int, help="images per step, over all --devices (plain: 16, small-data: 32)")
+    fit.add_argument("--learning-rate", type=float,
+                     help="peak learning rate, for the global batch (plain: 1e-4, small-data: 1e-3)")
     fit.add_argument("--optimizer", choices=("adam", "adamw"), help="plain: adam, small-data: adamw")
     fit.add_argument("--weight-decay", type=float, help="AdamW weight decay (0.05 in both recipes)")
     fit.add_argument("--schedule", choices=("constant", "cosine"),
@@ -333,6 +336,9 @@ def _add_train(commands) -> None:
     fit.add_argument("--seed", type=int, default=0, help="seed of splits, shuffling, augmentation and initialization")
     fit.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"), default="auto",
                      help="auto = bfloat16 mixed precision on a GPU, float32 on a CPU")
+    fit.add_argument("--devices", type=_devices, default=1, metavar="all|N",
+                     help="train data-parallel on N devices of this host, or all (every GPU, else every CPU "
+                          "device); default 1. --batch-size is the global batch, split over them (see below)")
     fit.add_argument("--resume", action="store_true", help="continue the interrupted run of the same --out")
     _add_overwrite(fit)
     _add_data_options(parser)
@@ -344,6 +350,34 @@ def _recipes_help() -> str:
     return "recipes:\n" + "\n".join(
         f"  {recipe.name}: {recipe.summary}.\n    {describe(recipe)}" for recipe in RECIPES.values()
     )
+
+
+def _devices_help() -> str:
+    from vitkit.parallel import COORDINATOR, NUM_PROCESSES, PROCESS_ID
+
+    return (
+        "several devices (--devices all|N):\n"
+        "  --batch-size is the global batch, split evenly over the devices (it must divide); losses,\n"
+        "  metrics and BatchNorm statistics are those of the global batch, as on one device.\n"
+        "  --learning-rate is used as given, for the global batch: vitkit does not scale it. The linear\n"
+        "  scaling rule: when the global batch grows k times, multiply the learning rate by k (plain\n"
+        "  recipe: 1e-4 at batch 16, so 4e-4 at 64), with a warm-up (--schedule cosine --warmup-epochs 2)\n"
+        "  when k is large.\n"
+        "  Several hosts train on the JAX backend: start the same command on each host with\n"
+        f"  {COORDINATOR}=HOST0:PORT {NUM_PROCESSES}=N {PROCESS_ID}=I (0 on HOST0).\n"
+        "  Process 0 writes the outputs; --resume needs --out on a file system all hosts share.\n"
+        "  More in docs/multi_device.md."
+    )
+
+
+def _devices(text: str) -> int | str:
+    from vitkit.errors import ConfigError
+    from vitkit.parallel import parse_devices
+
+    try:
+        return parse_devices(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _class_weights(text: str) -> str | dict[str, float]:
@@ -371,7 +405,7 @@ def _run_train(args: argparse.Namespace) -> None:
         augment=args.augment, head_width=args.head_width, preprocess=args.preprocess,
         resize_mode=args.resize_mode, patience=args.patience, val_fraction=args.val_fraction,
         seed=args.seed, precision=args.precision, resume=args.resume, overwrite=args.overwrite,
-        **_load_options(args), **overrides,
+        devices=args.devices, **_load_options(args), **overrides,
     )
     print(f"recipe:  {result.recipe}")
     best = result.history[result.best_epoch - 1] if result.best_epoch else {}

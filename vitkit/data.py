@@ -241,8 +241,19 @@ class ImageBatches(keras.utils.PyDataset):
     """uint8 batches of an :class:`ImageSet`, with one-hot labels and sample weights when known.
 
     The order of epoch ``e`` is a function of ``(seed, e)`` only, so a resumed run sees the same
-    batches as an uninterrupted one. ``shard=(index, count)`` keeps every ``count``-th sample of
-    each epoch's order, for one of several processes.
+    batches as an uninterrupted one.
+
+    For training over several processes, ``shard=(index, count)`` makes the stream yield one
+    process's part of each global batch: the epoch's order is cut into global batches of
+    ``batch_size * count`` samples and this stream yields the ``index``-th of ``count`` equal,
+    contiguous slices of each. Put side by side in process order, the shards' batches are the
+    batches of one unsharded stream of ``batch_size * count``, so every process sees its own
+    samples and together they see each sample of the epoch once.
+
+    Samples left out of an epoch: with ``drop_remainder``, the last incomplete global batch
+    (unless the set is smaller than one global batch); otherwise the last
+    ``len(images) % multiple_of`` samples of the epoch's order, so every global batch splits
+    evenly over ``multiple_of`` devices (1: none left out).
 
     ``workers`` threads read (and stage onto the accelerator) the next batches while the model
     works on the current one. The stream does this itself rather than through Keras' worker
@@ -260,11 +271,19 @@ class ImageBatches(keras.utils.PyDataset):
         sample_weights: np.ndarray | None = None,
         drop_remainder: bool = False,
         shard: tuple[int, int] = (0, 1),
+        multiple_of: int = 1,
         workers: int = 2,
     ):
         super().__init__(workers=1, use_multiprocessing=False)
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        index, count = shard
+        if not 0 <= index < count or multiple_of % count:
+            raise ValueError(f"shard {shard} must be (index, count) with 0 <= index < count and count dividing "
+                             f"multiple_of ({multiple_of})")
+        if len(images) and len(images) < multiple_of:
+            raise ConfigError(f"{len(images)} image(s) cannot be shared evenly by {multiple_of} devices; "
+                              f"add images or use fewer devices")
         self.images = images
         self.batch_size = batch_size
         self.targets = None
@@ -273,8 +292,9 @@ class ImageBatches(keras.utils.PyDataset):
         self.sample_weights = sample_weights
         self.shuffle = shuffle
         self.seed = seed
-        self.drop_remainder = drop_remainder and len(images) >= batch_size * shard[1]
+        self.drop_remainder = drop_remainder and len(images) >= batch_size * count
         self.shard = shard
+        self.multiple_of = multiple_of
         self.epoch = 0
         self._order = self._epoch_order()
         self._stage = batch_stager() or (lambda pixels: pixels)
@@ -286,9 +306,8 @@ class ImageBatches(keras.utils.PyDataset):
         order = np.arange(len(self.images))
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
-        index, count = self.shard
-        usable = len(order) - len(order) % (self.batch_size * count) if self.drop_remainder else len(order)
-        return order[:usable][index::count]
+        step = self.batch_size * self.shard[1] if self.drop_remainder else self.multiple_of
+        return order[:len(order) - len(order) % step]
 
     def set_epoch(self, epoch: int) -> None:
         """Jump to the order of ``epoch`` (for resumed training)."""
@@ -301,7 +320,7 @@ class ImageBatches(keras.utils.PyDataset):
         self._pending.clear()
 
     def __len__(self) -> int:
-        return math.ceil(len(self._order) / self.batch_size)
+        return math.ceil(len(self._order) / (self.batch_size * self.shard[1]))
 
     def __getitem__(self, index: int):
         ready = self._pending.pop((self.epoch, index), None)
@@ -314,7 +333,10 @@ class ImageBatches(keras.utils.PyDataset):
 
     def _batch(self, order: np.ndarray, index: int):
         """Batch ``index`` of an epoch's ``order`` (passed in, so a read-ahead keeps its epoch)."""
-        selected = order[index * self.batch_size:(index + 1) * self.batch_size]
+        shard, count = self.shard
+        start = index * self.batch_size * count
+        share = (min(start + self.batch_size * count, len(order)) - start) // count
+        selected = order[start + shard * share:start + (shard + 1) * share]
         pixels = self._stage(self.images.read(selected))
         if self.targets is None:
             return (pixels,)

@@ -73,6 +73,10 @@ class RunKeeper(keras.callbacks.Callback):
 
     Put it last in the callback list: on resume it restores the counters of the early-stopping
     and plateau callbacks after they reset themselves in ``on_train_begin``.
+
+    ``writes_run=False`` (the other processes of a multi-host run): only the best model is
+    written, to ``model_path``; the resume state and history are the first process's, and
+    ``run_dir`` is only read.
     """
 
     def __init__(
@@ -84,8 +88,10 @@ class RunKeeper(keras.callbacks.Callback):
         options: dict[str, Any],
         stateful_callbacks: list[keras.callbacks.Callback],
         extra_metadata: dict[str, Any] | None = None,
+        writes_run: bool = True,
     ):
         super().__init__()
+        self.writes_run = writes_run
         self.model_path = model_path
         self.run_dir = run_dir
         self.history_path = history_path
@@ -176,8 +182,9 @@ class RunKeeper(keras.callbacks.Callback):
             self.best, self.best_epoch = float(value), epoch + 1
             save_model(self.model, self.model_path, overwrite=True,
                        extra={**self.extra_metadata, "best_epoch": epoch + 1, self.monitor: float(value)})
-        self._save_state(epoch + 1)
-        write_text_atomic(self.history_path, history_csv(self.history), overwrite=True)
+        if self.writes_run:
+            self._save_state(epoch + 1)
+            write_text_atomic(self.history_path, history_csv(self.history), overwrite=True)
 
     def _save_state(self, epochs_done: int) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -207,7 +214,8 @@ class RunKeeper(keras.callbacks.Callback):
 
     def finish(self) -> None:
         """Remove the resume state after a run that ended normally."""
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self.writes_run:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def _plain(value: Any) -> Any:

@@ -11,6 +11,8 @@ import dataclasses
 import random
 import shutil
 import sys
+import tempfile
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,6 +30,7 @@ from vitkit.manifest import Manifest, read_manifest, stratified_split
 from vitkit.mixing import MixConfig, MixedBatches
 from vitkit.model import ImageClassifier, build_model, image_size_pair
 from vitkit.modelfile import load_weights_only
+from vitkit.parallel import Parallel, plan
 from vitkit.recipes import choose_recipe, resolve_options
 from vitkit.runstate import RunKeeper
 
@@ -102,6 +105,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     verbose: int | None = None,
+    devices: int | str = 1,
     **backbone_overrides: Any,
 ) -> TrainResult:
     """Train a ViT classifier and save the best epoch to ``out``.
@@ -124,8 +128,8 @@ def train(
             ``none``, ``imagenet21k``, ``imagenet21k+imagenet2012`` or a ``.npz`` path.
         image_size: input size, int or (height, width).
         epochs: most epochs to train (early stopping may end sooner).
-        batch_size: images per step.
-        learning_rate: peak learning rate.
+        batch_size: images per step: the global batch, split evenly over ``devices``.
+        learning_rate: peak learning rate, for the global batch (not scaled with the devices).
         optimizer: ``adam`` or ``adamw`` (with ``weight_decay``).
         schedule: ``constant`` (with plateau reduction) or ``cosine`` (with ``warmup_epochs``).
         label_smoothing: cross-entropy label smoothing.
@@ -152,6 +156,9 @@ def train(
         resume: continue the interrupted run of the same ``out`` and options.
         overwrite: replace existing outputs.
         verbose: Keras verbosity (default: progress bar on a terminal, a line per epoch otherwise).
+        devices: ``1`` (one device), a number of this host's devices, or ``"all"`` (every GPU/TPU,
+            else every CPU device); data-parallel over them (see :mod:`vitkit.parallel`, also for
+            several hosts). Only the first process writes the outputs.
         **backbone_overrides: backbone options (``patch_size``, ``num_layers``, ``tokenizer``,
             ``locality_attention``, ``drop_path``, ...; see :class:`~vitkit.config.ViTConfig`).
 
@@ -195,14 +202,16 @@ def train(
         "val_fraction": val_fraction, "seed": seed, "precision": precision,
         "classes": list(classes) if classes else None, **backbone_overrides,
     }
-    resuming = _prepare_outputs(paths, resume, overwrite)
+    parallel = plan(devices)  # first: joining several hosts must precede any backend work
+    local_batch = parallel.local_batch_size(batch_size)
+    resuming = _prepare_outputs(paths, resume, overwrite, parallel.is_chief)
     _seed_everything(seed)
 
     train_set, val_set = _datasets(train_data, val_data, size, resize_mode, val_fraction, seed,
                                    label_from, classes, root, cache_dir, on_bad_image)
     class_names = list(classes) if classes else sorted(set(train_set.labels))
     _check_classes(train_set, val_set, class_names)
-    skipped_path = _write_skipped(paths["skipped"], train_set, val_set)
+    skipped_path = _write_skipped(paths["skipped"], train_set, val_set) if parallel.is_chief else None
 
     precision = resolve_precision(precision)
 
@@ -210,27 +219,83 @@ def train(
         has_state = (paths["run"] / "state.json").is_file()
         return f"the finished epochs are kept: add --resume to continue ({paths['run']})" if has_state else ""
 
-    with out_of_memory_hint(batch_size, precision, resume_note):
-        model = _build(class_names, backbone, weights, size, precision, head_width=head_width,
-                       preprocess=preprocess, resize_mode=resize_mode, augment=augment, seed=seed,
-                       **backbone_overrides)
-    sample_weights = _sample_weights(train_set, class_names, class_weights)
-    batches = ImageBatches(train_set, batch_size, class_names, shuffle=True, seed=seed,
-                           sample_weights=sample_weights, drop_remainder=True)
+    # Only the first process writes the outputs; the others keep their best epoch in a folder
+    # of their own, so that every process loads the same weights the same way at the end.
+    private = None if parallel.is_chief else Path(tempfile.mkdtemp(prefix="vitkit-process-"))
+    model_options = dict(head_width=head_width, preprocess=preprocess, resize_mode=resize_mode,
+                         augment=augment, seed=seed, **backbone_overrides)
+    try:
+        with parallel.scope():
+            with out_of_memory_hint(batch_size, precision, resume_note):
+                model = _build(class_names, backbone, weights, size, precision, **model_options)
+            parallel.prepare(model)
+            batches, val_batches = _streams(train_set, val_set, class_names, local_batch, mix,
+                                            _sample_weights(train_set, class_names, class_weights), seed, parallel)
+            keeper = _fit(model, batches, val_batches, parallel, options, paths, private, resuming,
+                          precision, verbose, resume_note)
+            load_weights_only(model, keeper.model_path)
+        if not parallel.is_single:
+            # A model of the plain single-device kind, for whatever the caller does next.
+            model = _build(class_names, backbone, None, size, precision, **model_options)
+            load_weights_only(model, keeper.model_path)
+    finally:
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
+    if parallel.is_chief:
+        save_figure(history_figure(keeper.history), paths["curves"])
+    keeper.finish()
+    return TrainResult(model, paths["model"], keeper.history, paths["history"], paths["curves"],
+                       keeper.best_epoch, skipped_path, chosen.name)
+
+
+def _streams(train_set: ImageSet, val_set: ImageSet | None, class_names: list[str], local_batch: int,
+             mix: MixConfig, sample_weights: np.ndarray | None, seed: int,
+             parallel: Parallel) -> tuple[keras.utils.PyDataset, keras.utils.PyDataset | None]:
+    """The training and validation batches this process reads (its shard of each global batch)."""
+    batches = ImageBatches(train_set, local_batch, class_names, shuffle=True, seed=seed,
+                           sample_weights=sample_weights, drop_remainder=True, shard=parallel.shard,
+                           multiple_of=parallel.multiple_of)
     if mix.enabled:
         batches = MixedBatches(batches, mix, seed)
-    val_batches = ImageBatches(val_set, batch_size, class_names) if val_set is not None else None
+    val_batches = None
+    if val_set is not None:
+        left_out = len(val_set) % parallel.multiple_of
+        if left_out and parallel.is_chief:
+            warnings.warn(f"validation leaves out {left_out} of {len(val_set)} images so that each of the "
+                          f"{parallel.replicas} devices gets an equal share", stacklevel=4)
+        val_batches = ImageBatches(val_set, local_batch, class_names, shard=parallel.shard,
+                                   multiple_of=parallel.multiple_of)
+    return batches, val_batches
+
+
+def _fit(model: ImageClassifier, batches: keras.utils.PyDataset, val_batches: keras.utils.PyDataset | None,
+         parallel: Parallel, options: dict[str, Any], paths: dict[str, Path], private: Path | None,
+         resuming: bool, precision: str, verbose: int | None, resume_note) -> RunKeeper:
+    """Train ``model`` in its phases (frozen backbone, then all); returns the bookkeeping of the run.
+
+    ``options`` are the run's settings (those a resumed run must repeat).
+    """
+    epochs, batch_size, learning_rate = options["epochs"], options["batch_size"], options["learning_rate"]
+    freeze_backbone_epochs, schedule = options["freeze_backbone_epochs"], options["schedule"]
     monitor = "val_loss" if val_batches is not None else "loss"
 
+    patience = options["patience"]
     early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, patience=patience or epochs + 1)
-    plateau = keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=reduce_lr_patience, min_lr=1e-7)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5,
+                                                patience=options["reduce_lr_patience"], min_lr=1e-7)
     stateful = [early_stopping] + ([plateau] if schedule == "constant" else [])
-    keeper = RunKeeper(paths["model"], paths["run"], paths["history"], monitor, options, stateful,
-                       extra_metadata={"training": options})
+    model_path = paths["model"] if private is None else private / paths["model"].name
+    keeper = RunKeeper(model_path, paths["run"], paths["history"], monitor, options, stateful,
+                       extra_metadata={"training": options}, writes_run=private is None)
     state = keeper.load_state() if resuming else None
     done = state["epochs_done"] if state else 0
     if state and state.get("stopped"):
         done = epochs
+    if not parallel.agree(done if state else -1):
+        raise ConfigError(
+            f"the training processes do not all find the interrupted run in {paths['run']}; resuming on "
+            f"several hosts reads it on each: keep --out on a file system they share"
+        )
 
     phases = [(0, min(freeze_backbone_epochs, epochs), False), (min(freeze_backbone_epochs, epochs), epochs, True)]
     try:
@@ -239,8 +304,9 @@ def train(
                 continue
             model.backbone.trainable = backbone_trainable
             model.compile(
-                optimizer=_optimizer(optimizer, learning_rate, weight_decay, schedule, warmup_epochs, epochs - start, len(batches)),
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+                optimizer=_optimizer(options["optimizer"], learning_rate, options["weight_decay"], schedule,
+                                     options["warmup_epochs"], epochs - start, len(batches)),
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=options["label_smoothing"]),
                 metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
             )
             if state and done >= start:
@@ -250,7 +316,7 @@ def train(
             model.fit(
                 batches, validation_data=val_batches, epochs=end, initial_epoch=max(start, done),
                 shuffle=False, callbacks=[follow_epochs(batches)] + stateful + [keeper],
-                verbose=_verbosity(verbose),
+                verbose=_verbosity(verbose) if parallel.is_chief else 0,
             )
             done = end
             if early_stopping.stopped_epoch:
@@ -264,11 +330,7 @@ def train(
 
     if keeper.best_epoch is None:
         raise ConfigError(f"training produced no finite {monitor}; lower the learning rate ({learning_rate})")
-    load_weights_only(model, paths["model"])
-    save_figure(history_figure(keeper.history), paths["curves"])
-    keeper.finish()
-    return TrainResult(model, paths["model"], keeper.history, paths["history"], paths["curves"],
-                       keeper.best_epoch, skipped_path, chosen.name)
+    return keeper
 
 
 def _build(class_names, backbone, weights, size, precision, **options) -> ImageClassifier:
@@ -300,26 +362,33 @@ def _resolve_weights(weights: str | None, backbone: str) -> str | None:
     return None if weights in (None, "none") else str(weights)
 
 
-def _prepare_outputs(paths: dict[str, Path], resume: bool, overwrite: bool) -> bool:
-    """Check the outputs may be written; returns whether an interrupted run is continued."""
+def _prepare_outputs(paths: dict[str, Path], resume: bool, overwrite: bool, writer: bool = True) -> bool:
+    """Check the outputs may be written; returns whether an interrupted run is continued.
+
+    ``writer``: this process writes the outputs and clears what an earlier run left; the other
+    processes of a multi-host run make the same checks (so that all stop alike) and only read.
+    """
     has_state = (paths["run"] / "state.json").is_file()
-    for key in ("model", "history", "curves"):
-        remove_temporaries(paths[key])
+    if writer:
+        for key in ("model", "history", "curves"):
+            remove_temporaries(paths[key])
     if resume and has_state:
-        for leftover in paths["run"].glob(".*.tmp*"):
-            leftover.unlink(missing_ok=True)
+        if writer:
+            for leftover in paths["run"].glob(".*.tmp*"):
+                leftover.unlink(missing_ok=True)
         return True
-    if resume:
+    if resume and writer:
         print(f"no interrupted run in {paths['run']}; starting from the first epoch", file=sys.stderr)
     if has_state and not overwrite:
         raise ConfigError(
             f"{paths['run']} holds an interrupted run; continue it with --resume, or pass "
             f"--overwrite to start again"
         )
-    for key in ("model", "history", "curves", "skipped"):
+    for key in ("model", "history", "curves", "skipped") if writer else ("model", "history", "curves"):
         check_writable(paths[key], overwrite)
-    paths["skipped"].unlink(missing_ok=True)
-    shutil.rmtree(paths["run"], ignore_errors=True)
+    if writer:
+        paths["skipped"].unlink(missing_ok=True)
+        shutil.rmtree(paths["run"], ignore_errors=True)
     return False
 
 
