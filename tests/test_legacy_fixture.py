@@ -147,6 +147,17 @@ def test_keras2_backbone_saved_alone(tmp_path):
 
 
 @pytest.mark.slow
+def test_explain_reads_the_old_file_and_predicts_as_keras2():
+    from vitkit.explanation import explain
+
+    images = [str(path) for path in image_paths()]
+    result = explain(WEIGHTS, images, classes=CLASSES, preprocess="raw", num_heads=4, progress=False)
+    probabilities = result.table()[[f"p_{name}" for name in CLASSES]].to_numpy()
+    assert np.abs(probabilities - EXPECTED["raw"]).max() < 1e-5
+    maps = result.maps()
+    assert maps.shape[0] == len(images) and maps.min() >= 0 and maps.max() <= 1
+
+
 def test_cli_predicts_and_converts_the_old_file(tmp_path):
     images = [str(path) for path in image_paths()]
     predicted = run_cli("predict", str(WEIGHTS), *images, "--classes", ",".join(CLASSES), "--preprocess", "raw",

@@ -117,8 +117,25 @@ def _cudnn_attention_of_padded(query, key, value):
     return mixed[:, :length]
 
 
+class PatchTokenizer(keras.layers.Layer):
+    """Base of the layers that turn ``(batch, H, W, channels)`` images into
+    ``(batch, (H / patch) * (W / patch), hidden_size)`` tokens, patches in row-major order."""
+
+    def __init__(self, patch_size: int, hidden_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+        self.hidden_size = hidden_size
+
+    def compute_output_shape(self, input_shape):
+        tokens = (input_shape[1] // self.patch_size) * (input_shape[2] // self.patch_size)
+        return (input_shape[0], tokens, self.hidden_size)
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size, "hidden_size": self.hidden_size}
+
+
 @keras.saving.register_keras_serializable(package="vitkit")
-class PatchEmbedding(keras.layers.Layer):
+class PatchEmbedding(PatchTokenizer):
     """Cuts images into ``patch x patch`` squares and projects each to ``hidden_size`` tokens.
 
     The same arithmetic as a ``Conv2D`` with kernel and stride ``patch`` and the same variables
@@ -127,11 +144,6 @@ class PatchEmbedding(keras.layers.Layer):
     layout changes around it cost several times the product (bench/gpu_kernel_profile.py).
     Returns ``(batch, rows * columns, hidden_size)``, patches in row-major order.
     """
-
-    def __init__(self, hidden_size: int, patch_size: int, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden_size = hidden_size
-        self.patch_size = patch_size
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -155,12 +167,6 @@ class PatchEmbedding(keras.layers.Layer):
         patches = ops.reshape(patches, (batch, rows * cols, patch * patch * channels))
         return ops.matmul(patches, ops.reshape(kernel, (patch * patch * channels, self.hidden_size))) + bias
 
-    def compute_output_shape(self, input_shape):
-        tokens = (input_shape[1] // self.patch_size) * (input_shape[2] // self.patch_size)
-        return (input_shape[0], tokens, self.hidden_size)
-
-    def get_config(self):
-        return {**super().get_config(), "hidden_size": self.hidden_size, "patch_size": self.patch_size}
 
 
 @keras.saving.register_keras_serializable(package="vitkit")
@@ -196,7 +202,7 @@ class PositionEmbedding(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="vitkit")
-class ConvStem(keras.layers.Layer):
+class ConvStem(PatchTokenizer):
     """Convolutional stem (Xiao et al. 2021, "Early convolutions help transformers see better").
 
     3x3 convolutions with batch normalization and ReLU, stride 2 while the remaining patch
@@ -211,9 +217,7 @@ class ConvStem(keras.layers.Layer):
     """
 
     def __init__(self, patch_size: int, hidden_size: int, **kwargs):
-        super().__init__(**kwargs)
-        self.patch_size = patch_size
-        self.hidden_size = hidden_size
+        super().__init__(patch_size, hidden_size, **kwargs)
         strides, remaining = [], patch_size
         while remaining % 2 == 0:
             strides.append(2)
@@ -242,12 +246,9 @@ class ConvStem(keras.layers.Layer):
         grid = self.projection(x)
         return ops.reshape(grid, (ops.shape(grid)[0], -1, self.hidden_size))
 
-    def get_config(self):
-        return {**super().get_config(), "patch_size": self.patch_size, "hidden_size": self.hidden_size}
-
 
 @keras.saving.register_keras_serializable(package="vitkit")
-class ShiftedPatchTokenizer(keras.layers.Layer):
+class ShiftedPatchTokenizer(PatchTokenizer):
     """Shifted patch tokenization (Lee et al. 2021, "Vision Transformer for Small-Size Datasets").
 
     The image and four copies shifted diagonally by half a patch (zero-filled) are stacked on
@@ -262,9 +263,7 @@ class ShiftedPatchTokenizer(keras.layers.Layer):
     """
 
     def __init__(self, patch_size: int, hidden_size: int, **kwargs):
-        super().__init__(**kwargs)
-        self.patch_size = patch_size
-        self.hidden_size = hidden_size
+        super().__init__(patch_size, hidden_size, **kwargs)
         self.shift = max(patch_size // 2, 1)
         self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")
         self.projection = keras.layers.Dense(hidden_size, name="projection")
@@ -294,9 +293,6 @@ class ShiftedPatchTokenizer(keras.layers.Layer):
         patches = ops.reshape(ops.transpose(patches, (0, 1, 3, 2, 4, 5)), (batch, rows * cols, p * p * channels))
         return self.projection(self.norm(patches))
 
-    def get_config(self):
-        return {**super().get_config(), "patch_size": self.patch_size, "hidden_size": self.hidden_size}
-
 
 def patch_tokenizer(tokenizer: str, patch_size: int, hidden_size: int) -> keras.layers.Layer:
     """The layer turning ``(batch, H, W, 3)`` images into ``(batch, (H/P) * (W/P), D)`` tokens, row-major."""
@@ -304,7 +300,7 @@ def patch_tokenizer(tokenizer: str, patch_size: int, hidden_size: int) -> keras.
         return ConvStem(patch_size, hidden_size, name="conv_stem")
     if tokenizer == "shifted":
         return ShiftedPatchTokenizer(patch_size, hidden_size, name="shifted_patches")
-    return PatchEmbedding(hidden_size, patch_size, name="embedding")
+    return PatchEmbedding(patch_size, hidden_size, name="embedding")
 
 
 @keras.saving.register_keras_serializable(package="vitkit")

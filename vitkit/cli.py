@@ -152,6 +152,15 @@ def _foreign_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"preprocess": args.preprocess, "num_heads": args.num_heads}
 
 
+def _add_model_use_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """Options every command that runs a model on images shares: batch, overwrite, reading images,
+    and model files of other tools."""
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per step (default {batch_size})")
+    _add_overwrite(parser)
+    _add_data_options(parser)
+    _add_foreign_model_options(parser)
+
+
 def _add_overwrite(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
@@ -431,10 +440,7 @@ def _add_evaluate(commands) -> None:
     parser.add_argument("model", type=Path, metavar="MODEL", help="a .weights.h5 model file (or a file of another tool)")
     parser.add_argument("data", metavar="TEST", help="labelled manifest (or pixel CSV / class-folder tree)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="report folder")
-    parser.add_argument("--batch-size", type=int, default=32)
-    _add_overwrite(parser)
-    _add_data_options(parser)
-    _add_foreign_model_options(parser)
+    _add_model_use_options(parser, batch_size=32)
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
@@ -465,10 +471,7 @@ def _add_predict(commands) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="a manifest, a folder, or image files")
     parser.add_argument("--out", type=Path, metavar="CSV", help="write the table here (default: print it)")
     parser.add_argument("--grid", type=Path, metavar="PNG", help="also draw 16 of the images, spread over the set, titled with predictions")
-    parser.add_argument("--batch-size", type=int, default=32)
-    _add_overwrite(parser)
-    _add_data_options(parser)
-    _add_foreign_model_options(parser)
+    _add_model_use_options(parser, batch_size=32)
 
 
 def _run_predict(args: argparse.Namespace) -> None:
@@ -626,7 +629,7 @@ def _add_explain(commands) -> None:
                     "  vitkit explain models/products.weights.h5 a.jpg --out a/ --discard-ratio 0.9 --head-fusion max \\\n"
                     "        --save-maps a/maps.npz --export-attention a/attention.json",
     )
-    parser.add_argument("model", type=Path, metavar="MODEL", help="a .weights.h5 model file")
+    parser.add_argument("model", type=Path, metavar="MODEL", help="a .weights.h5 model file (or a file of another tool)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="a manifest, a folder, or image files")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the figures and the table")
     maps = parser.add_argument_group("maps")
@@ -649,9 +652,7 @@ def _add_explain(commands) -> None:
                        help="every layer's and head's attention of the --focus image, in BertViz's head_view/model_view layout")
     files.add_argument("--focus", metavar="IMAGE",
                        help="image for layers.png, heads.png and --export-attention: a file name or a position (default 0, the first)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    _add_overwrite(parser)
-    _add_data_options(parser)
+    _add_model_use_options(parser, batch_size=16)
 
 
 def _run_explain(args: argparse.Namespace) -> None:
@@ -661,7 +662,8 @@ def _run_explain(args: argparse.Namespace) -> None:
         args.model, _inputs(args.inputs), method=args.method, head_fusion=args.head_fusion,
         discard_ratio=args.discard_ratio, layer=args.layer, class_name=args.class_name, out=args.out,
         pdf=args.pdf, report=args.report, save_maps=args.save_maps, export_attention=args.export_attention,
-        focus=args.focus, batch_size=args.batch_size, overwrite=args.overwrite, **_load_options(args),
+        focus=args.focus, batch_size=args.batch_size, overwrite=args.overwrite, **_foreign_options(args),
+        **_load_options(args),
     )
     if not len(result):
         print("no images to explain")

@@ -374,6 +374,8 @@ def explain(
     batch_size: int = 16,
     overwrite: bool = False,
     progress: bool = True,
+    preprocess: str | None = None,
+    num_heads: int | None = None,
     **load_options: Any,
 ) -> Explanation:
     """Predict and draw attention maps for images, in one forward pass per batch.
@@ -401,6 +403,8 @@ def explain(
         batch_size: images per step.
         overwrite: replace existing output files.
         progress: show progress bars.
+        preprocess, num_heads: for a weights file of another tool (see :func:`vitkit.load_model`),
+            whose class names come from ``classes``.
         **load_options: ``cache_dir``, ``on_bad_image``, ``label_from``, ``classes``, ``root``.
 
     Returns:
@@ -412,7 +416,7 @@ def explain(
         >>> result.maps([0]).shape           # (1, height, width), values in [0, 1]
     """
     model_source = None if isinstance(model, ImageClassifier) else model
-    model = as_model(model)
+    model = as_model(model, load_options.get("classes"), preprocess=preprocess, num_heads=num_heads)
     check_options(model, method, head_fusion, discard_ratio, layer, class_name, batch_size)
     for target in (pdf, report, save_maps, export_attention):
         if target is not None:
