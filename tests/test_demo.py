@@ -30,5 +30,5 @@ def test_demo_runs_every_step_and_writes_every_output(photo_tree, tmp_path):
     assert len(pd.read_csv(out / "attention" / "explanations.csv")) == test_rows
 
     again = run_cli("demo", "--photos", str(photo_tree), "--out", str(out), "--epochs", "1", "--image-size", "32")
-    assert again.returncode != 0 and "--overwrite" in again.stderr  # an earlier demo is never replaced silently
-    assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+    errors = [line for line in again.stderr.splitlines() if line.startswith("vitkit:")]
+    assert again.returncode == 2 and len(errors) == 1 and "--overwrite" in errors[0]  # never replaced silently
