@@ -59,21 +59,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _start_keras() -> None:
     """Import Keras, hiding the backend's native start-up log lines (CUDA probing, CPU features).
 
-    Those lines bypass Python logging; ``TF_CPP_MIN_LOG_LEVEL=0`` shows them.
+    Those lines bypass Python logging; ``TF_CPP_MIN_LOG_LEVEL=0`` shows them. TensorFlow probes
+    for GPUs only when devices are first listed, so that happens here too, while hidden.
     """
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        import keras  # noqa: F401
-        return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
+    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    if quiet:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        sys.stderr.flush()
+        saved = os.dup(2)
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
-        import keras  # noqa: F401
+    try:
+        import keras
+
+        if quiet and keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        if quiet:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
