@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitkit.backbone import _cudnn_attention_of_padded, fused_attention
+from vitkit.backbone import _cudnn_attention, fused_attention
 
 
 def reference(query, key, value):
@@ -51,8 +51,8 @@ def main() -> None:
             (_, out_ref), grads_ref = exact(q, k, v)
             errors = [relative_error(out_fast, out_ref)] + [
                 relative_error(g, r) for g, r in zip(grads_fast, grads_ref)]
-            path = "cuDNN" if tokens % 2 and _cudnn_attention_of_padded(
-                q.astype(dtype), k.astype(dtype), v.astype(dtype)) is not None else "Keras op"
+            path = "cuDNN" if _cudnn_attention(*(t.astype(dtype) for t in (q, k, v)),
+                                               pad_to_even=bool(tokens % 2)) is not None else "XLA"
             print(f"{jnp.dtype(dtype).name:>8} tokens {tokens:>3} ({path:>8}): output {errors[0]:.2e}, "
                   f"grad q/k/v {errors[1]:.2e} {errors[2]:.2e} {errors[3]:.2e}")
 

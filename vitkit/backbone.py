@@ -81,38 +81,45 @@ def _gelu_exact(x):
     return ops.cast(ops.cast(0.5 * x, "float32") * (1.0 + _erf(x * math.sqrt(0.5))), x.dtype)
 
 
-def fused_attention(query, key, value, training: bool = False):
+def fused_attention(query, key, value, training: bool = False, mask=None):
     """``softmax(q k^T / sqrt(d)) v`` for ``(batch, tokens, heads, head_dim)`` inputs, fused.
 
-    Uses the backend's fused kernel through ``keras.ops.dot_product_attention``. One case needs
-    help: cuDNN's fused attention (JAX's kernel on NVIDIA GPUs) computes gradients only for
-    sequences of even length, and a ViT has ``1 + patches`` tokens, usually an odd number, so
-    Keras would fall back to unfused attention for training. There the sequence is padded by one
-    token that cuDNN's sequence lengths hide, and the extra row is dropped: the same result,
-    with the fused kernel in both directions.
+    Uses the backend's fused kernel through ``keras.ops.dot_product_attention``. On JAX the
+    kernel is cuDNN's, chosen here rather than by Keras, for two reasons. cuDNN computes
+    gradients only for sequences of even length, and a ViT has ``1 + patches`` tokens, usually
+    an odd number, so Keras would fall back to unfused attention for training; there the
+    sequence is padded by one token that cuDNN's sequence lengths hide, and the extra row is
+    dropped: the same result, with the fused kernel in both directions. And where cuDNN cannot
+    run a shape (small models, some lengths) Keras logs a traceback before falling back; here
+    the fallback to XLA's attention is silent. ``mask`` (broadcastable to ``(batch, heads,
+    tokens, tokens)``, True where attention is allowed) is passed through.
     """
+    if keras.backend.backend() != "jax":
+        return ops.dot_product_attention(query, key, value, mask=mask)
     length = query.shape[1]
-    if training and length is not None and length % 2 and keras.backend.backend() == "jax":
-        padded = _cudnn_attention_of_padded(query, key, value)
-        if padded is not None:
-            return padded
-    return ops.dot_product_attention(query, key, value)
+    pad = bool(training and length is not None and length % 2)
+    fused = None if pad and mask is not None else _cudnn_attention(query, key, value, mask, pad_to_even=pad)
+    if fused is not None:
+        return fused
+    return ops.dot_product_attention(query, key, value, mask=mask, flash_attention=False)
 
 
-def _cudnn_attention_of_padded(query, key, value):
-    """cuDNN attention over the sequence padded to even length, or None where cuDNN cannot run it."""
+def _cudnn_attention(query, key, value, mask=None, pad_to_even: bool = False):
+    """cuDNN attention (optionally over the sequence padded to even length), or None where
+    cuDNN cannot run it (no NVIDIA GPU, unsupported shape or dtype)."""
     import jax
     import jax.numpy as jnp
 
     length = query.shape[1]
-    padding = [(0, 0), (0, 1), (0, 0), (0, 0)]
-    lengths = jnp.full((query.shape[0],), length, jnp.int32)
+    options = {} if mask is None else {"mask": mask}
+    if pad_to_even:
+        padding = [(0, 0), (0, 1), (0, 0), (0, 0)]
+        query, key, value = (jnp.pad(tensor, padding) for tensor in (query, key, value))
+        lengths = jnp.full((query.shape[0],), length, jnp.int32)
+        options = {"query_seq_lengths": lengths, "key_value_seq_lengths": lengths}
     try:
-        mixed = jax.nn.dot_product_attention(
-            *(jnp.pad(tensor, padding) for tensor in (query, key, value)),
-            query_seq_lengths=lengths, key_value_seq_lengths=lengths, implementation="cudnn",
-        )
-    except (NotImplementedError, RuntimeError, ValueError, TypeError):  # no GPU, cuDNN or dtype
+        mixed = jax.nn.dot_product_attention(query, key, value, implementation="cudnn", **options)
+    except (NotImplementedError, RuntimeError, ValueError, TypeError):
         return None
     return mixed[:, :length]
 
@@ -372,8 +379,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             )
         else:
             weights = None
-            mixed = (fused_attention(query, key, value, training=bool(training)) if mask is None
-                     else ops.dot_product_attention(query, key, value, mask=mask))
+            mixed = fused_attention(query, key, value, training=bool(training), mask=mask)
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         output = self.out(ops.reshape(mixed, (batch, length, x.shape[-1])))
         return (output, weights) if return_attention else output
