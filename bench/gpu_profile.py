@@ -143,23 +143,6 @@ def _keras_steps(model, make_batches):
     return run_train, run_forward
 
 
-def _array_batches(x, y):
-    import keras
-
-    class Same(keras.utils.PyDataset):
-        def __init__(self, steps, labelled):
-            super().__init__()
-            self.steps, self.labelled = steps, labelled
-
-        def __len__(self):
-            return self.steps
-
-        def __getitem__(self, index):
-            return (x, y) if self.labelled else x
-
-    return Same
-
-
 def _vitkit_batches(args, pool_x, pool_y):
     from gpu_throughput import _Repeat
     from vitkit.data import ImageBatches, load_images
@@ -205,6 +188,8 @@ def main() -> None:
         if variant.startswith("compute"):
             train, forward = _compute_steps(model, x, y)
         elif variant == "keras-arrays":
+            from gpu_throughput import _array_batches
+
             train, forward = _keras_steps(model, _array_batches(x, y))
         else:
             train, forward = _keras_steps(model, _vitkit_batches(args, pool_x, pool_y))

@@ -88,6 +88,24 @@ def run_vitkit(args, config) -> dict:
     return _measure(args, fit, predict)
 
 
+def _array_batches(x, y):
+    """A ``PyDataset`` class whose instances give the same batch (``x, y`` or ``x``) ``steps`` times."""
+    import keras
+
+    class Same(keras.utils.PyDataset):
+        def __init__(self, steps, labelled):
+            super().__init__()
+            self.steps, self.labelled = steps, labelled
+
+        def __len__(self):
+            return self.steps
+
+        def __getitem__(self, index):
+            return (x, y) if self.labelled else x
+
+    return Same
+
+
 def run_recipe(args, config) -> dict:
     import keras
     import numpy as np
@@ -112,16 +130,7 @@ def run_recipe(args, config) -> dict:
     x = rng.integers(0, 256, (args.batch, args.image_size, args.image_size, 3)).astype("float32") / 127.5 - 1
     y = np.eye(CLASSES, dtype="float32")[rng.integers(0, CLASSES, args.batch)]
 
-    class Batches(keras.utils.PyDataset):
-        def __init__(self, steps, labelled):
-            super().__init__()
-            self.steps, self.labelled = steps, labelled
-
-        def __len__(self):
-            return self.steps
-
-        def __getitem__(self, index):
-            return (x, y) if self.labelled else x
+    Batches = _array_batches(x, y)
 
     def fit(steps):
         started = time.perf_counter()
