@@ -56,8 +56,6 @@ def _convolution_embedding(self, images):
 
 
 def profile_vitkit(embedding: str) -> dict:
-    import functools
-
     from vitkit.device import configure_xla
 
     configure_xla()
@@ -68,31 +66,16 @@ def profile_vitkit(embedding: str) -> dict:
 
     import vitkit
     import vitkit.backbone
+    from gpu_profile import jitted_steps
 
     if embedding == "convolution":
         vitkit.backbone.PatchEmbedding.call = _convolution_embedding
     keras.config.set_dtype_policy("mixed_bfloat16")
     config = {"patch_size": 16, "num_layers": 12, "hidden_size": 768, "num_heads": 12, "mlp_dim": 3072}
     model = vitkit.build_model(10, backbone=config, image_size=224, augment=False)
-    optimizer = keras.optimizers.Adam(1e-4)
-    optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.CategoricalCrossentropy()
-    state = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
-             [v.value for v in optimizer.variables])
+    state, train, forward = jitted_steps(model, keras.optimizers.Adam(1e-4))
     x = jax.device_put(np.random.default_rng(0).integers(0, 256, (BATCH, 224, 224, 3), dtype=np.uint8))
     y = jax.device_put(np.eye(10, dtype="float32")[np.arange(BATCH) % 10])
-
-    def loss(trainable, non_trainable, x, y):
-        predicted, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
-        return loss_fn(y, predicted), non_trainable
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-    def train(trainable, non_trainable, optimizer_variables, x, y):
-        (value, non_trainable), grads = jax.value_and_grad(loss, has_aux=True)(trainable, non_trainable, x, y)
-        trainable, optimizer_variables = optimizer.stateless_apply(optimizer_variables, grads, trainable)
-        return trainable, non_trainable, optimizer_variables, value
-
-    forward = jax.jit(lambda trainable, non_trainable, x: model.stateless_call(trainable, non_trainable, x)[0])
 
     def traced(run) -> dict[str, float]:
         run()

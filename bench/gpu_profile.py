@@ -80,19 +80,17 @@ def _model(args, variant: str):
     return model
 
 
-def _compute_steps(model, x, y):
-    """Jitted forward and train steps over device-resident data, as Keras' JAX trainer builds them."""
+def jitted_steps(model, optimizer):
+    """``(state, train, forward)``: the model's variables as ``(trainable, non_trainable,
+    optimizer)`` values, and jitted train and forward steps on them, as Keras' JAX trainer
+    builds them (categorical cross-entropy)."""
     import jax
     import keras
 
     loss_fn = keras.losses.CategoricalCrossentropy()
-    optimizer = model.optimizer
     optimizer.build(model.trainable_variables)
-    state = {
-        "trainable": [v.value for v in model.trainable_variables],
-        "non_trainable": [v.value for v in model.non_trainable_variables],
-        "optimizer": [v.value for v in optimizer.variables],
-    }
+    state = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
+             [v.value for v in optimizer.variables])
 
     def loss(trainable, non_trainable, x, y):
         predicted, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
@@ -108,6 +106,15 @@ def _compute_steps(model, x, y):
     def forward(trainable, non_trainable, x):
         return model.stateless_call(trainable, non_trainable, x)[0]
 
+    return state, train, forward
+
+
+def _compute_steps(model, x, y):
+    """Jitted forward and train steps over device-resident data, as Keras' JAX trainer builds them."""
+    import jax
+
+    initial, train, forward = jitted_steps(model, model.optimizer)
+    state = dict(zip(("trainable", "non_trainable", "optimizer"), initial))
     x, y = jax.device_put(x), jax.device_put(y)
 
     def run_train(steps):
