@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, save_results, table, write_digits_csvs  # noqa: E402
-from vitkit.recipes import SMALL_DATA  # noqa: E402
+from vitkit.training.recipes import SMALL_DATA  # noqa: E402
 
 PLAIN_AUGMENT = True   # the plain recipe's: flip, rotation, zoom, translation, brightness, contrast
 # Each technique as (its setting when on, its setting when off); "base" has them all off.

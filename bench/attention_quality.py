@@ -68,7 +68,7 @@ def centre_maps(count: int, size: tuple[int, int]) -> np.ndarray:
 
 def load_masks(names: list[str], photos: Path, masks_dir: Path, size: tuple[int, int], resize_mode: str) -> np.ndarray:
     """``(n, height, width)`` bool product masks, resized like the photos were."""
-    from vitkit.images import load_image
+    from vitkit.data.images import load_image
 
     masks = []
     for name in names:
@@ -82,8 +82,8 @@ def load_masks(names: list[str], photos: Path, masks_dir: Path, size: tuple[int,
 
 def train_small_model(photos: Path, work: Path, epochs: int, image_size: int, seed: int) -> tuple[Path, Path]:
     """Train vit_micro from scratch on the train/val split; returns the model and the test manifest."""
-    from vitkit.manifest import build_manifests
-    from vitkit.training import train
+    from vitkit.data.manifest import build_manifests
+    from vitkit.training.train import train
 
     manifests = work / "manifests"
     build_manifests(photos, manifests, val_fraction=0.15, test_fraction=0.2, seed=seed)
@@ -109,8 +109,8 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("VITKIT_PROGRESS", "0")
-    from vitkit.explanation import explain_images
-    from vitkit.modelfile import load_model
+    from vitkit.explanation.attention import explain_images
+    from vitkit.models.modelfile import load_model
     from vitkit.prediction import images_for
 
     work = args.work or Path(tempfile.mkdtemp(prefix="vitkit_quality_"))

@@ -129,7 +129,7 @@ def copy_into_recipe(model, recipe, image_size: int) -> None:
 
     from vit_keras import utils
 
-    from vitkit.convert import flax_arrays
+    from vitkit.models.convert import flax_arrays
 
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = Path(folder) / "vitkit.npz"

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-same-time", action="store_true", help="skip the plain arm with the small-data arm's wall time")
     args = parser.parse_args(argv)
 
-    from vitkit.recipes import SMALL_DATA
+    from vitkit.training.recipes import SMALL_DATA
 
     epochs = args.epochs or SMALL_DATA.options["epochs"]
     work = Path(tempfile.mkdtemp(prefix="vitkit-digits-"))

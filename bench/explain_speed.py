@@ -50,10 +50,10 @@ def main() -> None:
 
     import keras
 
-    from vitkit.compat import to_vit_keras
-    from vitkit.data import load_images
-    from vitkit.explanation import explain_images
-    from vitkit.model import build_model
+    from vitkit.models.compat import to_vit_keras
+    from vitkit.data.batches import load_images
+    from vitkit.explanation.attention import explain_images
+    from vitkit.models.classifier import build_model
     from vitkit.prediction import predict_probabilities
 
     size = (args.image_size, args.image_size)

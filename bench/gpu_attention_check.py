@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitkit.backbone import _cudnn_attention, fused_attention
+from vitkit.models.backbone import _cudnn_attention, fused_attention
 
 
 def reference(query, key, value):

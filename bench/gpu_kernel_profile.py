@@ -65,11 +65,11 @@ def profile_vitkit(embedding: str) -> dict:
     from jax.profiler import ProfileData
 
     import vitkit
-    import vitkit.backbone
+    import vitkit.models.backbone
     from gpu_profile import jitted_steps
 
     if embedding == "convolution":
-        vitkit.backbone.PatchEmbedding.call = _convolution_embedding
+        vitkit.models.backbone.PatchEmbedding.call = _convolution_embedding
     keras.config.set_dtype_policy("mixed_bfloat16")
     config = {"patch_size": 16, "num_layers": 12, "hidden_size": 768, "num_heads": 12, "mlp_dim": 3072}
     model = vitkit.build_model(10, backbone=config, image_size=224, augment=False)

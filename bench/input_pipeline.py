@@ -61,7 +61,7 @@ def _stream_epoch(batches) -> int:
 
 
 def speed(args) -> dict:
-    from vitkit.data import ImageBatches, load_images
+    from vitkit.data.batches import ImageBatches, load_images
 
     size = (args.image_size, args.image_size)
     with tempfile.TemporaryDirectory() as scratch:
@@ -121,8 +121,8 @@ def memory_child(args) -> None:
     """One process: manifest of N photos -> cache -> one epoch of batches; prints its peak RSS."""
     import keras  # noqa: F401  (counted in the baseline, like every real run)
 
-    from vitkit.data import ImageBatches, load_images
-    from vitkit.manifest import build_manifests
+    from vitkit.data.batches import ImageBatches, load_images
+    from vitkit.data.manifest import build_manifests
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()

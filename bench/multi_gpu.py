@@ -1,7 +1,7 @@
 """Data-parallel training throughput of ViT-B/16 + head on 1, 2, ... GPUs, in one process.
 
 Each arm is ``vitkit train --devices N``'s set-up: the devices chosen by
-``vitkit.parallel.plan(N)`` (``keras.distribution.DataParallel`` on JAX, ``MirroredStrategy`` on
+``vitkit.training.parallel.plan(N)`` (``keras.distribution.DataParallel`` on JAX, ``MirroredStrategy`` on
 TensorFlow; N = 1 is the plain single-device path), the model built, prepared and compiled in
 its scope, fed by vitkit's batch stream (``ImageBatches``) with N x the same per-device batch
 of synthetic uint8 images, trained with Keras ``fit``. After ``--warmup`` steps (compilation),
@@ -45,8 +45,8 @@ def build_arms(args, config, counts: list[int]) -> dict[int, tuple]:
     import numpy as np
 
     import vitkit
-    from vitkit.data import ImageBatches, load_images
-    from vitkit.parallel import plan
+    from vitkit.data.batches import ImageBatches, load_images
+    from vitkit.training.parallel import plan
 
     keras.config.set_dtype_policy("mixed_bfloat16" if args.precision == "bf16" else "float32")
     pool = 2 * max(counts) * args.per_device_batch

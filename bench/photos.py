@@ -60,7 +60,7 @@ def train_cnn(manifests: Path, image_size: tuple[int, int], epochs: int, batch_s
     import keras
     import numpy as np
 
-    from vitkit.data import load_images
+    from vitkit.data.batches import load_images
 
     keras.utils.set_random_seed(0)
     sets = {split: load_images(str(manifests / f"{split}.csv"), image_size, progress=False)
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     parser.add_argument("--arms", default="small-data,plain,cnn")
     args = parser.parse_args(argv)
 
-    from vitkit.recipes import SMALL_DATA
+    from vitkit.training.recipes import SMALL_DATA
 
     work = Path(tempfile.mkdtemp(prefix="vitkit-photos-"))
     size = (args.image_size, args.image_size)

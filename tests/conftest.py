@@ -78,7 +78,7 @@ def shape_arrays() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture
 def tiny_model():
     """A factory of 2-layer, 32-wide classifiers on 32 px images."""
-    from vitkit.model import build_model
+    from vitkit.models.classifier import build_model
 
     def make(classes=TINY_CLASSES, image_size=32, augment=False, seed=0, **options):
         return build_model(list(classes), backbone=dict(TINY_BACKBONE), image_size=image_size,

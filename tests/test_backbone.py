@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from vitkit.backbone import VisionTransformer
-from vitkit.config import PRESETS, ViTConfig, auto_patch_size, resolve_config
+from vitkit.models.backbone import VisionTransformer
+from vitkit.models.config import PRESETS, ViTConfig, auto_patch_size, resolve_config
 from vitkit.errors import ConfigError
 
 TINY = {"patch_size": 8, "num_layers": 2, "hidden_size": 32, "num_heads": 4, "mlp_dim": 64}
@@ -153,7 +153,7 @@ def test_unknown_backbone_lists_the_presets():
 
 def test_patch_embedding_paths_agree():
     """Training uses a strided convolution, prediction a product over flattened patches: same numbers."""
-    from vitkit.backbone import PatchEmbedding
+    from vitkit.models.backbone import PatchEmbedding
 
     layer = PatchEmbedding(hidden_size=12, patch_size=4)
     images = np.random.default_rng(3).normal(size=(2, 16, 24, 3)).astype("float32")
@@ -169,7 +169,7 @@ def test_patch_embedding_paths_agree():
 
 
 def test_exact_gelu_matches_the_erf_definition():
-    from vitkit.backbone import _erf, _gelu_exact
+    from vitkit.models.backbone import _erf, _gelu_exact
 
     x = np.linspace(-9, 9, 20001)
     expected = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x])

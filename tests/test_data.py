@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import vitkit
-from vitkit.cache import ImageStore
-from vitkit.data import ImageBatches, load_images
+from vitkit.data.cache import ImageStore
+from vitkit.data.batches import ImageBatches, load_images
 from vitkit.errors import ConfigError
-from vitkit.images import load_image
+from vitkit.data.images import load_image
 
 from conftest import run_python
 
@@ -54,7 +54,7 @@ def test_training_epochs_decode_nothing(photo_tree, tmp_path):
     images = load_images(photo_tree, (24, 24), cache_dir=tmp_path / "cache", progress=False)
     decoded = ImageStore((24, 24), "stretch", tmp_path / "cache")
     calls = []
-    import vitkit.cache as cache
+    import vitkit.data.cache as cache
 
     original = cache.load_image
     cache.load_image = lambda *a, **k: calls.append(a) or original(*a, **k)
@@ -120,7 +120,7 @@ def test_api_reexports_the_loader():
 _JAX_DATA_PATH = """
 import sys, numpy as np
 from pathlib import Path
-from vitkit.data import ImageBatches, load_images
+from vitkit.data.batches import ImageBatches, load_images
 images = load_images(Path({photos!r}), (24, 24), cache_dir={cache!r}, progress=False)
 batches = ImageBatches(images, 8, class_names=sorted(set(images.labels)), shuffle=True)
 x, y = batches[0]

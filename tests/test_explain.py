@@ -8,21 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from vitkit.data import load_images
+from vitkit.data.batches import load_images
 from vitkit.errors import ConfigError, OutputExistsError
-from vitkit.explanation import (
-    _scores_with_attention_gradients,
-    attention_rollout,
-    attention_weights,
-    class_token_attention,
-    discard_lowest,
-    explain,
-    explain_images,
-    gradient_rollout,
-    normalise_maps,
-    resize_maps,
-)
-from vitkit.explain_outputs import bertviz_attention, focus_position, map_keys, save_maps_file, token_names
+from vitkit.explanation.attention import _scores_with_attention_gradients, attention_weights, explain_images
+from vitkit.explanation.explain import explain
+from vitkit.explanation.rollout import attention_rollout, class_token_attention, discard_lowest, gradient_rollout, normalise_maps, resize_maps
+from vitkit.explanation.outputs import bertviz_attention, focus_position, map_keys, save_maps_file, token_names
 
 FUSE = {"mean": np.mean, "max": np.max, "min": np.min}
 

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import make_photo_tree, run_cli, run_python
 from test_explain import sharpen, shapes
-from vitkit.explanation import explain
-from vitkit.modelfile import save_model
+from vitkit.explanation.explain import explain
+from vitkit.models.modelfile import save_model
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_jax_backend_gives_the_same_maps(model_file, tmp_path):
     code = f"""
 import json, sys
 import numpy as np
-from vitkit.explanation import explain
+from vitkit.explanation.explain import explain
 images = np.load({str(tmp_path / 'images.npy')!r})
 found = {{}}
 for method in ("rollout", "gradient"):

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 
 from test_explain import sharpen, shapes
-from vitkit.attention_figures import masked
-from vitkit.data import load_images
-from vitkit.explanation import explain_images
+from vitkit.explanation.figures import masked
+from vitkit.data.batches import load_images
+from vitkit.explanation.attention import explain_images
 
 pytestmark = pytest.mark.oracle
 
 vit_keras = pytest.importorskip("vit_keras", reason="vit-keras (the compat extra) is not installed")
 from vit_keras import visualize  # noqa: E402
 
-from vitkit.compat import to_vit_keras, vitkit_variable_path  # noqa: E402
+from vitkit.models.compat import to_vit_keras, vitkit_variable_path  # noqa: E402
 
 
 def vit_keras_mask(twin, image: np.ndarray, monkeypatch) -> np.ndarray:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import vitkit
-from vitkit.convert import flax_arrays, load_foreign_weights
-from vitkit.legacy import flax_name_of
+from vitkit.models.convert import flax_arrays, load_foreign_weights
+from vitkit.models.legacy import flax_name_of
 
 from conftest import FIXTURES, TINY_BACKBONE
 

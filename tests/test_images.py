@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitkit.images import load_image
+from vitkit.data.images import load_image
 
 RED = (200, 30, 40)
 

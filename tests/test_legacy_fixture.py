@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 import vitkit
-from vitkit.convert import convert_weights
-from vitkit.legacy import backbone_shape, read_weights
-from vitkit.modelfile import read_metadata
+from vitkit.models.modelfile import convert_weights
+from vitkit.models.legacy import backbone_shape, read_weights
+from vitkit.models.modelfile import read_metadata
 
 from conftest import FIXTURES, run_cli, run_python
 
@@ -148,7 +148,7 @@ def test_keras2_backbone_saved_alone(tmp_path):
 
 @pytest.mark.slow
 def test_explain_reads_the_old_file_and_predicts_as_keras2():
-    from vitkit.explanation import explain
+    from vitkit.explanation.explain import explain
 
     images = [str(path) for path in image_paths()]
     result = explain(WEIGHTS, images, classes=CLASSES, preprocess="raw", num_heads=4, progress=False)

@@ -25,9 +25,9 @@ import pytest
 import vitkit
 from conftest import TINY_BACKBONE, run_python
 from vitkit.cli import build_parser
-from vitkit.data import ImageBatches, load_images
+from vitkit.data.batches import ImageBatches, load_images
 from vitkit.errors import ConfigError
-from vitkit.parallel import SINGLE, parse_devices, plan
+from vitkit.training.parallel import SINGLE, parse_devices, plan
 
 ZERO_GRADIENT = ("/key/bias", "encoder_norm/beta")
 TRAINING = dict(recipe="plain", backbone="vit_micro", weights="none", image_size=32, batch_size=8,
@@ -120,7 +120,7 @@ def test_more_devices_than_present_and_other_clusters_are_clear_errors(shape_arr
     ("2", "", "VITKIT_PROCESS_ID must be a whole number >= 0; got ''"),
 ])
 def test_a_malformed_jax_cluster_environment_is_a_clear_error(processes, index, message, monkeypatch):
-    from vitkit.parallel import _join_jax_cluster
+    from vitkit.training.parallel import _join_jax_cluster
 
     monkeypatch.setenv("VITKIT_COORDINATOR", "127.0.0.1:9876")
     monkeypatch.setenv("VITKIT_NUM_PROCESSES", processes)
@@ -182,7 +182,7 @@ import numpy as np
 {setup}
 import keras, vitkit
 from vitkit.errors import ConfigError
-from vitkit.runstate import RunKeeper
+from vitkit.training.runstate import RunKeeper
 
 data = np.load({data!r})
 images = (data["x"], data["y"])

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT, make_photo_tree, run_cli
 from test_multidevice import TRAINING_FLAGS, assert_same_history, assert_same_model, read_history
-from vitkit.data import load_images
+from vitkit.data.batches import load_images
 
 
 def free_port() -> int:

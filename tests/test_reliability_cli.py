@@ -17,7 +17,7 @@ import pytest
 
 from conftest import make_photo_tree, run_cli, run_python
 from vitkit.cli import main
-from vitkit.modelfile import save_model
+from vitkit.models.modelfile import save_model
 
 TINY_TRAIN = [
     "--backbone", "vit_micro", "--weights", "none", "--image-size", "32", "--patch-size", "8",
@@ -284,7 +284,7 @@ def test_other_errors_are_not_taken_for_out_of_memory(cli, data, model_path, mon
 def test_out_of_memory_after_some_epochs_says_the_run_can_resume(cli, data, monkeypatch):
     import tensorflow as tf
 
-    from vitkit.runstate import RunKeeper
+    from vitkit.training.runstate import RunKeeper
 
     out = data["root"] / "m.weights.h5"
     original = RunKeeper.on_epoch_begin
@@ -311,7 +311,7 @@ def test_api_functions_work_whatever_was_imported_first(data, model_path):
     """Importing the modules behind ``vitkit.train`` / ``evaluate`` / ``predict`` / ``explain`` first
     (as the command line does) must leave those names bound to the functions."""
     code = f"""
-import vitkit.evaluation, vitkit.prediction, vitkit.training, vitkit.explanation  # the modules first
+import vitkit.evaluation, vitkit.prediction, vitkit.training.train, vitkit.explanation.explain  # the modules first
 import vitkit
 table = vitkit.predict({str(model_path)!r}, {str(data['good'])!r}, progress=False)
 metrics = vitkit.evaluate({str(model_path)!r}, {str(data['good'])!r}, progress=False)

@@ -23,10 +23,10 @@ from PIL import Image
 
 from badfiles import encoded
 from conftest import TINY_BACKBONE
-from vitkit.data import load_images
+from vitkit.data.batches import load_images
 from vitkit.errors import VitkitError
 from vitkit.fileio import safe_file_stem
-from vitkit.manifest import check_manifest
+from vitkit.data.manifest import check_manifest
 
 SCALE = int(os.environ.get("VITKIT_FUZZ_EXAMPLES", "1"))
 _FUZZ = settings(deadline=None, print_blob=True,
@@ -194,7 +194,7 @@ def test_loading_a_manifest_raises_only_vitkit_errors(files, manifest, policy):
 
 @pytest.fixture(scope="module")
 def model():
-    from vitkit.model import build_model
+    from vitkit.models.classifier import build_model
 
     return build_model(CLASSES, backbone=dict(TINY_BACKBONE), image_size=32)
 
@@ -231,7 +231,7 @@ def test_predict_writes_complete_outputs_or_nothing(model, files, manifest, poli
 @given(cut=st.floats(0.0, 1.0), flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=6))
 def test_damaged_model_files_raise_only_weights_errors(model, cut, flips, tmp_path_factory):
     from vitkit.errors import WeightsError
-    from vitkit.modelfile import load_model, save_model
+    from vitkit.models.modelfile import load_model, save_model
 
     folder = tmp_path_factory.mktemp("damaged")
     data = bytearray(save_model(model, folder / "m.weights.h5").read_bytes())

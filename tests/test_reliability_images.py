@@ -18,10 +18,10 @@ from PIL import Image
 
 from badfiles import encoded, png_16bit_rgb, png_bytes, quadrants, zlib_bomb_png
 from conftest import run_python
-from vitkit.data import load_images
+from vitkit.data.batches import load_images
 from vitkit.errors import ImageError
-from vitkit.images import load_image
-from vitkit.manifest import build_manifests, find_images
+from vitkit.data.images import load_image
+from vitkit.data.manifest import build_manifests, find_images
 
 
 def solid(colour, size=(12, 12), mode="RGB") -> Image.Image:
@@ -255,7 +255,7 @@ def test_decompression_bombs_are_refused_without_using_memory(tmp_path):
     code = textwrap.dedent(f"""
         import json, resource
         import numpy as np
-        from vitkit.images import load_image
+        from vitkit.data.images import load_image
         from vitkit.errors import ImageError
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         messages = []
@@ -334,7 +334,7 @@ def test_error_policy_does_not_decode_past_a_missing_file(tmp_path):
     rows = [".,a,000.png", ".,a,missing.png"] + [f".,a,{i:03d}.png" for i in range(1, 300)]
     manifest = tmp_path / "list.csv"
     manifest.write_text("base_path,type_dir,file_name\n" + "\n".join(rows) + "\n")
-    from vitkit.cache import ImageStore
+    from vitkit.data.cache import ImageStore
 
     with pytest.raises(ImageError, match=r"line 3: .*missing\.png: file not found"):
         load_images(manifest, (8, 8), on_bad_image="error", progress=False)

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_photo_tree, run_cli, run_python
-from vitkit.manifest import build_manifests
-from vitkit.modelfile import load_model, read_metadata
+from vitkit.data.manifest import build_manifests
+from vitkit.models.modelfile import load_model, read_metadata
 
 
 def weights_of(path: Path) -> list[np.ndarray]:
@@ -111,10 +111,10 @@ def test_jax_backend_is_deterministic_and_resumes_exactly(tmp_path):
         os.environ["VITKIT_PROGRESS"] = "0"
         import numpy as np
         from conftest import TINY_BACKBONE, make_photo_tree
-        from vitkit.manifest import build_manifests
-        from vitkit.modelfile import load_model
-        from vitkit.runstate import RunKeeper
-        from vitkit.training import train
+        from vitkit.data.manifest import build_manifests
+        from vitkit.models.modelfile import load_model
+        from vitkit.training.runstate import RunKeeper
+        from vitkit.training.train import train
 
         from pathlib import Path
         root = Path({str(tmp_path)!r})

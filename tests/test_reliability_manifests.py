@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vitkit.data import load_images
+from vitkit.data.batches import load_images
 from vitkit.errors import ManifestError
-from vitkit.manifest import build_manifests, check_manifest, read_manifest, stratified_split
+from vitkit.data.manifest import build_manifests, check_manifest, read_manifest, stratified_split
 
 HEADER = "base_path,type_dir,file_name"
 
@@ -181,7 +181,7 @@ def test_unknown_class_at_predict_is_predicted_with_a_warning(photos, tiny_model
 
 
 def test_rows_without_a_class_are_named_before_training_refuses(photos, tmp_path):
-    from vitkit.training import train
+    from vitkit.training.train import train
 
     path = manifest(photos / "m.csv", f"{HEADER},label\n.,circle,0.png,circle\n.,square,0.png,\n.,square,1.png,square\n")
     with pytest.warns(UserWarning, match=r"m\.csv line 3: 1 row\(s\) have an empty class"):

@@ -14,10 +14,10 @@ import pytest
 
 from conftest import TINY_BACKBONE, make_photo_tree
 from vitkit.errors import ConfigError, OutputExistsError
-from vitkit.manifest import build_manifests
-from vitkit.modelfile import load_model
-from vitkit.runstate import RunKeeper
-from vitkit.training import train
+from vitkit.data.manifest import build_manifests
+from vitkit.models.modelfile import load_model
+from vitkit.training.runstate import RunKeeper
+from vitkit.training.train import train
 
 TINY = dict(backbone="vit_micro", weights="none", image_size=32, batch_size=8, verbose=0, **TINY_BACKBONE)
 PLAIN = dict(TINY, recipe="plain")  # a plain patch embedding: quicker where the recipe is not the point

@@ -18,10 +18,10 @@ import pytest
 
 from badfiles import marker_pickle
 from conftest import TINY_BACKBONE, run_python
-from vitkit import weights as weights_module
+from vitkit.models import weights as weights_module
 from vitkit.errors import WeightsError
-from vitkit.model import build_model
-from vitkit.modelfile import load_model, read_metadata, save_model
+from vitkit.models.classifier import build_model
+from vitkit.models.modelfile import load_model, read_metadata, save_model
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_model_file_of_a_compiled_model_holds_no_optimizer(tmp_path, tiny_model)
         assert "optimizer" not in handle
     fresh = tiny_model()
     fresh.compile(optimizer="adam", loss="categorical_crossentropy")
-    from vitkit.modelfile import load_weights_only
+    from vitkit.models.modelfile import load_weights_only
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

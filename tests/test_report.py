@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from test_explain import sharpen, shapes
-from vitkit.data import load_images
-from vitkit.explanation import explain_images
-from vitkit.report import write_report
+from vitkit.data.batches import load_images
+from vitkit.explanation.attention import explain_images
+from vitkit.explanation.report import write_report
 
 
 def chromium() -> str:

@@ -145,7 +145,7 @@ def test_help_explains_the_options(generator, capsys):
 def test_bundled_manifests_list_every_sample_photo_once_without_problems():
     import pandas as pd
 
-    from vitkit.manifest import check_manifest
+    from vitkit.data.manifest import check_manifest
 
     folder = ROOT / "data_manifests" / "sample_products"
     listed = []

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import TINY_BACKBONE, TINY_CLASSES, run_python
-from vitkit.backbone import ConvStem, MultiHeadSelfAttention, ShiftedPatchTokenizer, VisionTransformer
-from vitkit.config import ViTConfig, resolve_config
+from vitkit.models.backbone import ConvStem, MultiHeadSelfAttention, ShiftedPatchTokenizer, VisionTransformer
+from vitkit.models.config import ViTConfig, resolve_config
 from vitkit.errors import ConfigError
-from vitkit.modelfile import load_model, save_model
-from vitkit.preprocessing import Augment, RandAugmentOps
+from vitkit.models.modelfile import load_model, save_model
+from vitkit.data.preprocessing import Augment, RandAugmentOps
 
 SMALL_DATA_OPTIONS = [
     {"tokenizer": "shifted", "locality_attention": True},
@@ -175,7 +175,7 @@ def test_jax_backend_forward_attention_and_training_step():
     code = f"""
 import numpy as np, keras
 assert keras.backend.backend() == "jax"
-from vitkit.model import build_model
+from vitkit.models.classifier import build_model
 model = build_model({list(TINY_CLASSES)}, backbone={TINY_BACKBONE}, image_size=32, seed=0,
                     augment={{"randaugment_ops": 2, "zoom": 0.1}}, tokenizer="shifted", locality_attention=True)
 conv = build_model(2, backbone={TINY_BACKBONE}, image_size=32, tokenizer="conv", augment=False)

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import TINY_BACKBONE
 from vitkit.errors import ConfigError
-from vitkit.mixing import MixConfig, MixedBatches, cutmix, mix_batch, mixup
-from vitkit.recipes import PLAIN, RECIPES, SMALL_DATA, choose_recipe, describe, resolve_options
+from vitkit.data.mixing import MixConfig, MixedBatches, cutmix, mix_batch, mixup
+from vitkit.training.recipes import PLAIN, RECIPES, SMALL_DATA, choose_recipe, describe, resolve_options
 
 # Recipe resolution --------------------------------------------------------------------------
 
@@ -150,7 +150,7 @@ def test_mix_batch_mixes_sample_weights_and_respects_off():
 
 
 def test_mixed_batches_are_a_function_of_seed_epoch_and_index(shape_arrays):
-    from vitkit.data import ImageBatches, load_images
+    from vitkit.data.batches import ImageBatches, load_images
 
     images = load_images(shape_arrays, (32, 32))
     classes = sorted(set(images.labels))
@@ -173,7 +173,7 @@ def test_mixed_batches_are_a_function_of_seed_epoch_and_index(shape_arrays):
 
 
 def test_randaugment_changes_images_per_image_only_in_training():
-    from vitkit.preprocessing import AugmentConfig, RandAugmentOps
+    from vitkit.data.preprocessing import AugmentConfig, RandAugmentOps
 
     images = np.random.default_rng(0).uniform(0, 255, (16, 16, 16, 3)).astype("float32")
     layer = RandAugmentOps(num_ops=2, magnitude=0.5, seed=0)
@@ -195,7 +195,7 @@ def test_randaugment_changes_images_per_image_only_in_training():
 @pytest.mark.slow
 def test_small_data_recipe_trains_lowers_the_loss_and_is_stored(shape_arrays, tmp_path):
     import vitkit
-    from vitkit.modelfile import read_metadata
+    from vitkit.models.modelfile import read_metadata
 
     result = vitkit.train(shape_arrays, out=tmp_path / "m.weights.h5", weights="none", backbone=dict(TINY_BACKBONE),
                           epochs=6, batch_size=8, val_fraction=0.2, mixup=0.8, cutmix=1.0, verbose=0)

@@ -24,7 +24,7 @@ from vit_keras import utils as vk_utils  # noqa: E402
 from vit_keras import vit as vk_vit  # noqa: E402
 
 import vitkit  # noqa: E402
-from vitkit.convert import flax_arrays, load_foreign_weights  # noqa: E402
+from vitkit.models.convert import flax_arrays, load_foreign_weights  # noqa: E402
 
 pytestmark = pytest.mark.oracle
 

@@ -13,7 +13,7 @@ import pytest
 
 import vitkit
 from vitkit.cli import main
-from vitkit.weights import CHECKPOINTS, checkpoint_named, weights_dirs
+from vitkit.models.weights import CHECKPOINTS, checkpoint_named, weights_dirs
 
 from conftest import FIXTURES, run_cli
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from vitkit.errors import ConfigError, OutputExistsError
 from vitkit.fileio import write_text_atomic
-from vitkit.manifest import build_manifests
+from vitkit.data.manifest import build_manifests
 
 SAMPLE_PHOTOS = Path("examples") / "photos"
 
@@ -85,10 +85,10 @@ def run_demo(
     import keras
 
     from vitkit.evaluation import evaluate
-    from vitkit.explanation import explain
-    from vitkit.modelfile import load_model
+    from vitkit.explanation.explain import explain
+    from vitkit.models.modelfile import load_model
     from vitkit.prediction import predict
-    from vitkit.training import train
+    from vitkit.training.train import train
 
     started = time.monotonic()
     out = Path(out)

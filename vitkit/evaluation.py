@@ -10,11 +10,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from vitkit.data import write_skipped
+from vitkit.data.batches import write_skipped
 from vitkit.errors import ManifestError
 from vitkit.figures import confusion_figure, image_grid_figure, save_figure
 from vitkit.fileio import check_writable, write_text_atomic
-from vitkit.model import ImageClassifier
+from vitkit.models.classifier import ImageClassifier
 from vitkit.prediction import as_model, images_for, predict_probabilities, prediction_table, write_table
 
 OUTPUT_FILES = (

@@ -106,3 +106,8 @@ def safe_file_stem(name: str, max_length: int = 120) -> str:
     stem = _UNSAFE.sub("_", name.replace(os.sep, "_").replace("/", "_")).strip("._")
     stem = stem.encode("utf-8")[:max_length].decode("utf-8", errors="ignore").rstrip("._")
     return stem or "image"
+
+
+def vitkit_home() -> Path:
+    """``$VITKIT_HOME``, or ``~/.keras/vitkit``."""
+    return Path(os.environ.get("VITKIT_HOME") or Path.home() / ".keras" / "vitkit")

@@ -10,11 +10,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from vitkit.data import ImageBatches, ImageSet, load_images, write_skipped
+from vitkit.data.batches import ImageBatches, ImageSet, load_images, write_skipped
 from vitkit.device import out_of_memory_hint
 from vitkit.figures import image_grid_figure, save_figure
 from vitkit.fileio import atomic_output, check_writable
-from vitkit.model import ImageClassifier
+from vitkit.models.classifier import ImageClassifier
 
 
 def as_model(model: ImageClassifier | str | os.PathLike, classes: Sequence[str] | None = None,
@@ -27,7 +27,7 @@ def as_model(model: ImageClassifier | str | os.PathLike, classes: Sequence[str] 
     """
     if isinstance(model, ImageClassifier):
         return model
-    from vitkit.modelfile import is_model_file, load_model
+    from vitkit.models.modelfile import is_model_file, load_model
 
     if is_model_file(model):
         return load_model(model, **foreign_options)
@@ -79,7 +79,7 @@ def predict(
 
     Args:
         model: a classifier or a model file.
-        data: manifest, folder, image files, or arrays (see :func:`vitkit.data.load_images`).
+        data: manifest, folder, image files, or arrays (see :func:`vitkit.data.batches.load_images`).
         out: CSV file for the table.
         grid: image file (PNG/PDF) with 16 images spread over the set, titled by prediction, green when
             right and red when wrong if the true classes are known.

@@ -18,8 +18,11 @@ import h5py
 import keras
 
 from vitkit.errors import VitkitError, WeightsError
-from vitkit.fileio import atomic_output
-from vitkit.model import ImageClassifier, ModelSpec
+from vitkit.fileio import atomic_output, check_writable
+from vitkit.models.convert import build_from_weights, class_names_from, load_foreign
+from vitkit.models.legacy import file_kind, read_weights
+from vitkit.models.weights import sha256_of
+from vitkit.models.classifier import ImageClassifier, ModelSpec
 
 FORMAT_NAME = "vitkit"
 FORMAT_VERSION = 1
@@ -98,8 +101,6 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def is_model_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a vitkit model file (HDF5 with vitkit metadata), not a file of another tool."""
-    from vitkit.legacy import file_kind
-
     return file_kind(path) == "hdf5" and read_metadata(path) is not None
 
 
@@ -113,7 +114,7 @@ def load_model(
 
     Files of other tools (Flax ``.npz`` checkpoints, vit-keras ``.weights.h5`` / ``.h5``, the
     original recipe's Keras-2 ``.h5``) load too, with what they do not record given here:
-    ``classes`` and ``preprocess`` (see :func:`vitkit.convert.load_foreign`, which also takes
+    ``classes`` and ``preprocess`` (see :func:`vitkit.models.convert.load_foreign`, which also takes
     ``include_top``, ``num_heads`` and ``image_size``). A vitkit file records both; options
     that contradict it are an error.
 
@@ -124,8 +125,6 @@ def load_model(
         >>> old = vitkit.load_model("old/recipe.h5", classes=["a", "b", "c"], preprocess="raw")
     """
     if not is_model_file(path):
-        from vitkit.convert import load_foreign
-
         return load_foreign(path, classes=classes, preprocess=preprocess, **foreign_options)
     metadata = read_metadata(path)
     try:
@@ -169,9 +168,32 @@ def _check_agrees(path, spec: ModelSpec, classes, preprocess: str | None, foreig
     if preprocess is not None and preprocess != spec.preprocess:
         raise WeightsError(f"{path} was made with preprocess {spec.preprocess!r}; drop preprocess={preprocess!r}")
     if classes is not None:
-        from vitkit.convert import class_names_from
-
         if class_names_from(classes) != list(spec.class_names):
             raise WeightsError(
                 f"{path} names its classes {list(spec.class_names)}; classes= is only for files of other tools"
             )
+
+
+def convert_weights(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    classes: Sequence[str] | str | os.PathLike | None = None,
+    preprocess: str | None = None,
+    include_top: bool | None = None,
+    num_heads: int | None = None,
+    image_size: int | Sequence[int] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Convert a foreign weights file into a vitkit model file (``.weights.h5`` with metadata).
+
+    The metadata records where the weights came from (file name, format, SHA-256) and the
+    preprocessing chosen, so the converted file loads with ``vitkit.load_model(out)`` alone.
+
+    Example:
+        >>> convert_weights("old/model.h5", "models/old.weights.h5", classes="bottle,can,mug", preprocess="tf")
+    """
+    check_writable(out, overwrite)
+    weights = read_weights(path)
+    model = build_from_weights(weights, classes, preprocess, include_top, num_heads, image_size)
+    source = {"file": Path(path).name, "format": weights.format, "sha256": sha256_of(Path(path))}
+    return save_model(model, out, overwrite=overwrite, extra={"converted_from": source})

@@ -98,7 +98,7 @@ def mix_batch(images: np.ndarray, targets: np.ndarray, sample_weights: np.ndarra
 
 
 class MixedBatches(keras.utils.PyDataset):
-    """Training batches of an :class:`~vitkit.data.ImageBatches` with Mixup / CutMix applied.
+    """Training batches of an :class:`~vitkit.data.batches.ImageBatches` with Mixup / CutMix applied.
 
     Batch ``i`` of epoch ``e`` is mixed with a generator seeded by ``(seed, e, i)``, so the
     result does not depend on worker threads or on where a run was resumed.

@@ -20,7 +20,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from vitkit.errors import ConfigError, ImageError
-from vitkit.images import load_image
+from vitkit.fileio import vitkit_home
+from vitkit.data.images import load_image
 from vitkit.progress import Progress
 
 _SCHEMA = """
@@ -36,8 +37,6 @@ _CHUNK = 256
 
 def default_cache_dir() -> Path:
     """``$VITKIT_CACHE_DIR``, else ``$VITKIT_HOME/cache`` (default ``~/.keras/vitkit/cache``)."""
-    from vitkit.weights import vitkit_home
-
     return Path(os.environ.get("VITKIT_CACHE_DIR") or vitkit_home() / "cache")
 
 

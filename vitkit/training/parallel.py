@@ -44,7 +44,7 @@ class Parallel:
         replicas: devices over all processes; the global batch is split evenly over them.
         process_index: this process among ``process_count`` (0 writes the outputs).
         process_count: processes (hosts) training together.
-        shard: ``(index, count)`` for :class:`~vitkit.data.ImageBatches`: which part of each
+        shard: ``(index, count)`` for :class:`~vitkit.data.batches.ImageBatches`: which part of each
             global batch this process reads.
         multiple_of: every global batch must hold a multiple of this many samples (JAX shards
             arrays only evenly; TensorFlow takes uneven last batches: 1).

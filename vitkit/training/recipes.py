@@ -16,7 +16,7 @@ few thousand images. Its techniques were each measured on their own before they 
 - a small backbone at a small input size (smaller images are upsampled when loaded, e.g. 8 px
   digits to 32 px), with the patch size chosen for an 8x8 token grid.
 
-Mixup and CutMix (:mod:`vitkit.mixing`) are available but off: at budgets of tens of epochs
+Mixup and CutMix (:mod:`vitkit.data.mixing`) are available but off: at budgets of tens of epochs
 they cost accuracy in every measurement.
 
 An option the caller gives explicitly always wins over the recipe's default. The recipe's name
@@ -31,7 +31,7 @@ import dataclasses
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from vitkit.config import PRETRAINED_PRESETS, ViTConfig
+from vitkit.models.config import PRETRAINED_PRESETS, ViTConfig
 from vitkit.errors import ConfigError
 
 
@@ -43,7 +43,7 @@ class Recipe:
         name: what ``--recipe`` takes.
         summary: one line for ``--help``.
         options: defaults of :func:`vitkit.train` keyword arguments.
-        backbone_options: defaults of :class:`~vitkit.config.ViTConfig` fields (overriding the
+        backbone_options: defaults of :class:`~vitkit.models.config.ViTConfig` fields (overriding the
             preset's).
         max_warmup_share: the recipe's warm-up is cut to at most this share of the epochs, so
             a short run still reaches the peak learning rate (an explicit warm-up is kept).

@@ -24,7 +24,7 @@ import numpy as np
 
 from vitkit.errors import ConfigError
 from vitkit.fileio import atomic_output, check_writable
-from vitkit.model import ImageClassifier
+from vitkit.models.classifier import ImageClassifier
 
 EXPORT_FORMATS = ("keras", "savedmodel", "onnx")
 ONNX_OPSET = 17

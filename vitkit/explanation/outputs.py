@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from vitkit.data import ImageSet
+from vitkit.data.batches import ImageSet
 from vitkit.errors import ConfigError
 from vitkit.fileio import atomic_output, safe_file_stem, write_text_atomic
 from vitkit.progress import Progress
 
 if TYPE_CHECKING:
-    from vitkit.explanation import Explanation
-    from vitkit.model import ImageClassifier
+    from vitkit.explanation.result import Explanation
+    from vitkit.models.classifier import ImageClassifier
 
 OUTPUT_FILES = ("explanations.csv", "grid.png", "layers.png", "heads.png", "skipped.csv")
 FIGURE_DIR = "figures"
@@ -50,9 +50,9 @@ def focus_position(names: Sequence[str], focus: str | int | None) -> int:
 def write_figures(result: "Explanation", model: "ImageClassifier", out: str | os.PathLike,
                   focus_index: int = 0, progress: bool = True) -> None:
     """The figures and table of :func:`explain`'s ``out`` folder (existing files are replaced)."""
-    from vitkit.attention_figures import grid_figure, head_figure, image_figure, layer_figure
+    from vitkit.explanation.figures import grid_figure, head_figure, image_figure, layer_figure
     from vitkit.figures import save_figure
-    from vitkit.data import write_skipped
+    from vitkit.data.batches import write_skipped
     from vitkit.prediction import write_table
 
     out = Path(out)
@@ -130,7 +130,7 @@ def write_attention_json(model: "ImageClassifier", images: ImageSet, path: str |
 
     Besides BertViz's keys the file names the image, the prediction, the patch grid and size.
     """
-    from vitkit.explanation import attention_weights
+    from vitkit.explanation.attention import attention_weights
 
     probabilities, attention = attention_weights(model, images.read(np.array([index])))
     grid = model.backbone.grid_shape(model.spec.image_size)

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 from PIL import Image
 
-from vitkit.attention_figures import overlay, short_name, verdicts
+from vitkit.explanation.figures import overlay, short_name, verdicts
 from vitkit.errors import ManifestError
 from vitkit.fileio import write_text_atomic
 from vitkit.progress import Progress
 
 if TYPE_CHECKING:
-    from vitkit.explanation import Explanation
-    from vitkit.model import ImageClassifier
+    from vitkit.explanation.result import Explanation
+    from vitkit.models.classifier import ImageClassifier
 
 THUMBNAIL_SIZE = 128
 _CHUNK = 64

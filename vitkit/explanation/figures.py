@@ -1,7 +1,7 @@
 """Figures of attention maps: original | overlay | masked per image, grids, per-layer strips, PDF.
 
 Images are the uint8 arrays the model saw; maps are ``(height, width)`` floats in [0, 1]
-(:meth:`vitkit.explanation.Explanation.maps`).
+(:meth:`vitkit.explanation.result.Explanation.maps`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from vitkit.figures import RIGHT_COLOUR, WRONG_COLOUR, image_grid_figure, plt
 from vitkit.fileio import atomic_output
 
 if TYPE_CHECKING:
-    from vitkit.explanation import Explanation
+    from vitkit.explanation.result import Explanation
 
 COLORMAP = "jet"
 # Opacity of the heat colours, from the map's lowest to its highest values: the photo stays
@@ -190,7 +190,7 @@ def stretched(maps: np.ndarray) -> np.ndarray:
 
 def layer_figure(explanation: "Explanation", index: int) -> plt.Figure:
     """The per-layer strip of image ``index``: original, each layer's class-token map, final map."""
-    from vitkit.explanation import resize_maps
+    from vitkit.explanation.rollout import resize_maps
 
     image = explanation.pixels([index])[0]
     layer_maps = resize_maps(stretched(explanation.layer_maps[index]), explanation.image_size)
@@ -204,7 +204,8 @@ def head_figure(model, explanation: "Explanation", index: int) -> plt.Figure:
 
     Each panel is stretched to its own range (:func:`stretched`).
     """
-    from vitkit.explanation import attention_weights, class_token_attention, resize_maps
+    from vitkit.explanation.attention import attention_weights
+    from vitkit.explanation.rollout import class_token_attention, resize_maps
 
     image = explanation.pixels([index])[0]
     _, attention = attention_weights(model, image[np.newaxis])

@@ -24,7 +24,7 @@ import numpy as np
 
 from vitkit.errors import ConfigError
 from vitkit.fileio import atomic_output, write_text_atomic
-from vitkit.modelfile import load_weights_only, save_model
+from vitkit.models.modelfile import load_weights_only, save_model
 
 STATE_FILE = "state.json"
 

@@ -33,7 +33,7 @@ import math
 import keras
 from keras import ops
 
-from vitkit.config import ViTConfig
+from vitkit.models.config import ViTConfig
 
 
 def gelu_tanh(x):

@@ -12,10 +12,10 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
-from vitkit.backbone import VisionTransformer, gelu_tanh
-from vitkit.config import ViTConfig, resolve_config
+from vitkit.models.backbone import VisionTransformer, gelu_tanh
+from vitkit.models.config import ViTConfig, resolve_config
 from vitkit.errors import ConfigError
-from vitkit.preprocessing import PREPROCESS_MODES, Augment, AugmentConfig, ScaleImages
+from vitkit.data.preprocessing import PREPROCESS_MODES, Augment, AugmentConfig, ScaleImages
 
 RESIZE_MODES = ("stretch", "pad", "crop")
 BACKBONE_LAYER = "vit"
@@ -267,7 +267,7 @@ def build_model(
             f"or --recipe plain for fine-tuning"
         )
     if weights is not None and config.representation_size is None:
-        from vitkit.weights import checkpoint_representation_size
+        from vitkit.models.weights import checkpoint_representation_size
 
         config = dataclasses.replace(
             config, representation_size=checkpoint_representation_size(weights, config)
@@ -284,7 +284,7 @@ def build_model(
     )
     model = ImageClassifier(spec)
     if weights is not None:
-        from vitkit.weights import load_backbone_checkpoint
+        from vitkit.models.weights import load_backbone_checkpoint
 
         load_backbone_checkpoint(model.backbone, weights, size)
     return model

@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from vitkit.errors import ConfigError
-from vitkit.model import ImageClassifier
+from vitkit.models.classifier import ImageClassifier
 
 
 def vitkit_variable_path(vit_keras_path: str) -> str:

@@ -1,8 +1,8 @@
 """Image sets and batch streams: anything a user hands in -> uint8 batches of the model's size.
 
-Accepted inputs: a manifest CSV (or :class:`~vitkit.manifest.Manifest`), a pixel CSV, a folder
+Accepted inputs: a manifest CSV (or :class:`~vitkit.data.manifest.Manifest`), a pixel CSV, a folder
 or list of image files, in-memory arrays ``x`` or ``(x, y)``. File images go through the
-on-disk :class:`~vitkit.cache.ImageStore`; batches are streamed as uint8 with bounded memory by
+on-disk :class:`~vitkit.data.cache.ImageStore`; batches are streamed as uint8 with bounded memory by
 a ``keras.utils.PyDataset``, which needs no TensorFlow on the JAX backend.
 """
 
@@ -21,12 +21,12 @@ import keras
 import numpy as np
 from PIL import Image
 
-from vitkit.cache import ImageStore
+from vitkit.data.cache import ImageStore
 from vitkit.device import batch_stager
 from vitkit.errors import ConfigError, ImageError, ManifestError
 from vitkit.fileio import atomic_output
-from vitkit.manifest import Manifest, find_images, folder_labels, read_manifest
-from vitkit.pixelcsv import is_pixel_csv, read_pixel_csv
+from vitkit.data.manifest import Manifest, find_images, folder_labels, read_manifest
+from vitkit.data.pixelcsv import is_pixel_csv, read_pixel_csv
 
 BAD_IMAGE_POLICIES = ("skip", "error")
 
@@ -115,7 +115,7 @@ def load_images(
             image files, uint8 array ``x`` (N, H, W[, C]) or ``(x, y)``.
         image_size: (height, width) of the model.
         resize_mode: ``stretch``, ``pad`` or ``crop``.
-        label_from, classes, root: passed to :func:`~vitkit.manifest.read_manifest`.
+        label_from, classes, root: passed to :func:`~vitkit.data.manifest.read_manifest`.
         cache_dir: image cache folder (default ``$VITKIT_HOME/cache``).
         on_bad_image: ``skip`` (warn, drop the image, list it in ``skipped``) or ``error``
             (raise at the first bad image with its manifest line).

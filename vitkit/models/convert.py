@@ -1,6 +1,6 @@
 """Foreign weights files -> vitkit classifiers: read the dimensions, check, assign all or nothing.
 
-A file from another tool (see :mod:`vitkit.legacy`) carries weights but not what vitkit needs
+A file from another tool (see :mod:`vitkit.models.legacy`) carries weights but not what vitkit needs
 around them: class names and, for H5 files, how pixels were scaled. Those come from the caller
 (``classes=``, ``preprocess=``); every dimension comes from the file. Nothing is assigned
 until every array has been found and checked, so a file that does not fit never leaves a
@@ -15,14 +15,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vitkit.config import ViTConfig, resolve_config
+from vitkit.models.config import ViTConfig, resolve_config
 from vitkit.errors import ConfigError, WeightsError
-from vitkit.legacy import (
+from vitkit.models.legacy import (
     PUBLISHED_HEADS, BackboneShape, ForeignWeights, HeadLayer, backbone_shape, chain_head, read_weights,
 )
-from vitkit.model import ImageClassifier, ModelSpec, image_size_pair
-from vitkit.preprocessing import AugmentConfig
-from vitkit.weights import backbone_arrays, flax_name
+from vitkit.models.classifier import ImageClassifier, ModelSpec, image_size_pair
+from vitkit.data.preprocessing import AugmentConfig
+from vitkit.models.weights import backbone_arrays, flax_name
 
 # vit-keras builds its models with dropout 0.1 (only used if training goes on).
 _VIT_KERAS_DROPOUT = 0.1
@@ -37,7 +37,7 @@ def class_names_from(classes: Sequence[str] | str | os.PathLike) -> list[str]:
         path = Path(classes)
         if path.is_file():
             if path.suffix.lower() == ".csv":
-                from vitkit.manifest import read_manifest
+                from vitkit.data.manifest import read_manifest
 
                 return read_manifest(path).classes()
             return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -58,7 +58,7 @@ def load_foreign(
     """Build a classifier from a Flax ``.npz``, vit-keras or legacy Keras-2 H5 file.
 
     Args:
-        path: the file (see :mod:`vitkit.legacy` for the formats).
+        path: the file (see :mod:`vitkit.models.legacy` for the formats).
         classes: class names in the model's output order (a list, ``"a,b,c"``, a text file with
             one name per line, or a manifest CSV); their number must match the file's classifier.
         preprocess: ``"tf"`` (pixels scaled to [-1, 1], what ViT training uses) or ``"raw"``
@@ -75,10 +75,11 @@ def load_foreign(
     Example:
         >>> model = load_foreign("old/model.h5", classes=["bottle", "can", "mug"], preprocess="raw")
     """
-    return _build(read_weights(path), classes, preprocess, include_top, num_heads, image_size)
+    return build_from_weights(read_weights(path), classes, preprocess, include_top, num_heads, image_size)
 
 
-def _build(weights: ForeignWeights, *options: Any) -> ImageClassifier:
+def build_from_weights(weights: ForeignWeights, *options: Any) -> ImageClassifier:
+    """A classifier carrying ``weights``, with the options of :func:`load_foreign` after the file."""
     spec, head = foreign_spec(weights, *options)
     model = ImageClassifier(spec)
     _assign(model, weights, head)
@@ -259,35 +260,6 @@ def _head_pairs(model: ImageClassifier, head: list[HeadLayer], source: str) -> l
 
 def _head_of(model: ImageClassifier) -> list:
     return model._parts[3]
-
-
-def convert_weights(
-    path: str | os.PathLike,
-    out: str | os.PathLike,
-    classes: Sequence[str] | str | os.PathLike | None = None,
-    preprocess: str | None = None,
-    include_top: bool | None = None,
-    num_heads: int | None = None,
-    image_size: int | Sequence[int] | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Convert a foreign weights file into a vitkit model file (``.weights.h5`` with metadata).
-
-    The metadata records where the weights came from (file name, format, SHA-256) and the
-    preprocessing chosen, so the converted file loads with ``vitkit.load_model(out)`` alone.
-
-    Example:
-        >>> convert_weights("old/model.h5", "models/old.weights.h5", classes="bottle,can,mug", preprocess="tf")
-    """
-    from vitkit.fileio import check_writable
-    from vitkit.modelfile import save_model
-    from vitkit.weights import sha256_of
-
-    check_writable(out, overwrite)
-    weights = read_weights(path)
-    model = _build(weights, classes, preprocess, include_top, num_heads, image_size)
-    source = {"file": Path(path).name, "format": weights.format, "sha256": sha256_of(Path(path))}
-    return save_model(model, out, overwrite=overwrite, extra={"converted_from": source})
 
 
 def flax_arrays(model: ImageClassifier) -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 
 from vitkit.errors import ImageError, ManifestError
 from vitkit.fileio import atomic_output, check_writable
-from vitkit.images import IMAGE_SUFFIXES, is_image_file, load_image
+from vitkit.data.images import IMAGE_SUFFIXES, is_image_file, load_image
 
 REQUIRED_COLUMNS = ("base_path", "type_dir", "file_name")
 OPTIONAL_COLUMNS = ("label", "split")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.client
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,9 +18,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from vitkit.config import ViTConfig
+from vitkit.models.config import ViTConfig
 from vitkit.errors import WeightsError
-from vitkit.fileio import atomic_output
+from vitkit.fileio import atomic_output, vitkit_home
 from vitkit.progress import Progress
 
 WEIGHT_NAMES = ("imagenet21k", "imagenet21k+imagenet2012")
@@ -68,11 +67,6 @@ for _size in _SIZES:
             _size, _weights, tuple(url.format(size=_size, weights_url=_quoted) for url in _SOURCES)
         )
         CHECKPOINTS[_checkpoint.file_name] = _checkpoint
-
-
-def vitkit_home() -> Path:
-    """``$VITKIT_HOME``, or ``~/.keras/vitkit``."""
-    return Path(os.environ.get("VITKIT_HOME") or Path.home() / ".keras" / "vitkit")
 
 
 def weights_dirs() -> list[Path]:

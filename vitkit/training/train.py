@@ -20,19 +20,19 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from vitkit.config import PRETRAINED_PRESETS
-from vitkit.data import ImageBatches, ImageSet, follow_epochs, load_images, write_skipped
+from vitkit.models.config import PRETRAINED_PRESETS
+from vitkit.data.batches import ImageBatches, ImageSet, follow_epochs, load_images, write_skipped
 from vitkit.device import is_out_of_memory, out_of_memory_error, out_of_memory_hint, resolve_precision
 from vitkit.errors import ConfigError, ManifestError
 from vitkit.figures import history_figure, save_figure
 from vitkit.fileio import check_writable, remove_temporaries
-from vitkit.manifest import Manifest, read_manifest, stratified_split
-from vitkit.mixing import MixConfig, MixedBatches
-from vitkit.model import ImageClassifier, build_model, image_size_pair
-from vitkit.modelfile import load_weights_only
-from vitkit.parallel import Parallel, plan
-from vitkit.recipes import choose_recipe, resolve_options
-from vitkit.runstate import RunKeeper
+from vitkit.data.manifest import Manifest, read_manifest, stratified_split
+from vitkit.data.mixing import MixConfig, MixedBatches
+from vitkit.models.classifier import ImageClassifier, build_model, image_size_pair
+from vitkit.models.modelfile import load_weights_only
+from vitkit.training.parallel import Parallel, plan
+from vitkit.training.recipes import choose_recipe, resolve_options
+from vitkit.training.runstate import RunKeeper
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
@@ -110,20 +110,20 @@ def train(
 ) -> TrainResult:
     """Train a ViT classifier and save the best epoch to ``out``.
 
-    Options left at ``None`` take the value of the recipe (see :mod:`vitkit.recipes`); those
+    Options left at ``None`` take the value of the recipe (see :mod:`vitkit.training.recipes`); those
     given explicitly win. The defaults below are the ``plain`` recipe's.
 
     Args:
         train_data: training images: a manifest CSV (if it has a ``split`` column, its
             ``train`` rows, and its ``val`` rows for validation), a pixel CSV, a folder tree,
-            ``(x, y)`` arrays or a :class:`~vitkit.data.ImageSet`.
+            ``(x, y)`` arrays or a :class:`~vitkit.data.batches.ImageSet`.
         val_data: validation images in the same forms; by default ``val_fraction`` of the
             training images, stratified and seeded.
         out: model file, ``models/NAME.weights.h5``.
         recipe: ``plain`` or ``small-data``; by default ``small-data`` when training starts
             from random weights (``weights="none"``, or ``"auto"`` with a small backbone) and
             ``plain`` otherwise. Stored in the model file.
-        backbone: preset name (see :data:`vitkit.config.PRESETS`); plain: ``vit_b16``.
+        backbone: preset name (see :data:`vitkit.models.config.PRESETS`); plain: ``vit_b16``.
         weights: ``auto`` (ImageNet-21k for the B/L presets, none for the small ones),
             ``none``, ``imagenet21k``, ``imagenet21k+imagenet2012`` or a ``.npz`` path.
         image_size: input size, int or (height, width).
@@ -133,12 +133,12 @@ def train(
         optimizer: ``adam`` or ``adamw`` (with ``weight_decay``).
         schedule: ``constant`` (with plateau reduction) or ``cosine`` (with ``warmup_epochs``).
         label_smoothing: cross-entropy label smoothing.
-        mixup: Mixup Beta alpha (0 = off), see :mod:`vitkit.mixing`.
+        mixup: Mixup Beta alpha (0 = off), see :mod:`vitkit.data.mixing`.
         cutmix: CutMix Beta alpha (0 = off); with both on, each batch uses one of them.
         class_weights: ``balanced``, a dict class -> weight, or None.
         freeze_backbone_epochs: epochs that train only the head before the backbone joins.
         augment: training augmentation (True/False or options, see
-            :class:`~vitkit.preprocessing.AugmentConfig`).
+            :class:`~vitkit.data.preprocessing.AugmentConfig`).
         head_width: hidden width of the head (21 in the original recipe).
         preprocess: ``tf`` (pixels to [-1, 1]) or ``raw``.
         resize_mode: ``stretch``, ``pad`` or ``crop``.
@@ -157,10 +157,10 @@ def train(
         overwrite: replace existing outputs.
         verbose: Keras verbosity (default: progress bar on a terminal, a line per epoch otherwise).
         devices: ``1`` (one device), a number of this host's devices, or ``"all"`` (every GPU/TPU,
-            else every CPU device); data-parallel over them (see :mod:`vitkit.parallel`, also for
+            else every CPU device); data-parallel over them (see :mod:`vitkit.training.parallel`, also for
             several hosts). Only the first process writes the outputs.
         **backbone_overrides: backbone options (``patch_size``, ``num_layers``, ``tokenizer``,
-            ``locality_attention``, ``drop_path``, ...; see :class:`~vitkit.config.ViTConfig`).
+            ``locality_attention``, ``drop_path``, ...; see :class:`~vitkit.models.config.ViTConfig`).
 
     Returns:
         A :class:`TrainResult` whose model holds the best epoch's weights.
@@ -444,7 +444,7 @@ def _datasets(train_data, val_data, size, resize_mode, val_fraction, seed, label
 
 
 def _manifest_if_split(path: Path, label_from, classes, root) -> Manifest | None:
-    from vitkit.pixelcsv import is_pixel_csv
+    from vitkit.data.pixelcsv import is_pixel_csv
 
     if is_pixel_csv(path):
         return None

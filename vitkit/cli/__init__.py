@@ -1,0 +1,107 @@
+"""The ``vitkit`` command: a thin argparse layer over the Python API.
+
+Every subcommand maps its options onto one API call; errors vitkit raises on purpose
+(:class:`~vitkit.errors.VitkitError`) are printed as one line and exit with status 2.
+Keras is imported only after the options are parsed, so ``--backend`` takes effect and
+``vitkit --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import Sequence
+
+from vitkit.cli.setup import add_demo, add_manifest
+from vitkit.cli.train import add_train
+from vitkit.cli.use import add_evaluate, add_explain, add_predict
+from vitkit.cli.weights import add_export, add_weights
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+_DESCRIPTION = """\
+Fine-tune Vision Transformers on product photos, save one .weights.h5 file, reload it to
+evaluate and predict, and see what the model looks at.
+
+A typical session:
+  vitkit manifest build photos/ -o data_manifests/products     # one sub-folder per class
+  vitkit train data_manifests/products/train.csv --val data_manifests/products/val.csv \\
+        --backbone vit_b16 --weights imagenet21k --out models/products.weights.h5
+  vitkit evaluate models/products.weights.h5 data_manifests/products/test.csv --out report/
+  vitkit predict models/products.weights.h5 new_photos/ --out predictions.csv --grid grid.png
+
+Try it first on the bundled sample photos: vitkit demo
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend
+    from vitkit.device import configure_xla
+
+    configure_xla()
+    warnings.showwarning = _show_warning
+    from vitkit.errors import VitkitError
+
+    try:
+        _start_keras()
+        return int(args.run(args) or 0)
+    except VitkitError as error:
+        print(f"vitkit: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as interrupt:
+        detail = f": {interrupt}" if str(interrupt) else ""
+        print(f"vitkit: interrupted{detail}", file=sys.stderr)
+        return 130
+
+
+def _start_keras() -> None:
+    """Import Keras, hiding the backend's native start-up log lines (CUDA probing, CPU features).
+
+    Those lines bypass Python logging; ``TF_CPP_MIN_LOG_LEVEL=0`` shows them. TensorFlow probes
+    for GPUs only when devices are first listed, so that happens here too, while hidden.
+    """
+    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    if quiet:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+    try:
+        import keras
+
+        if quiet and keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+    finally:
+        if quiet:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"vitkit: warning: {message}", file=file or sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitkit", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    from vitkit import __version__
+
+    parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
+    parser.add_argument(
+        "--backend", choices=BACKENDS,
+        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for add in (add_demo, add_manifest, add_train, add_evaluate, add_predict, add_weights, add_export, add_explain):
+        add(commands)
+    return parser

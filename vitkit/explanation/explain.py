@@ -1,0 +1,142 @@
+"""Attention maps: where a ViT classifier looks, computed in the forward pass that predicts.
+
+Methods (``method=``):
+
+``rollout``
+    Attention rollout (Abnar & Zuidema 2020). Per layer the heads are fused (``mean``, ``max`` or
+    ``min``), optionally the lowest ``discard_ratio`` of the fused weights are set to zero (never
+    the class token's attention to itself), the identity is added for the residual path, the rows
+    are renormalised, and the layers are multiplied, last to first. The map is the class token's
+    row over the patch tokens.
+``gradient``
+    Class-specific relevance (Chefer et al. 2021): ``R = I``; for every layer
+    ``R += mean_heads(max(dS/dA * A, 0)) @ R``, where ``S`` is the score (logit) of the explained
+    class: the predicted one, or the one asked for. The map is ``R``'s class-token row.
+``layer``
+    The class token's attention over the patches in one layer, heads fused (layer 0, the first,
+    by default; ``-1`` is the last).
+
+Every map is reshaped to the patch grid, divided by its maximum (values in [0, 1]) and resized
+bilinearly to the image. The maths runs inside the compiled prediction step on a batch, so
+explaining a set costs little more than predicting it.
+
+Example:
+    >>> result = vitkit.explain("models/products.weights.h5", "photos/test", method="gradient")
+    >>> result.table()[["image", "predicted", "confidence"]]
+    >>> result.maps([0]).shape          # (1, height, width), values in [0, 1]
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from vitkit.explanation.attention import check_options, explain_images
+from vitkit.explanation.outputs import (
+    OUTPUT_FILES,
+    figure_paths,
+    focus_position,
+    save_maps_file,
+    write_attention_json,
+    write_figures,
+)
+from vitkit.explanation.result import Explanation
+from vitkit.fileio import check_writable
+from vitkit.models.classifier import ImageClassifier
+from vitkit.prediction import as_model, images_for
+
+
+def explain(
+    model: ImageClassifier | str | os.PathLike,
+    data: Any,
+    *,
+    method: str = "rollout",
+    head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
+    layer: int = 0,
+    class_name: str | None = None,
+    out: str | os.PathLike | None = None,
+    pdf: str | os.PathLike | None = None,
+    report: str | os.PathLike | None = None,
+    save_maps: str | os.PathLike | None = None,
+    export_attention: str | os.PathLike | None = None,
+    focus: str | int | None = None,
+    batch_size: int = 16,
+    overwrite: bool = False,
+    progress: bool = True,
+    preprocess: str | None = None,
+    num_heads: int | None = None,
+    **load_options: Any,
+) -> Explanation:
+    """Predict and draw attention maps for images, in one forward pass per batch.
+
+    Args:
+        model: a classifier or a model file.
+        data: manifest, folder, image files, or arrays (see :func:`vitkit.data.batches.load_images`).
+        method: ``rollout`` (class-agnostic attention rollout), ``gradient`` (class-specific
+            relevance, Chefer et al. 2021) or ``layer`` (one layer's class-token attention).
+        head_fusion: ``mean``, ``max`` or ``min`` over the heads (rollout and layer maps).
+        discard_ratio: share of the lowest fused weights per layer dropped by rollout (0 to <1).
+        layer: the layer of ``method="layer"``; negative counts from the last.
+        class_name: with ``method="gradient"``, explain this class instead of the predicted one.
+        out: folder for the figures: ``figures/NNNN_<name>.png`` per image (original | overlay |
+            masked), ``grid.png`` (the first 16 overlays), ``layers.png`` and ``heads.png`` (the
+            per-layer strip and per-head maps of the ``focus`` image), ``explanations.csv`` and,
+            when some images could not be read, ``skipped.csv``.
+        pdf: a PDF with one page per image (original | overlay | masked).
+        report: a self-contained HTML report (see :mod:`vitkit.explanation.report`).
+        save_maps: an ``.npz`` with every map at image resolution, keyed by image.
+        export_attention: a JSON file with the ``focus`` image's attention in BertViz's layout
+            (every layer and head: about 50 MB for ViT-B/16 at 224 px).
+        focus: the image for ``layers.png``, ``heads.png`` and ``export_attention``: a position
+            (0 = first, the default) or a file name (the end of the path is enough).
+        batch_size: images per step.
+        overwrite: replace existing output files.
+        progress: show progress bars.
+        preprocess, num_heads: for a weights file of another tool (see :func:`vitkit.load_model`),
+            whose class names come from ``classes``.
+        **load_options: ``cache_dir``, ``on_bad_image``, ``label_from``, ``classes``, ``root``.
+
+    Returns:
+        An :class:`Explanation` with the predictions and maps.
+
+    Example:
+        >>> result = vitkit.explain("models/products.weights.h5", "photos/test", method="gradient",
+        ...                         out="explained/", report="explained/report.html")
+        >>> result.maps([0]).shape           # (1, height, width), values in [0, 1]
+    """
+    model_source = None if isinstance(model, ImageClassifier) else model
+    model = as_model(model, load_options.get("classes"), preprocess=preprocess, num_heads=num_heads)
+    check_options(model, method, head_fusion, discard_ratio, layer, class_name, batch_size)
+    for target in (pdf, report, save_maps, export_attention):
+        if target is not None:
+            check_writable(target, overwrite)
+    if out is not None:
+        for name in OUTPUT_FILES:
+            check_writable(Path(out) / name, overwrite)
+    images = images_for(model, data, progress=progress, **load_options)
+    focus_index = focus_position(images.names, focus)
+    if out is not None:
+        for path in figure_paths(out, images.names):
+            check_writable(path, overwrite)
+    result = explain_images(model, images, method=method, head_fusion=head_fusion,
+                            discard_ratio=discard_ratio, layer=layer, class_name=class_name,
+                            batch_size=batch_size, progress=progress)
+    if not len(result):
+        return result
+    if out is not None:
+        write_figures(result, model, out, focus_index, progress)
+    if pdf is not None:
+        from vitkit.explanation.figures import image_figures, save_pdf
+
+        save_pdf(image_figures(result, range(len(result))), pdf, overwrite=True)
+    if report is not None:
+        from vitkit.explanation.report import write_report
+
+        write_report(result, report, model, model_source=model_source, overwrite=True, progress=progress)
+    if save_maps is not None:
+        save_maps_file(result, save_maps, overwrite=True)
+    if export_attention is not None:
+        write_attention_json(model, images, export_attention, focus_index, overwrite=True)
+    return result

@@ -1,0 +1,97 @@
+"""The result of an explanation: maps, predictions and how they were made."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from vitkit.data.batches import ImageSet
+from vitkit.explanation.rollout import resize_maps
+from vitkit.prediction import prediction_table
+
+
+@dataclasses.dataclass
+class Explanation:
+    """Attention maps and predictions for a set of images.
+
+    Attributes:
+        images: the images as the model saw them (:class:`~vitkit.data.batches.ImageSet`).
+        class_names: the model's classes, in output order.
+        probabilities: ``(n, classes)`` class probabilities.
+        explained: ``(n,)`` index of the class each map explains (the predicted class unless
+            another was asked for; rollout and layer maps do not depend on the class).
+        grid_maps: ``(n, rows, cols)`` maps on the patch grid, values in [0, 1].
+        layer_maps: ``(n, layers, rows, cols)`` class-token attention of every layer, heads fused
+            with ``head_fusion`` (raw attention weights, not normalised).
+        method, head_fusion, discard_ratio, layer: how the maps were made.
+    """
+
+    images: ImageSet
+    class_names: list[str]
+    probabilities: np.ndarray
+    explained: np.ndarray
+    grid_maps: np.ndarray
+    layer_maps: np.ndarray
+    method: str
+    head_fusion: str
+    discard_ratio: float
+    layer: int
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def names(self) -> list[str]:
+        return self.images.names
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.images.labels
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """``(n,)`` predicted class indices."""
+        return self.probabilities.argmax(axis=1)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """``(n,)`` probability of the predicted class."""
+        return self.probabilities[np.arange(len(self)), self.predicted]
+
+    @property
+    def correct(self) -> np.ndarray | None:
+        """``(n,)`` bool: is the prediction the true class? None when the true classes are unknown."""
+        if self.labels is None:
+            return None
+        return np.array([label == self.class_names[p] for label, p in zip(self.labels, self.predicted)], dtype=bool)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.images.image_size)
+
+    def maps(self, indices: Sequence[int] | None = None) -> np.ndarray:
+        """``(k, height, width)`` float32 maps at image resolution, values in [0, 1]."""
+        chosen = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        return np.clip(resize_maps(self.grid_maps[chosen], self.image_size), 0.0, 1.0)
+
+    def pixels(self, indices: Sequence[int]) -> np.ndarray:
+        """``(k, height, width, 3)`` uint8 images the maps belong to."""
+        return self.images.read(np.asarray(indices, dtype=np.int64))
+
+    def description(self) -> str:
+        """The method in words, e.g. ``rollout (heads: max, discard ratio 0.9)``."""
+        if self.method == "gradient":
+            return "gradient relevance (Chefer et al. 2021)"
+        details = f"heads: {self.head_fusion}"
+        if self.method == "rollout":
+            return f"rollout ({details}, discard ratio {self.discard_ratio:g})"
+        return f"layer {self.layer} class-token attention ({details})"
+
+    def table(self) -> pd.DataFrame:
+        """One row per image: the prediction table plus ``explained`` (the class each map explains)."""
+        table = prediction_table(self.images, self.probabilities, self.class_names)
+        table.insert(3, "explained", [self.class_names[i] for i in self.explained])
+        return table

@@ -1,0 +1,135 @@
+"""The maths of attention maps on attention tensors, in ``keras.ops``: it runs inside a compiled
+step and on NumPy arrays alike."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from keras import ops
+
+from vitkit.errors import ConfigError
+
+METHODS = ("rollout", "gradient", "layer")
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def fuse_heads(attention, head_fusion: str = "mean"):
+    """Fuse the heads of attention weights: ``(..., heads, queries, keys)`` -> ``(..., queries, keys)``."""
+    _check_choice(head_fusion, HEAD_FUSIONS, "head fusion")
+    reduce = {"mean": ops.mean, "max": ops.max, "min": ops.min}[head_fusion]
+    return reduce(attention, axis=-3)
+
+
+def discard_lowest(fused, discard_ratio: float):
+    """Set the lowest ``discard_ratio`` share of each ``(tokens, tokens)`` matrix to zero.
+
+    Exactly ``int(tokens**2 * discard_ratio)`` entries are dropped per matrix, chosen among all
+    entries except ``[0, 0]`` (the class token's attention to itself), which is always kept.
+    """
+    _check_ratio(discard_ratio)
+    tokens = fused.shape[-1]
+    count = min(int(tokens * tokens * discard_ratio), tokens * tokens - 1)
+    if count <= 0:
+        return fused
+    flat = ops.reshape(fused, (-1, tokens * tokens))
+    is_class_self = ops.arange(tokens * tokens) == 0
+    ranked = ops.where(is_class_self, ops.cast(np.inf, flat.dtype), flat)
+    ranks = ops.argsort(ops.argsort(ranked, axis=-1), axis=-1)
+    kept = ops.where(ranks >= count, flat, ops.zeros_like(flat))
+    return ops.reshape(kept, ops.shape(fused))
+
+
+def attention_rollout(attention, head_fusion: str = "mean", discard_ratio: float = 0.0):
+    """Attention rollout: the class token's row over the patches, before normalisation.
+
+    Args:
+        attention: ``(batch, layers, heads, tokens, tokens)`` attention weights, class token first.
+        head_fusion: ``mean``, ``max`` or ``min`` over the heads.
+        discard_ratio: share of the lowest fused weights per layer set to zero (0 keeps all).
+
+    Returns:
+        ``(batch, tokens - 1)`` relevance of every patch token.
+    """
+    fused = discard_lowest(fuse_heads(attention, head_fusion), discard_ratio)
+    mixed = fused + ops.eye(fused.shape[-1], dtype=fused.dtype)
+    mixed = mixed / ops.sum(mixed, axis=-1, keepdims=True)
+    return _class_row_of_product(mixed)[:, 1:]
+
+
+def gradient_rollout(attention, gradients):
+    """Class-specific relevance (Chefer et al. 2021) from attention weights and their gradients.
+
+    ``R = I``; per layer, first to last, ``R += mean_heads(max(gradients * attention, 0)) @ R``.
+
+    Args:
+        attention: ``(batch, layers, heads, tokens, tokens)`` attention weights.
+        gradients: gradients of the explained class's score with respect to ``attention``.
+
+    Returns:
+        ``(batch, tokens - 1)``: the class token's row of ``R`` over the patches.
+    """
+    weighted = ops.mean(ops.relu(gradients * attention), axis=2)
+    return _class_row_of_product(weighted + ops.eye(weighted.shape[-1], dtype=weighted.dtype))[:, 1:]
+
+
+def class_token_attention(attention):
+    """How much the class token attends to each patch: ``(..., tokens, tokens)`` -> ``(..., tokens - 1)``."""
+    return attention[..., 0, 1:]
+
+
+def _class_row_of_product(matrices):
+    """Row 0 of ``matrices[:, L-1] @ ... @ matrices[:, 0]`` for ``(batch, L, T, T)``, as ``(batch, T)``.
+
+    Carrying one row through the layers costs ``T**2`` per layer instead of a ``T**3`` product.
+    """
+    layers = matrices.shape[1]
+    row = matrices[:, layers - 1, 0, :]
+    for layer in range(layers - 2, -1, -1):
+        row = ops.einsum("bt,bts->bs", row, matrices[:, layer])
+    return row
+
+
+# From patch rows to image maps (NumPy) ---------------------------------------------------------
+
+def normalise_maps(maps: np.ndarray) -> np.ndarray:
+    """Divide every map (first axis = map) by its maximum; all-zero maps stay zero. Float32 in [0, 1]."""
+    maps = np.maximum(np.asarray(maps, dtype=np.float32), 0.0)
+    top = maps.reshape(len(maps), -1).max(axis=1) if maps.size else np.zeros(len(maps), np.float32)
+    scale = np.where(top > 0, top, 1.0).reshape((-1,) + (1,) * (maps.ndim - 1))
+    return np.clip(maps / scale, 0.0, 1.0)
+
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``(n, rows, cols)`` maps to ``(n, height, width)``.
+
+    Pixel centres are aligned (the ``cv2.INTER_LINEAR`` / half-pixel convention), so a patch's
+    value sits at its centre and edges are clamped.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    vertical = _interpolation_matrix(maps.shape[1], size[0])
+    horizontal = _interpolation_matrix(maps.shape[2], size[1])
+    return np.einsum("hr,nrc,wc->nhw", vertical, maps, horizontal, optimize=True).astype(np.float32)
+
+
+def _interpolation_matrix(source: int, target: int) -> np.ndarray:
+    """``(target, source)`` weights of half-pixel linear interpolation with clamped edges."""
+    position = (np.arange(target) + 0.5) * (source / target) - 0.5
+    position = np.clip(position, 0.0, source - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, source - 1)
+    weight = (position - low).astype(np.float32)
+    matrix = np.zeros((target, source), dtype=np.float32)
+    np.add.at(matrix, (np.arange(target), low), 1.0 - weight)
+    np.add.at(matrix, (np.arange(target), high), weight)
+    return matrix
+
+
+def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{what} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_ratio(discard_ratio: float) -> None:
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ConfigError(f"discard ratio must be at least 0 and below 1, got {discard_ratio}")
