@@ -21,10 +21,21 @@ TINY_BACKBONE = {"patch_size": 8, "num_layers": 2, "hidden_size": 32, "num_heads
 TINY_CLASSES = ("circle", "square", "triangle")
 
 
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory) -> Path:
+    """One JAX compilation cache for the session, so that subprocesses reuse each other's programs."""
+    return tmp_path_factory.mktemp("compile_cache")
+
+
 @pytest.fixture(autouse=True)
-def vitkit_home(tmp_path_factory, monkeypatch) -> Path:
+def vitkit_home(tmp_path_factory, monkeypatch, compile_cache) -> Path:
     home = tmp_path_factory.mktemp("vitkit_home")
     monkeypatch.setenv("VITKIT_HOME", str(home))
+    monkeypatch.setenv("VITKIT_COMPILE_CACHE", str(compile_cache))
+    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                 "JAX_COMPILATION_CACHE_MAX_SIZE"):  # set by in-process CLI runs; undone after each test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.delenv("VITKIT_CACHE_DIR", raising=False)
     monkeypatch.setenv("VITKIT_PROGRESS", "0")
     return home

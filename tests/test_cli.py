@@ -17,7 +17,7 @@ TINY_FLAGS = ["--backbone", "vit_micro", "--weights", "none", "--image-size", "3
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-def test_manifest_train_evaluate_predict(photo_tree, tmp_path, backend):
+def test_manifest_train_evaluate_predict(photo_tree, tmp_path, backend, compile_cache):
     manifests, model = tmp_path / "manifests", tmp_path / "models" / "shapes.weights.h5"
 
     def vitkit(*args):
@@ -44,6 +44,7 @@ def test_manifest_train_evaluate_predict(photo_tree, tmp_path, backend):
     table = pd.read_csv(tmp_path / "p.csv")
     assert len(table) == 8 and set(table.columns) >= {"image", "predicted", "confidence", "p_circle"}
     assert (tmp_path / "grid.png").stat().st_size > 0
+    assert any(compile_cache.iterdir()) == (backend == "jax")  # JAX's programs outlive the process
 
 
 def test_errors_are_one_line_with_status_2(tmp_path, capsys):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Callable, Iterator
 
 from vitkit.errors import ConfigError, ResourceError
+from vitkit.fileio import vitkit_home
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
@@ -110,6 +112,29 @@ def configure_xla() -> None:
     extra = [flag for flag in _XLA_DEFAULTS if flag.split("=")[0] not in chosen]
     if extra:
         os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
+
+
+# Least recently used programs are dropped beyond this size.
+COMPILE_CACHE_BYTES = 2 * 1024**3
+
+
+def configure_compilation_cache() -> Path | None:
+    """Keep JAX's compiled programs in a per-user folder, so that a new process skips compilation.
+
+    The folder is ``$VITKIT_COMPILE_CACHE``, else ``compile-cache`` in the vitkit home;
+    ``VITKIT_COMPILE_CACHE=off`` turns the cache off, and a ``JAX_COMPILATION_CACHE_DIR`` the user
+    set wins. Beyond 2 GiB, the least recently used programs are dropped. Call before JAX
+    starts; returns the folder, or None when off. TensorFlow keeps no such cache.
+    """
+    chosen = os.environ.get("VITKIT_COMPILE_CACHE", "")
+    if chosen.lower() in ("off", "0", "no", "false"):
+        return None
+    folder = Path(os.environ.get("JAX_COMPILATION_CACHE_DIR") or chosen or vitkit_home() / "compile-cache")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
+    # Keras compiles one small program per step kind; cache them all, not only the slow ones.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(COMPILE_CACHE_BYTES))
+    return folder
 
 
 def batch_stager():
