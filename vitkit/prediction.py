@@ -13,7 +13,7 @@ import pandas as pd
 from vitkit.data.batches import ImageBatches, ImageSet, load_images, write_skipped
 from vitkit.device import out_of_memory_hint
 from vitkit.figures import image_grid_figure, save_figure
-from vitkit.fileio import atomic_output, check_writable
+from vitkit.fileio import atomic_output, check_writable, spreadsheet_safe
 from vitkit.models.classifier import ImageClassifier
 
 
@@ -149,7 +149,11 @@ def prediction_grid(images: ImageSet, table: pd.DataFrame, count: int = 16):
 
 
 def write_table(table: pd.DataFrame, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write a table as UTF-8 CSV, atomically."""
+    """Write a table as UTF-8 CSV, atomically; text cells and headers are :func:`spreadsheet_safe`."""
+    safe = table.rename(columns=spreadsheet_safe)
+    for position, dtype in enumerate(safe.dtypes):
+        if pd.api.types.is_string_dtype(dtype):
+            safe.isetitem(position, safe.iloc[:, position].map(spreadsheet_safe))
     with atomic_output(path, overwrite=overwrite) as temporary:
-        table.to_csv(temporary, index=False, float_format="%.6g")
+        safe.to_csv(temporary, index=False, float_format="%.6g")
     return Path(path)
