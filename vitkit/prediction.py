@@ -69,6 +69,7 @@ def predict(
     *,
     out: str | os.PathLike | None = None,
     grid: str | os.PathLike | None = None,
+    skipped: str | os.PathLike | None = None,
     batch_size: int = 32,
     overwrite: bool = False,
     preprocess: str | None = None,
@@ -83,6 +84,8 @@ def predict(
         out: CSV file for the table.
         grid: image file (PNG/PDF) with 16 images spread over the set, titled by prediction, green when
             right and red when wrong if the true classes are known.
+        skipped: CSV listing the images that could not be read (``image,row,reason``), written
+            when there are any; by default ``NAME.skipped.csv`` beside ``out``, none without ``out``.
         batch_size: images per prediction step.
         overwrite: replace existing output files.
         preprocess, num_heads: for a weights file of another tool (see :func:`vitkit.load_model`),
@@ -96,7 +99,8 @@ def predict(
         >>> table = vitkit.predict("models/products.weights.h5", "examples/photos/mug")
         >>> table[["image", "predicted", "confidence"]].head()
     """
-    skipped = None if out is None else skipped_path(out)
+    if skipped is None and out is not None:
+        skipped = skipped_path(out)
     for target in (out, grid, skipped):
         if target is not None:
             check_writable(target, overwrite)
@@ -107,7 +111,8 @@ def predict(
     table = prediction_table(images, probabilities, model.class_names)
     if out is not None:
         write_table(table, out, overwrite)
-        skipped.unlink(missing_ok=True)
+    if skipped is not None:
+        Path(skipped).unlink(missing_ok=True)
         if images.skipped:
             write_skipped(images.skipped, skipped, overwrite=True)
     if grid is not None and len(table):
