@@ -12,7 +12,7 @@ import pandas as pd
 
 from vitkit.data.batches import ImageBatches, ImageSet, load_images, write_skipped
 from vitkit.device import out_of_memory_hint
-from vitkit.figures import image_grid_figure, save_figure
+from vitkit.figures import image_grid_figure, save_figure, spread_indices
 from vitkit.fileio import atomic_output, check_writable, spreadsheet_safe
 from vitkit.models.classifier import ImageClassifier
 
@@ -137,11 +137,8 @@ def _warn_unknown_classes(images: ImageSet, class_names: Sequence[str]) -> None:
 
 
 def prediction_grid(images: ImageSet, table: pd.DataFrame, count: int = 16):
-    """A 4x4 grid of ``count`` images spread evenly over the table, titled with their predictions.
-
-    Spread rather than the first ones, so a manifest sorted by class shows every class.
-    """
-    chosen = np.unique(np.linspace(0, len(table) - 1, min(count, len(table))).round().astype(int))
+    """A 4x4 grid of ``count`` images spread over the table (:func:`~vitkit.figures.spread_indices`), titled with their predictions."""
+    chosen = spread_indices(len(table), count)
     pixels = images.read(chosen)
     titles, verdicts = [], []
     for _, row in table.iloc[chosen].iterrows():

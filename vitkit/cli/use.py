@@ -90,8 +90,8 @@ def add_explain(commands) -> None:
         _run_explain,
         description="For every image, OUT/figures/ gets the original, the attention map over it and the image\n"
                     "masked by the map, titled with the file, the predicted class and confidence (and the\n"
-                    "true class: green when right, red when wrong). OUT also gets grid.png (the first 16\n"
-                    "maps), layers.png and heads.png (every layer's and head's map for the --focus image)\n"
+                    "true class: green when right, red when wrong). OUT also gets grid.png (16 maps spread\n"
+                    "over the set), layers.png and heads.png (every layer's and head's map for the --focus image)\n"
                     "and explanations.csv. Maps are computed in the prediction's own forward pass.\n\n"
                     "methods:\n"
                     "  rollout   attention rollout through all layers (Abnar & Zuidema 2020); the same for every class\n"
