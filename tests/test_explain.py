@@ -316,3 +316,39 @@ def test_explain_writes_figures_pdf_and_table(tiny_model, tmp_path):
     assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page\n") + pdf.count(b"/Type /Page ") >= 5
     with pytest.raises(OutputExistsError):
         explain(model, (images, labels), out=out, progress=False)
+
+
+@pytest.mark.parametrize("total", [0, 1, 5, 16, 17, 24, 1000])
+def test_spread_indices_cover_the_set_evenly(total):
+    from vitkit.figures import spread_indices
+
+    chosen = spread_indices(total, 16)
+    if total <= 16:
+        assert list(chosen) == list(range(total))
+    else:
+        step = (total - 1) / 15
+        assert len(chosen) == 16 and chosen[0] == 0 and chosen[-1] == total - 1
+        assert set(np.diff(chosen)) <= {int(np.floor(step)), int(np.ceil(step))}
+
+
+def test_attention_grid_shows_every_class_of_a_class_sorted_set(tiny_model, tmp_path, monkeypatch):
+    """24 images sorted by class (8 each): the first 16 would be two classes; the grid shows all three."""
+    from vitkit.explanation import figures
+
+    drawn = []
+
+    def recording_grid(explanation, indices, *args, **kwargs):
+        figure = original(explanation, indices, *args, **kwargs)
+        drawn.extend(axis.get_title().split("\n")[0] for axis in figure.axes if axis.get_title())
+        return figure
+
+    original = figures.grid_figure
+    monkeypatch.setattr(figures, "grid_figure", recording_grid)
+    images, labels = shapes(count=24)
+    order = np.argsort(labels, kind="stable")
+    images, labels = images[order], [labels[i] for i in order]
+    explain(tiny_model(), (images, labels), out=tmp_path / "out", progress=False)
+    positions = [int(name[len("array["):-1]) for name in drawn]
+    assert len(positions) == 16 and positions == sorted(positions)
+    assert positions[0] == 0 and positions[-1] == 23
+    assert {labels[i] for i in positions} == {"circle", "square", "triangle"}

@@ -11,7 +11,7 @@ import pytest
 
 import vitkit
 from vitkit.models.convert import flax_arrays, load_foreign_weights
-from vitkit.models.legacy import flax_name_of
+from vitkit.models.foreign import flax_name_of
 
 from conftest import FIXTURES, TINY_BACKBONE
 

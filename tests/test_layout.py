@@ -1,5 +1,5 @@
-"""The package's shape: imports run one way (no cycles, subpackages in data-flow order), and the
-public API keeps its names."""
+"""The package's shape: imports run one way (no cycles, subpackages in data-flow order), modules
+stay small, and the public API keeps its names."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ LAYERS = (
     ("vitkit.explanation",),
     ("vitkit.demo", "vitkit.cli", "vitkit.__main__"),
 )
+MAX_MODULE_LINES = 400
 PUBLIC_NAMES = {
     "AugmentConfig", "ConfigError", "Explanation", "ImageClassifier", "ImageError", "ManifestError",
     "MixConfig", "ModelSpec", "OutputError", "OutputExistsError", "PRESETS", "RECIPES", "ResourceError",
@@ -101,6 +102,12 @@ def test_imports_run_down_the_data_flow():
         for target in targets if layer_of(target) > layer_of(module)
     ]
     assert not upward
+
+
+def test_modules_stay_small():
+    """One job per module: none is over MAX_MODULE_LINES lines."""
+    sizes = {module_name(path): len(path.read_text(encoding="utf-8").splitlines()) for path in PACKAGE.rglob("*.py")}
+    assert not {module: lines for module, lines in sizes.items() if lines > MAX_MODULE_LINES}
 
 
 def test_public_names_are_pinned():

@@ -17,7 +17,8 @@ from PIL import Image
 
 import vitkit
 from vitkit.models.modelfile import convert_weights
-from vitkit.models.legacy import backbone_shape, read_weights
+from vitkit.models.foreign import backbone_shape
+from vitkit.models.legacy import read_weights
 from vitkit.models.modelfile import read_metadata
 
 from conftest import FIXTURES, run_cli, run_python

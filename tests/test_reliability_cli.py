@@ -122,6 +122,22 @@ def test_predict_skips_bad_images_and_lists_them_beside_the_table(cli, data, mod
     assert_lists_bad_rows(table.with_name("predictions.skipped.csv"), data["bad"])
 
 
+def test_printed_predictions_list_bad_images_in_the_working_folder(cli, data, model_path, monkeypatch):
+    """Without --out the table goes to stdout, the list to ./predictions.skipped.csv and its place to stderr."""
+    monkeypatch.chdir(data["root"])
+    listed = data["root"] / "predictions.skipped.csv"
+    status, stdout, stderr = cli("predict", model_path, data["bad"])
+    assert status == 0 and "vitkit: warning: skipped 3 of 27" in stderr
+    assert [line for line in stderr.splitlines() if "predictions.skipped.csv" in line] == \
+        ["skipped images: predictions.skipped.csv"]
+    assert len(stdout.splitlines()) == 1 + 24 and "skipped" not in stdout
+    assert_lists_bad_rows(listed, data["bad"])
+    status, _, stderr = cli("predict", model_path, data["good"])
+    assert status == 2 and "predictions.skipped.csv exists; pass --overwrite" in stderr
+    status, _, stderr = cli("predict", model_path, data["good"], "--overwrite")
+    assert status == 0 and "skipped images" not in stderr and not listed.exists()
+
+
 def test_predict_error_policy_writes_nothing(cli, data, model_path):
     table = data["root"] / "out" / "predictions.csv"
     status, _, stderr = cli("predict", model_path, data["bad"], "--out", table, "--on-bad-image", "error")

@@ -19,6 +19,21 @@ RIGHT_COLOUR = "#1a7f37"
 WRONG_COLOUR = "#cf222e"
 
 
+def spread_indices(total: int, count: int) -> np.ndarray:
+    """Up to ``count`` positions spread evenly over ``range(total)``, first and last included.
+
+    Grids show these rather than the first ``count`` images, so a set sorted by class shows
+    every class.
+
+    Example:
+        >>> spread_indices(10, 4)
+        array([0, 3, 6, 9])
+    """
+    if total <= 0 or count <= 0:
+        return np.zeros(0, dtype=int)
+    return np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
+
+
 def save_figure(figure: plt.Figure, path: str | os.PathLike, overwrite: bool = True) -> Path:
     """Save and close a figure atomically; the format follows the suffix (png, pdf, svg)."""
     path = Path(path)

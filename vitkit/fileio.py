@@ -1,4 +1,5 @@
-"""Safe output files: no silent overwrite, atomic replace, names that cannot escape a folder."""
+"""Safe output files: no silent overwrite, atomic replace, names that cannot escape a folder,
+CSV cells that a spreadsheet does not run as formulas."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from vitkit.errors import OutputError, OutputExistsError
 
@@ -106,6 +107,29 @@ def safe_file_stem(name: str, max_length: int = 120) -> str:
     stem = _UNSAFE.sub("_", name.replace(os.sep, "_").replace("/", "_")).strip("._")
     stem = stem.encode("utf-8")[:max_length].decode("utf-8", errors="ignore").rstrip("._")
     return stem or "image"
+
+
+# First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """``value`` with a ``'`` in front when it is text that a spreadsheet would run as a formula.
+
+    Text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return (an image named
+    ``=HYPERLINK(...).jpg``, a class named ``-1``) is written as ``'=HYPERLINK(...).jpg``;
+    spreadsheets show the quote-prefixed cell as text. Anything else, numbers included, is
+    returned unchanged. Used for every CSV written for people (predictions, evaluation and
+    explanation tables, lists of skipped images), never for manifests: vitkit reads those back
+    and a changed name would no longer find its file.
+
+    Example:
+        >>> spreadsheet_safe("=1+1"), spreadsheet_safe("mug.jpg"), spreadsheet_safe(-1.5)
+        ("'=1+1", 'mug.jpg', -1.5)
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def vitkit_home() -> Path:

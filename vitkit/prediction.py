@@ -12,8 +12,8 @@ import pandas as pd
 
 from vitkit.data.batches import ImageBatches, ImageSet, load_images, write_skipped
 from vitkit.device import out_of_memory_hint
-from vitkit.figures import image_grid_figure, save_figure
-from vitkit.fileio import atomic_output, check_writable
+from vitkit.figures import image_grid_figure, save_figure, spread_indices
+from vitkit.fileio import atomic_output, check_writable, spreadsheet_safe
 from vitkit.models.classifier import ImageClassifier
 
 
@@ -69,6 +69,7 @@ def predict(
     *,
     out: str | os.PathLike | None = None,
     grid: str | os.PathLike | None = None,
+    skipped: str | os.PathLike | None = None,
     batch_size: int = 32,
     overwrite: bool = False,
     preprocess: str | None = None,
@@ -83,6 +84,8 @@ def predict(
         out: CSV file for the table.
         grid: image file (PNG/PDF) with 16 images spread over the set, titled by prediction, green when
             right and red when wrong if the true classes are known.
+        skipped: CSV listing the images that could not be read (``image,row,reason``), written
+            when there are any; by default ``NAME.skipped.csv`` beside ``out``, none without ``out``.
         batch_size: images per prediction step.
         overwrite: replace existing output files.
         preprocess, num_heads: for a weights file of another tool (see :func:`vitkit.load_model`),
@@ -96,7 +99,8 @@ def predict(
         >>> table = vitkit.predict("models/products.weights.h5", "examples/photos/mug")
         >>> table[["image", "predicted", "confidence"]].head()
     """
-    skipped = None if out is None else skipped_path(out)
+    if skipped is None and out is not None:
+        skipped = skipped_path(out)
     for target in (out, grid, skipped):
         if target is not None:
             check_writable(target, overwrite)
@@ -107,7 +111,8 @@ def predict(
     table = prediction_table(images, probabilities, model.class_names)
     if out is not None:
         write_table(table, out, overwrite)
-        skipped.unlink(missing_ok=True)
+    if skipped is not None:
+        Path(skipped).unlink(missing_ok=True)
         if images.skipped:
             write_skipped(images.skipped, skipped, overwrite=True)
     if grid is not None and len(table):
@@ -132,11 +137,8 @@ def _warn_unknown_classes(images: ImageSet, class_names: Sequence[str]) -> None:
 
 
 def prediction_grid(images: ImageSet, table: pd.DataFrame, count: int = 16):
-    """A 4x4 grid of ``count`` images spread evenly over the table, titled with their predictions.
-
-    Spread rather than the first ones, so a manifest sorted by class shows every class.
-    """
-    chosen = np.unique(np.linspace(0, len(table) - 1, min(count, len(table))).round().astype(int))
+    """A 4x4 grid of ``count`` images spread over the table (:func:`~vitkit.figures.spread_indices`), titled with their predictions."""
+    chosen = spread_indices(len(table), count)
     pixels = images.read(chosen)
     titles, verdicts = [], []
     for _, row in table.iloc[chosen].iterrows():
@@ -149,7 +151,11 @@ def prediction_grid(images: ImageSet, table: pd.DataFrame, count: int = 16):
 
 
 def write_table(table: pd.DataFrame, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write a table as UTF-8 CSV, atomically."""
+    """Write a table as UTF-8 CSV, atomically; text cells and headers are :func:`spreadsheet_safe`."""
+    safe = table.rename(columns=spreadsheet_safe)
+    for position, dtype in enumerate(safe.dtypes):
+        if pd.api.types.is_string_dtype(dtype):
+            safe.isetitem(position, safe.iloc[:, position].map(spreadsheet_safe))
     with atomic_output(path, overwrite=overwrite) as temporary:
-        table.to_csv(temporary, index=False, float_format="%.6g")
+        safe.to_csv(temporary, index=False, float_format="%.6g")
     return Path(path)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from vitkit.cli.options import add_model_use_options, command, foreign_options, load_options, parse_inputs
+
+
+# Printed predictions list their unreadable images beside this name, in the working folder.
+DEFAULT_PREDICTIONS = Path("predictions.csv")
 
 
 # evaluate / predict ----------------------------------------------------------------------------
@@ -50,7 +55,9 @@ def add_predict(commands) -> None:
     )
     parser.add_argument("model", type=Path, metavar="MODEL", help="a .weights.h5 model file (or a file of another tool)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="a manifest, a folder, or image files")
-    parser.add_argument("--out", type=Path, metavar="CSV", help="write the table here (default: print it)")
+    parser.add_argument("--out", type=Path, metavar="CSV",
+                        help="write the table here (default: print it, and list unreadable images in "
+                             "predictions.skipped.csv)")
     parser.add_argument("--grid", type=Path, metavar="PNG", help="also draw 16 of the images, spread over the set, titled with predictions")
     add_model_use_options(parser, batch_size=32)
 
@@ -58,16 +65,19 @@ def add_predict(commands) -> None:
 def _run_predict(args: argparse.Namespace) -> None:
     from vitkit.prediction import predict, skipped_path
 
-    table = predict(args.model, parse_inputs(args.inputs), out=args.out, grid=args.grid,
+    skipped = skipped_path(args.out or DEFAULT_PREDICTIONS)
+    table = predict(args.model, parse_inputs(args.inputs), out=args.out, grid=args.grid, skipped=skipped,
                     batch_size=args.batch_size, overwrite=args.overwrite, **foreign_options(args),
                     **load_options(args))
     shown = [c for c in ("image", "predicted", "confidence", "true") if c in table]
     if args.out is None:
         print(table[shown].to_string(index=False))
+        if skipped.is_file():  # stdout holds the table; the list's place goes beside the warnings
+            print(f"skipped images: {skipped}", file=sys.stderr)
     else:
         print(f"{len(table)} predictions: {args.out}")
-        if skipped_path(args.out).is_file():
-            print(f"skipped images: {skipped_path(args.out)}")
+        if skipped.is_file():
+            print(f"skipped images: {skipped}")
     if args.grid is not None:
         print(f"grid: {args.grid}")
 
@@ -80,8 +90,8 @@ def add_explain(commands) -> None:
         _run_explain,
         description="For every image, OUT/figures/ gets the original, the attention map over it and the image\n"
                     "masked by the map, titled with the file, the predicted class and confidence (and the\n"
-                    "true class: green when right, red when wrong). OUT also gets grid.png (the first 16\n"
-                    "maps), layers.png and heads.png (every layer's and head's map for the --focus image)\n"
+                    "true class: green when right, red when wrong). OUT also gets grid.png (16 maps spread\n"
+                    "over the set), layers.png and heads.png (every layer's and head's map for the --focus image)\n"
                     "and explanations.csv. Maps are computed in the prediction's own forward pass.\n\n"
                     "methods:\n"
                     "  rollout   attention rollout through all layers (Abnar & Zuidema 2020); the same for every class\n"

@@ -24,7 +24,7 @@ from PIL import Image
 from vitkit.data.cache import ImageStore
 from vitkit.device import batch_stager
 from vitkit.errors import ConfigError, ImageError, ManifestError
-from vitkit.fileio import atomic_output
+from vitkit.fileio import atomic_output, spreadsheet_safe
 from vitkit.data.manifest import Manifest, find_images, folder_labels, read_manifest
 from vitkit.data.pixelcsv import is_pixel_csv, read_pixel_csv
 
@@ -40,12 +40,12 @@ class SkippedImage(NamedTuple):
 
 
 def write_skipped(skipped: Sequence[SkippedImage], path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write the skipped images as a CSV (``image,row,reason``), atomically."""
+    """Write the skipped images as a CSV (``image,row,reason``), atomically; cells are :func:`spreadsheet_safe`."""
     with atomic_output(path, overwrite=overwrite) as temporary:
         with open(temporary, "w", newline="", encoding="utf-8") as stream:
             writer = csv.writer(stream)
             writer.writerow(SkippedImage._fields)
-            writer.writerows(skipped)
+            writer.writerows([spreadsheet_safe(cell) for cell in row] for row in skipped)
     return Path(path)
 
 

@@ -81,7 +81,7 @@ def explain(
         layer: the layer of ``method="layer"``; negative counts from the last.
         class_name: with ``method="gradient"``, explain this class instead of the predicted one.
         out: folder for the figures: ``figures/NNNN_<name>.png`` per image (original | overlay |
-            masked), ``grid.png`` (the first 16 overlays), ``layers.png`` and ``heads.png`` (the
+            masked), ``grid.png`` (16 overlays spread over the set), ``layers.png`` and ``heads.png`` (the
             per-layer strip and per-head maps of the ``focus`` image), ``explanations.csv`` and,
             when some images could not be read, ``skipped.csv``.
         pdf: a PDF with one page per image (original | overlay | masked).

@@ -51,7 +51,7 @@ def write_figures(result: "Explanation", model: "ImageClassifier", out: str | os
                   focus_index: int = 0, progress: bool = True) -> None:
     """The figures and table of :func:`explain`'s ``out`` folder (existing files are replaced)."""
     from vitkit.explanation.figures import grid_figure, head_figure, image_figure, layer_figure
-    from vitkit.figures import save_figure
+    from vitkit.figures import save_figure, spread_indices
     from vitkit.data.batches import write_skipped
     from vitkit.prediction import write_table
 
@@ -60,7 +60,7 @@ def write_figures(result: "Explanation", model: "ImageClassifier", out: str | os
         for index, path in enumerate(figure_paths(out, result.names)):
             save_figure(image_figure(result, index), path)
             bar.update()
-    save_figure(grid_figure(result, range(min(GRID_IMAGES, len(result)))), out / "grid.png")
+    save_figure(grid_figure(result, spread_indices(len(result), GRID_IMAGES)), out / "grid.png")
     save_figure(layer_figure(result, focus_index), out / "layers.png")
     save_figure(head_figure(model, result, focus_index), out / "heads.png")
     write_table(result.table(), out / "explanations.csv", overwrite=True)

@@ -1,6 +1,6 @@
 """Foreign weights files -> vitkit classifiers: read the dimensions, check, assign all or nothing.
 
-A file from another tool (see :mod:`vitkit.models.legacy`) carries weights but not what vitkit needs
+A file from another tool (read by :mod:`vitkit.models.legacy`) carries weights but not what vitkit needs
 around them: class names and, for H5 files, how pixels were scaled. Those come from the caller
 (``classes=``, ``preprocess=``); every dimension comes from the file. Nothing is assigned
 until every array has been found and checked, so a file that does not fit never leaves a
@@ -17,9 +17,10 @@ import numpy as np
 
 from vitkit.models.config import ViTConfig, resolve_config
 from vitkit.errors import ConfigError, WeightsError
-from vitkit.models.legacy import (
-    PUBLISHED_HEADS, BackboneShape, ForeignWeights, HeadLayer, backbone_shape, chain_head, read_weights,
+from vitkit.models.foreign import (
+    PUBLISHED_HEADS, BackboneShape, ForeignWeights, HeadLayer, backbone_shape, chain_head,
 )
+from vitkit.models.legacy import read_weights
 from vitkit.models.classifier import ImageClassifier, ModelSpec, image_size_pair
 from vitkit.data.preprocessing import AugmentConfig
 from vitkit.models.weights import backbone_arrays, flax_name
