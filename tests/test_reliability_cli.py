@@ -123,7 +123,11 @@ def test_predict_skips_bad_images_and_lists_them_beside_the_table(cli, data, mod
 
 
 def test_printed_predictions_list_bad_images_in_the_working_folder(cli, data, model_path, monkeypatch):
-    """Without --out the table goes to stdout, the list to ./predictions.skipped.csv and its place to stderr."""
+    """Without --out the table goes to stdout, the list to ./predictions.skipped.csv and its place to stderr.
+
+    A later run never stops over that list: it takes the next free name, and writes none when
+    every image was read.
+    """
     monkeypatch.chdir(data["root"])
     listed = data["root"] / "predictions.skipped.csv"
     status, stdout, stderr = cli("predict", model_path, data["bad"])
@@ -133,9 +137,12 @@ def test_printed_predictions_list_bad_images_in_the_working_folder(cli, data, mo
     assert len(stdout.splitlines()) == 1 + 24 and "skipped" not in stdout
     assert_lists_bad_rows(listed, data["bad"])
     status, _, stderr = cli("predict", model_path, data["good"])
-    assert status == 2 and "predictions.skipped.csv exists; pass --overwrite" in stderr
-    status, _, stderr = cli("predict", model_path, data["good"], "--overwrite")
-    assert status == 0 and "skipped images" not in stderr and not listed.exists()
+    assert status == 0 and "skipped images" not in stderr
+    assert not (data["root"] / "predictions.skipped-2.csv").exists()
+    status, _, stderr = cli("predict", model_path, data["bad"])
+    assert status == 0 and "skipped images: predictions.skipped-2.csv" in stderr
+    assert_lists_bad_rows(data["root"] / "predictions.skipped-2.csv", data["bad"])
+    assert_lists_bad_rows(listed, data["bad"])  # the first list is left as it was
 
 
 def test_predict_error_policy_writes_nothing(cli, data, model_path):

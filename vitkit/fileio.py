@@ -135,3 +135,14 @@ def spreadsheet_safe(value: Any) -> Any:
 def vitkit_home() -> Path:
     """``$VITKIT_HOME``, or ``~/.keras/vitkit``."""
     return Path(os.environ.get("VITKIT_HOME") or Path.home() / ".keras" / "vitkit")
+
+
+def unused_path(path: str | os.PathLike) -> Path:
+    """``path`` if nothing is there, else the first free ``STEM-2.EXT``, ``STEM-3.EXT``, ..."""
+    path = Path(path)
+    number = 1
+    candidate = path
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    return candidate

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from vitkit.cli.options import add_model_use_options, command, foreign_options, load_options, parse_inputs
+from vitkit.fileio import unused_path
 
 
 # Printed predictions list their unreadable images beside this name, in the working folder.
@@ -57,7 +58,7 @@ def add_predict(commands) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="a manifest, a folder, or image files")
     parser.add_argument("--out", type=Path, metavar="CSV",
                         help="write the table here (default: print it, and list unreadable images in "
-                             "predictions.skipped.csv)")
+                             "predictions.skipped.csv, or predictions.skipped-2.csv if that exists)")
     parser.add_argument("--grid", type=Path, metavar="PNG", help="also draw 16 of the images, spread over the set, titled with predictions")
     add_model_use_options(parser, batch_size=32)
 
@@ -65,7 +66,8 @@ def add_predict(commands) -> None:
 def _run_predict(args: argparse.Namespace) -> None:
     from vitkit.prediction import predict, skipped_path
 
-    skipped = skipped_path(args.out or DEFAULT_PREDICTIONS)
+    # A printed table leaves no file to sit beside, so a run never stops over an earlier list.
+    skipped = skipped_path(args.out) if args.out else unused_path(skipped_path(DEFAULT_PREDICTIONS))
     table = predict(args.model, parse_inputs(args.inputs), out=args.out, grid=args.grid, skipped=skipped,
                     batch_size=args.batch_size, overwrite=args.overwrite, **foreign_options(args),
                     **load_options(args))
