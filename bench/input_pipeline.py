@@ -122,7 +122,7 @@ def memory_child(args) -> None:
     import keras  # noqa: F401  (counted in the baseline, like every real run)
 
     from vitkit.data.batches import ImageBatches, load_images
-    from vitkit.data.manifest import build_manifests
+    from vitkit.data.manifestbuild import build_manifests
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()

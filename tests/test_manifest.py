@@ -9,7 +9,8 @@ import pytest
 
 import vitkit
 from vitkit.errors import ManifestError, OutputExistsError
-from vitkit.data.manifest import check_manifest, read_manifest, stratified_split
+from vitkit.data.manifest import check_manifest, read_manifest
+from vitkit.data.manifestbuild import stratified_split
 
 from conftest import make_photo_tree
 

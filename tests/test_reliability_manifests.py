@@ -10,7 +10,8 @@ from PIL import Image
 
 from vitkit.data.batches import load_images
 from vitkit.errors import ManifestError
-from vitkit.data.manifest import build_manifests, check_manifest, read_manifest, stratified_split
+from vitkit.data.manifest import check_manifest, read_manifest
+from vitkit.data.manifestbuild import build_manifests, stratified_split
 
 HEADER = "base_path,type_dir,file_name"
 

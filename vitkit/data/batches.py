@@ -25,7 +25,8 @@ from vitkit.data.cache import ImageStore
 from vitkit.device import batch_stager
 from vitkit.errors import ConfigError, ImageError, ManifestError
 from vitkit.fileio import atomic_output
-from vitkit.data.manifest import Manifest, find_images, folder_labels, read_manifest
+from vitkit.data.manifest import Manifest, read_manifest
+from vitkit.data.manifestbuild import find_images, folder_labels
 from vitkit.data.pixelcsv import is_pixel_csv, read_pixel_csv
 
 BAD_IMAGE_POLICIES = ("skip", "error")
