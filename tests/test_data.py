@@ -42,6 +42,24 @@ def test_changed_file_is_decoded_again(photo_tree, tmp_path):
     assert tuple(store.read(frames)[0, 0, 0]) == (1, 2, 3)
 
 
+def test_lookups_in_blocks_find_the_same_frames_and_failures(photo_tree, tmp_path, monkeypatch):
+    import vitkit.data.cache as cache
+
+    paths = sorted(photo_tree.rglob("*.png"))[:7]
+    paths.insert(3, photo_tree / "missing.png")
+    whole = ImageStore((16, 16), "stretch", tmp_path / "whole").frames(paths, progress=False)
+    monkeypatch.setattr(cache, "_LOOKUP_BLOCK", 2)
+    store = ImageStore((16, 16), "stretch", tmp_path / "blocks")
+    frames, failures = store.frames(paths, progress=False)
+    assert failures == whole[1] == {3: f"{paths[3]}: file not found"}
+    assert np.array_equal(frames, whole[0]) and store.decoded == 7
+    later = ImageStore((16, 16), "stretch", tmp_path / "blocks")
+    assert np.array_equal(later.frames(paths, progress=False)[0], frames) and later.decoded == 0
+    first = ImageStore((16, 16), "stretch", tmp_path / "stop")
+    frames, failures = first.frames(paths, progress=False, stop_at_failure=True)
+    assert list(failures) == [3] and (frames[:3] >= 0).all() and (frames[4:] == -1).all()
+
+
 def test_each_size_and_resize_mode_has_its_own_store(photo_tree, tmp_path):
     paths = sorted(photo_tree.rglob("*.png"))[:3]
     for size, mode in (((16, 16), "stretch"), ((16, 16), "pad"), ((20, 16), "stretch")):
