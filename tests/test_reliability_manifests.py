@@ -139,6 +139,20 @@ def test_csv_damage_is_a_manifest_error(tmp_path):
         read_manifest(path)
 
 
+def test_large_manifests_are_read_whole_and_errors_name_the_row(tmp_path):
+    rows = "".join(f"photos,a,{i:06d}.png\n" for i in range(50_000))  # more than one block of decoding
+    path = tmp_path / "m.csv"
+    path.write_bytes(f"{HEADER}\n{rows}".encode() + ".,丸い,画像.png\n".encode("cp932"))
+    read = read_manifest(path)
+    assert len(read) == 50_001 and read.labels[-1] == "丸い" and read.where(-1).endswith("m.csv line 50002")
+    splits = ["train"] * 40_000
+    splits[39_000] = "someday"
+    path = manifest(tmp_path / "split.csv", f"{HEADER},split\n" + "".join(
+        f"photos,a,{i:06d}.png,{split}\n" for i, split in enumerate(splits)))
+    with pytest.raises(ManifestError, match=r"split\.csv line 39002: split 'someday' is not one of train, val, test"):
+        read_manifest(path)
+
+
 def test_a_folder_given_as_manifest(tmp_path):
     (tmp_path / "m.csv").mkdir()
     with pytest.raises(ManifestError, match="is a folder; give a manifest CSV file"):

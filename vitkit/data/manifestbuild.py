@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from vitkit.data.images import IMAGE_SUFFIXES, is_image_file
-from vitkit.data.manifest import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, SPLITS
+from vitkit.data.manifestcsv import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, SPLITS
 from vitkit.errors import ManifestError
 from vitkit.fileio import atomic_output, check_writable
 
