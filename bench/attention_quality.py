@@ -82,7 +82,7 @@ def load_masks(names: list[str], photos: Path, masks_dir: Path, size: tuple[int,
 
 def train_small_model(photos: Path, work: Path, epochs: int, image_size: int, seed: int) -> tuple[Path, Path]:
     """Train vit_micro from scratch on the train/val split; returns the model and the test manifest."""
-    from vitkit.data.manifest import build_manifests
+    from vitkit.data.manifestbuild import build_manifests
     from vitkit.training.train import train
 
     manifests = work / "manifests"

@@ -12,7 +12,9 @@ Two measurements:
   every photo in every epoch, iterated the same way.
 
 ``memory``: peak resident memory of a process that reads a manifest of N small photos, caches
-them and streams one epoch, for N = 1,000, 10,000 and 100,000; it should stay flat as N grows.
+them and streams one epoch, for N = 1,000, 10,000 and 100,000, each in a fresh process; it should
+stay flat as N grows. The photos and manifests are made beforehand in this process, so what is
+measured is the reading side that training, evaluation and prediction run.
 
 Usage::
 
@@ -23,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import resource
@@ -106,34 +109,54 @@ def speed(args) -> dict:
 
 def memory(args) -> dict:
     rows = {}
-    for count in args.counts:
-        finished = subprocess.run([sys.executable, __file__, "memory-child", "--images", str(count)],
-                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        if finished.returncode:
-            raise SystemExit(finished.stderr[-3000:])
-        rows[count] = json.loads(finished.stdout.strip().splitlines()[-1])
-        print(f"{count:>7} photos: peak RSS {rows[count]['peak_rss_mb']:7.1f} MB "
-              f"(after imports {rows[count]['baseline_rss_mb']:.1f} MB), {rows[count]['seconds']:.0f} s", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        manifests = write_manifests(make_photos(Path(scratch) / "photos", max(args.counts), 32, ".png"),
+                                    Path(scratch), args.counts)
+        for count, manifest in manifests.items():
+            finished = subprocess.run(
+                [sys.executable, __file__, "memory-child", "--manifest", str(manifest),
+                 "--cache", str(Path(scratch) / f"cache_{count}")],
+                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            if finished.returncode:
+                raise SystemExit(finished.stderr[-3000:])
+            rows[count] = json.loads(finished.stdout.strip().splitlines()[-1])
+            print(f"{count:>7} photos: peak RSS {rows[count]['peak_rss_mb']:7.1f} MB, "
+                  f"{rows[count]['seconds']:.0f} s", flush=True)
+    smallest = rows[min(rows)]["peak_rss_mb"]
+    print(f"\n| photos | peak RSS | above the import baseline | above {min(rows):,} photos |")
+    print("|-------:|---------:|--------------------------:|------------:|")
+    for count, row in rows.items():
+        print(f"| {count:,} | {row['peak_rss_mb']:.1f} MB | {row['peak_rss_mb'] - row['baseline_rss_mb']:.0f} MB "
+              f"| {row['peak_rss_mb'] - smallest:.1f} MB |")
     return {"memory": rows}
 
 
+def write_manifests(photos: Path, folder: Path, counts: list[int]) -> dict[int, Path]:
+    """A manifest of the first N photos (every class alike) for each N, in the format vitkit builds."""
+    files = sorted(photos.rglob("*.png"), key=lambda path: path.name)
+    manifests = {}
+    for count in sorted(counts):
+        manifests[count] = folder / f"manifest_{count}.csv"
+        with open(manifests[count], "w", newline="", encoding="utf-8") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["base_path", "type_dir", "file_name", "label"])
+            writer.writerows(["photos", path.parent.name, path.name, path.parent.name] for path in files[:count])
+    return manifests
+
+
 def memory_child(args) -> None:
-    """One process: manifest of N photos -> cache -> one epoch of batches; prints its peak RSS."""
-    import keras  # noqa: F401  (counted in the baseline, like every real run)
+    """One process: read a manifest -> cache its photos -> one epoch of batches; prints its peak RSS."""
+    import keras  # counted in the baseline, like every real run
 
     from vitkit.data.batches import ImageBatches, load_images
-    from vitkit.data.manifest import build_manifests
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
-        photos = make_photos(Path(scratch) / "photos", args.images, 32, ".png")
-        build_manifests(photos, Path(scratch) / "manifests", val_fraction=0.0, test_fraction=0.0)
-        images = load_images(Path(scratch) / "manifests" / "train.csv", (32, 32), cache_dir=Path(scratch) / "cache",
-                             progress=False)
-        _stream_epoch(ImageBatches(images, 64, list(CLASSES), shuffle=True))
+    images = load_images(args.manifest, (32, 32), cache_dir=args.cache, progress=False)
+    _stream_epoch(ImageBatches(images, 64, list(CLASSES), shuffle=True))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_rss_mb": peak, "baseline_rss_mb": baseline, "seconds": time.perf_counter() - started}))
+    print(json.dumps({"peak_rss_mb": peak, "baseline_rss_mb": baseline, "seconds": time.perf_counter() - started,
+                      "backend": keras.backend.backend()}))
 
 
 def main() -> None:
@@ -146,6 +169,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--counts", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--manifest", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "input_pipeline.json")
     args = parser.parse_args()
     if args.mode == "memory-child":

@@ -13,6 +13,7 @@ from vitkit.data.cache import ImageStore
 from vitkit.data.batches import ImageBatches, load_images
 from vitkit.errors import ConfigError
 from vitkit.data.images import load_image
+from vitkit.data.textarray import TextArray
 
 from conftest import run_python
 
@@ -40,6 +41,49 @@ def test_changed_file_is_decoded_again(photo_tree, tmp_path):
     frames, _ = store.frames([path], progress=False)
     assert store.decoded == 2
     assert tuple(store.read(frames)[0, 0, 0]) == (1, 2, 3)
+
+
+def test_text_array_stands_in_for_a_list_of_names():
+    texts = ["a.png", "写真/b.png", "", "not-utf8-\udcff.png"]
+    names = TextArray.from_texts(texts)
+    assert names == texts and list(names) == texts and len(names) == 4
+    assert (names[-1], names[np.int64(1)]) == (texts[-1], texts[1])
+    assert names[1:3] == texts[1:3] and names[[3, 0]] == [texts[3], texts[0]]
+    assert names.take(np.array([True, False, True, False])) == ["a.png", ""]
+    assert names.nbytes == sum(len(text.encode("utf-8", "surrogatepass")) for text in texts) + 8 * len(texts)
+    assert names != texts[:3] and names != "a.png"
+    with pytest.raises(IndexError):
+        names[4]
+    with pytest.raises(IndexError):
+        names[[0, 4]]
+    assert TextArray.from_texts([]) == [] and TextArray.from_texts([])[[]] == []
+
+
+def test_image_sets_name_their_files_in_a_text_array(photo_tree, tmp_path):
+    images = load_images(photo_tree, (16, 16), cache_dir=tmp_path / "cache", progress=False)
+    files = sorted(str(path) for path in photo_tree.rglob("*.png"))
+    assert isinstance(images.names, TextArray) and images.names == files
+    part = images.subset([4, 1])
+    assert part.names == [files[4], files[1]] and part.labels == [images.labels[4], images.labels[1]]
+    assert np.array_equal(part.all_pixels(), images.read(np.array([4, 1])))
+
+
+def test_lookups_in_blocks_find_the_same_frames_and_failures(photo_tree, tmp_path, monkeypatch):
+    import vitkit.data.cache as cache
+
+    paths = sorted(photo_tree.rglob("*.png"))[:7]
+    paths.insert(3, photo_tree / "missing.png")
+    whole = ImageStore((16, 16), "stretch", tmp_path / "whole").frames(paths, progress=False)
+    monkeypatch.setattr(cache, "_LOOKUP_BLOCK", 2)
+    store = ImageStore((16, 16), "stretch", tmp_path / "blocks")
+    frames, failures = store.frames(paths, progress=False)
+    assert failures == whole[1] == {3: f"{paths[3]}: file not found"}
+    assert np.array_equal(frames, whole[0]) and store.decoded == 7
+    later = ImageStore((16, 16), "stretch", tmp_path / "blocks")
+    assert np.array_equal(later.frames(paths, progress=False)[0], frames) and later.decoded == 0
+    first = ImageStore((16, 16), "stretch", tmp_path / "stop")
+    frames, failures = first.frames(paths, progress=False, stop_at_failure=True)
+    assert list(failures) == [3] and (frames[:3] >= 0).all() and (frames[4:] == -1).all()
 
 
 def test_each_size_and_resize_mode_has_its_own_store(photo_tree, tmp_path):

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import vitkit
 from vitkit.errors import ManifestError, OutputExistsError
-from vitkit.data.manifest import check_manifest, read_manifest, stratified_split
+from vitkit.data.manifest import check_manifest, read_manifest
+from vitkit.data.manifestbuild import stratified_split
+from vitkit.data.textarray import TextArray
 
 from conftest import make_photo_tree
 
@@ -41,6 +44,20 @@ def test_label_and_split_columns(tmp_path):
     assert [len(manifest.split(s)) for s in ("train", "val", "test")] == [1, 1, 1]
     by_folder = read_manifest(tmp_path / "m.csv", label_from="type_dir")
     assert by_folder.labels == ["shelf_1", "shelf_1", "shelf_2"]
+
+
+def test_a_large_manifest_is_kept_as_compact_columns(tmp_path):
+    rows = "".join(f"photos,{'ab'[i % 2]},{i:05d}.png,{'xyz'[i % 3]},{('train', 'val')[i % 2]}\n" for i in range(20_000))
+    manifest = read_manifest(_write(tmp_path / "m.csv", "base_path,type_dir,file_name,label,split\n" + rows))
+    assert isinstance(manifest.files, TextArray)
+    assert (manifest.files.data.dtype, manifest.files.ends.dtype) == (np.uint8, np.int64)
+    assert (manifest.label_codes.dtype, manifest.split_codes.dtype, manifest.lines.dtype) == (np.int32, np.int8, np.int64)
+    assert manifest.files.data.nbytes == sum(len(str(path)) for path in manifest.paths)
+    assert manifest.files[12_345] == str(tmp_path / "photos" / "b" / "12345.png")
+    assert (manifest.labels[12_345], manifest.lines[12_345], manifest.entries[12_345].split) == ("x", 12_347, "val")
+    assert manifest.classes() == ["x", "y", "z"]
+    val = manifest.split("val")
+    assert len(val) == 10_000 and val.paths[0] == tmp_path / "photos" / "b" / "00001.png" and val.where(0).endswith("line 3")
 
 
 def test_substring_rule_of_the_original_notebooks(tmp_path):

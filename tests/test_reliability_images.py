@@ -21,7 +21,7 @@ from conftest import run_python
 from vitkit.data.batches import load_images
 from vitkit.errors import ImageError
 from vitkit.data.images import load_image
-from vitkit.data.manifest import build_manifests, find_images
+from vitkit.data.manifestbuild import build_manifests, find_images
 
 
 def solid(colour, size=(12, 12), mode="RGB") -> Image.Image:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_photo_tree, run_cli, run_python
-from vitkit.data.manifest import build_manifests
+from vitkit.data.manifestbuild import build_manifests
 from vitkit.models.modelfile import load_model, read_metadata
 
 
@@ -111,7 +111,7 @@ def test_jax_backend_is_deterministic_and_resumes_exactly(tmp_path):
         os.environ["VITKIT_PROGRESS"] = "0"
         import numpy as np
         from conftest import TINY_BACKBONE, make_photo_tree
-        from vitkit.data.manifest import build_manifests
+        from vitkit.data.manifestbuild import build_manifests
         from vitkit.models.modelfile import load_model
         from vitkit.training.runstate import RunKeeper
         from vitkit.training.train import train

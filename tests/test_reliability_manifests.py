@@ -10,7 +10,8 @@ from PIL import Image
 
 from vitkit.data.batches import load_images
 from vitkit.errors import ManifestError
-from vitkit.data.manifest import build_manifests, check_manifest, read_manifest, stratified_split
+from vitkit.data.manifest import check_manifest, read_manifest
+from vitkit.data.manifestbuild import build_manifests, stratified_split
 
 HEADER = "base_path,type_dir,file_name"
 
@@ -135,6 +136,20 @@ def test_csv_damage_is_a_manifest_error(tmp_path):
         read_manifest(path)
     path = manifest(tmp_path / "n.csv", f"{HEADER}\n.,a,0\x00.png\n")
     with pytest.raises(ManifestError, match="line 2: contains a NUL character"):
+        read_manifest(path)
+
+
+def test_large_manifests_are_read_whole_and_errors_name_the_row(tmp_path):
+    rows = "".join(f"photos,a,{i:06d}.png\n" for i in range(50_000))  # more than one block of decoding
+    path = tmp_path / "m.csv"
+    path.write_bytes(f"{HEADER}\n{rows}".encode() + ".,丸い,画像.png\n".encode("cp932"))
+    read = read_manifest(path)
+    assert len(read) == 50_001 and read.labels[-1] == "丸い" and read.where(-1).endswith("m.csv line 50002")
+    splits = ["train"] * 40_000
+    splits[39_000] = "someday"
+    path = manifest(tmp_path / "split.csv", f"{HEADER},split\n" + "".join(
+        f"photos,a,{i:06d}.png,{split}\n" for i, split in enumerate(splits)))
+    with pytest.raises(ManifestError, match=r"split\.csv line 39002: split 'someday' is not one of train, val, test"):
         read_manifest(path)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import TINY_BACKBONE, make_photo_tree
 from vitkit.errors import ConfigError, OutputExistsError
-from vitkit.data.manifest import build_manifests
+from vitkit.data.manifestbuild import build_manifests
 from vitkit.models.modelfile import load_model
 from vitkit.training.runstate import RunKeeper
 from vitkit.training.train import train

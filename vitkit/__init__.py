@@ -35,7 +35,7 @@ _EXPORTS = {
     "convert_weights": "vitkit.models.modelfile",
     "export_model": "vitkit.models.export",
     "read_manifest": "vitkit.data.manifest",
-    "build_manifests": "vitkit.data.manifest",
+    "build_manifests": "vitkit.data.manifestbuild",
     "check_manifest": "vitkit.data.manifest",
     "load_images": "vitkit.data.batches",
     "train": "vitkit.training.train",

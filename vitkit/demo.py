@@ -17,7 +17,7 @@ import numpy as np
 
 from vitkit.errors import ConfigError, OutputExistsError
 from vitkit.fileio import write_text_atomic
-from vitkit.data.manifest import build_manifests
+from vitkit.data.manifestbuild import build_manifests
 
 SAMPLE_PHOTOS = Path("examples") / "photos"
 

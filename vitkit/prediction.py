@@ -51,7 +51,7 @@ def prediction_table(images: ImageSet, probabilities: np.ndarray, class_names: S
     """One row per image: ``image``, ``predicted``, ``confidence``, ``true`` (if known), ``p_<class>``..."""
     best = probabilities.argmax(axis=1)
     table = pd.DataFrame({
-        "image": images.names,
+        "image": list(images.names),
         "predicted": [class_names[i] for i in best],
         "confidence": probabilities[np.arange(len(best)), best],
     })

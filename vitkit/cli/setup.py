@@ -70,7 +70,7 @@ def add_manifest(commands) -> None:
 
 
 def _run_manifest_build(args: argparse.Namespace) -> None:
-    from vitkit.data.manifest import SPLITS, build_manifests
+    from vitkit.data.manifestbuild import SPLITS, build_manifests
 
     summary = build_manifests(args.photo_dir, args.out, args.val, args.test, args.seed, args.overwrite)
     classes = sorted(set().union(*summary.values()))

@@ -25,8 +25,10 @@ from vitkit.data.cache import ImageStore
 from vitkit.device import batch_stager
 from vitkit.errors import ConfigError, ImageError, ManifestError
 from vitkit.fileio import atomic_output, spreadsheet_safe
-from vitkit.data.manifest import Manifest, find_images, folder_labels, read_manifest
+from vitkit.data.manifest import Manifest, read_manifest
+from vitkit.data.manifestbuild import find_images, folder_labels
 from vitkit.data.pixelcsv import is_pixel_csv, read_pixel_csv
+from vitkit.data.textarray import TextArray
 
 BAD_IMAGE_POLICIES = ("skip", "error")
 
@@ -53,14 +55,19 @@ def write_skipped(skipped: Sequence[SkippedImage], path: str | os.PathLike, over
 class ImageSet:
     """Images of one size with display names, optional labels and what was skipped.
 
-    ``read(indices)`` returns ``(len(indices), H, W, 3)`` uint8.
+    ``read(indices)`` returns ``(len(indices), H, W, 3)`` uint8. ``names`` (image paths) are a
+    :class:`TextArray` (a list of names given is converted); each label is one of a few shared strings.
     """
 
-    names: list[str]
+    names: TextArray
     labels: list[str] | None
     read: Callable[[np.ndarray], np.ndarray]
     image_size: tuple[int, int]
     skipped: list[SkippedImage] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.names, TextArray):
+            self.names = TextArray.from_texts(self.names)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -83,7 +90,7 @@ class ImageSet:
         """The images at ``indices`` (same reader, no copy of pixels)."""
         chosen = np.asarray(indices, dtype=np.int64)
         return ImageSet(
-            names=[self.names[i] for i in chosen],
+            names=self.names.take(chosen),
             labels=None if self.labels is None else [self.labels[i] for i in chosen],
             read=lambda rows: self.read(chosen[np.asarray(rows)]),
             image_size=self.image_size,
@@ -131,16 +138,15 @@ def load_images(
     if isinstance(data, np.ndarray):
         return _array_set(data, None, image_size)
     if isinstance(data, Manifest):
-        unlabelled = [entry for entry in data.entries if entry.label is None]
-        if unlabelled and len(unlabelled) < len(data):
+        unlabelled = np.flatnonzero(data.label_codes < 0)
+        if len(unlabelled) and len(unlabelled) < len(data):
             warnings.warn(
                 f"{data.where(unlabelled[0])}: {len(unlabelled)} row(s) have an empty class, so the "
                 f"manifest's classes are not used; fill them in or remove those rows",
                 stacklevel=2,
             )
-        return _file_set(data.paths, data.labels if data.has_labels else None,
-                         [data.where(e) for e in data.entries], image_size, resize_mode,
-                         cache_dir, on_bad_image, progress)
+        return _file_set(data.files, data.labels if data.has_labels else None, data.where, image_size,
+                         resize_mode, cache_dir, on_bad_image, progress)
     if _is_path(data):
         path = Path(data)
         if path.is_dir():
@@ -169,16 +175,20 @@ def _is_path(value: Any) -> bool:
     return isinstance(value, (str, os.PathLike))
 
 
-def _file_set(paths, labels, origins, image_size, resize_mode, cache_dir, on_bad_image, progress) -> ImageSet:
+def _file_set(paths: Sequence[str | os.PathLike], labels: list[str] | None, origin: Callable[[int], str] | None,
+              image_size, resize_mode, cache_dir, on_bad_image, progress) -> ImageSet:
+    """Images of files; ``origin(i)`` names where file ``i`` came from (``file.csv line 12``)."""
+    if not isinstance(paths, TextArray):
+        paths = TextArray.from_texts(str(path) for path in paths)
     store = ImageStore(image_size, resize_mode, cache_dir)
     frames, failures = store.frames(paths, progress=progress, stop_at_failure=on_bad_image == "error")
     skipped = []
     if failures:
         first = min(failures)
-        where = f"{origins[first]}: " if origins else ""
+        where = f"{origin(first)}: " if origin else ""
         if on_bad_image == "error":
             raise ImageError(f"{where}{failures[first]}; fix or remove it, or use --on-bad-image skip")
-        skipped = [SkippedImage(str(paths[i]), origins[i] if origins else "", _reason(paths[i], failures[i]))
+        skipped = [SkippedImage(paths[i], origin(i) if origin else "", _reason(paths[i], failures[i]))
                    for i in sorted(failures)]
         if len(failures) == len(paths):
             raise ImageError(f"none of the {len(paths)} image(s) can be read; first: {where}{failures[first]}")
@@ -187,17 +197,19 @@ def _file_set(paths, labels, origins, image_size, resize_mode, cache_dir, on_bad
             stacklevel=3,
         )
     keep = frames >= 0
-    kept_frames = frames[keep]
+    if not keep.all():
+        paths, frames = paths.take(keep), frames[keep]
+        labels = None if labels is None else [label for label, k in zip(labels, keep.tolist()) if k]
     return ImageSet(
-        names=[str(p) for p, k in zip(paths, keep) if k],
-        labels=None if labels is None else [label for label, k in zip(labels, keep) if k],
-        read=lambda indices: store.read(kept_frames[np.asarray(indices)]),
+        names=paths,
+        labels=labels,
+        read=lambda indices: store.read(frames[np.asarray(indices)]),
         image_size=tuple(image_size),
         skipped=skipped,
     )
 
 
-def _reason(path: Path, message: str) -> str:
+def _reason(path: str, message: str) -> str:
     """A failure message without the leading ``PATH: `` (the path has its own column)."""
     prefix = f"{path}: "
     return message[len(prefix):] if message.startswith(prefix) else message
@@ -208,7 +220,7 @@ def _array_set(images: np.ndarray, labels: list[str] | None, image_size: tuple[i
     if labels is not None and len(labels) != len(pixels):
         raise ConfigError(f"{len(pixels)} images but {len(labels)} labels")
     return ImageSet(
-        names=[f"array[{i}]" for i in range(len(pixels))],
+        names=TextArray.from_texts(f"array[{i}]" for i in range(len(pixels))),
         labels=labels,
         read=lambda indices: pixels[np.asarray(indices)],
         image_size=tuple(image_size),

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS frames (
 )
 """
 _CHUNK = 256
+_LOOKUP_BLOCK = 4096
 
 
 def default_cache_dir() -> Path:
@@ -40,10 +41,28 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VITKIT_CACHE_DIR") or vitkit_home() / "cache")
 
 
-def image_key(path: Path) -> str:
-    """Identity of an image file's content as far as the file system tells: path, size, mtime."""
-    stat = path.stat()
-    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+def image_key(path: str | os.PathLike) -> str:
+    """Identity of an image file's content as far as the file system tells: path, size, mtime.
+
+    Made with ``os.path`` rather than ``pathlib``: on Python 3.11 every ``Path`` interns its parts,
+    and the table of interned strings keeps its largest size, about 75 bytes per file name seen.
+    """
+    stat = os.stat(path)
+    return f"{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _keys(paths: Sequence[str | os.PathLike], indices: Iterable[int], failures: dict[int, str]) -> dict[int, str]:
+    """:func:`image_key` of ``paths[i]`` for each of ``indices``; a file that cannot be read goes to ``failures``."""
+    keys = {}
+    for i in indices:
+        path = paths[i]
+        try:
+            keys[i] = image_key(path)
+        except FileNotFoundError:
+            failures[i] = f"{path}: file not found"
+        except (OSError, ValueError) as error:
+            failures[i] = f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})"
+    return keys
 
 
 class ImageStore:
@@ -97,15 +116,18 @@ class ImageStore:
         except Exception:
             pass
 
-    def frames(self, paths: Sequence[Path], progress: bool = True,
+    def frames(self, paths: Sequence[str | os.PathLike], progress: bool = True,
                stop_at_failure: bool = False) -> tuple[np.ndarray, dict[int, str]]:
         """Frame numbers for ``paths``, decoding the ones not cached yet (in parallel).
+
+        Paths are looked up in the index a block at a time, so nothing is kept per path beyond
+        the result.
 
         Args:
             paths: image files.
             progress: show a progress bar while decoding.
-            stop_at_failure: stop decoding once the first failing image (in ``paths`` order)
-                is known; later images are then left undecoded (frame -1, no failure entry).
+            stop_at_failure: stop once the first failing image (in ``paths`` order) is known;
+                later images are then left unchecked (frame -1, no failure entry).
 
         Returns:
             ``(frames, failures)``: ``frames[i]`` is -1 where image ``i`` failed, and
@@ -113,32 +135,27 @@ class ImageStore:
         """
         frames = np.full(len(paths), -1, dtype=np.int64)
         failures: dict[int, str] = {}
-        keys: list[str | None] = []
-        for i, path in enumerate(paths):
-            try:
-                keys.append(image_key(Path(path)))
-            except FileNotFoundError:
-                keys.append(None)
-                failures[i] = f"{path}: file not found"
-            except (OSError, ValueError) as error:
-                keys.append(None)
-                failures[i] = f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})"
-        with self._cache_errors():
-            known = self._lookup([k for k in keys if k is not None])
-        pending = []
-        for i, key in enumerate(keys):
-            if key is None:
-                continue
-            slot, error = known.get(key, (None, None))
-            if error is not None:
-                failures[i] = error
-            elif slot is not None:
-                frames[i] = slot
-            else:
-                pending.append(i)
-        if pending:
+        pending = [np.zeros(0, dtype=np.int64)]
+        for start in range(0, len(paths), _LOOKUP_BLOCK):
+            if stop_at_failure and failures:
+                break
+            keys = _keys(paths, range(start, min(start + _LOOKUP_BLOCK, len(paths))), failures)
             with self._cache_errors():
-                self._decode(paths, keys, pending, frames, failures, progress, stop_at_failure)
+                known = self._lookup(list(keys.values()))
+            waiting = []
+            for i, key in keys.items():
+                slot, error = known.get(key, (None, None))
+                if error is not None:
+                    failures[i] = error
+                elif slot is not None:
+                    frames[i] = slot
+                else:
+                    waiting.append(i)
+            pending.append(np.array(waiting, dtype=np.int64))
+        pending = np.concatenate(pending)
+        if len(pending):
+            with self._cache_errors():
+                self._decode(paths, pending, frames, failures, progress, stop_at_failure)
         return frames, failures
 
     def _lookup(self, keys: list[str]) -> dict[str, tuple[int | None, str | None]]:
@@ -153,30 +170,32 @@ class ImageStore:
                     found[key] = (slot, error)
         return found
 
-    def _decode(self, paths, keys, pending, frames, failures, progress, stop_at_failure) -> None:
+    def _decode(self, paths, pending: np.ndarray, frames, failures, progress, stop_at_failure) -> None:
         workers = os.cpu_count() or 2
         with Progress(len(pending), f"decoding {len(pending)} images", enabled=None if progress else False) as bar, \
                 ThreadPoolExecutor(max_workers=workers) as pool:
             for start in range(0, len(pending), _CHUNK):
                 if stop_at_failure and failures and min(failures) < pending[start]:
                     return
-                chunk = pending[start:start + _CHUNK]
-                slots = self._reserve([keys[i] for i in chunk])
-                results = pool.map(self._decode_one, [paths[i] for i in chunk])
+                chunk = pending[start:start + _CHUNK].tolist()
+                keys = _keys(paths, chunk, failures)  # again: a file may have changed since the look-up
+                bar.update(len(chunk) - len(keys))
+                slots = self._reserve(list(keys.values()))
+                results = pool.map(self._decode_one, [paths[i] for i in keys])
                 done = []
-                for i, slot, result in zip(chunk, slots, results):
+                for (i, key), slot, result in zip(keys.items(), slots, results):
                     if isinstance(result, str):
                         failures[i] = result
-                        done.append((None, result, keys[i]))
+                        done.append((None, result, key))
                     else:
                         os.pwrite(self._fd, result.tobytes(), slot * self.frame_bytes)
                         self.decoded += 1
                         frames[i] = slot
-                        done.append((slot, None, keys[i]))
+                        done.append((slot, None, key))
                     bar.update()
                 self._mark_done(done)
 
-    def _decode_one(self, path: Path) -> np.ndarray | str:
+    def _decode_one(self, path: str | os.PathLike) -> np.ndarray | str:
         try:
             image = load_image(path, self.image_size, self.resize_mode)
         except ImageError as error:

@@ -50,7 +50,7 @@ def load_image(path: str | os.PathLike, size: tuple[int, int], resize_mode: str 
     Raises:
         ImageError: missing, empty, unreadable, truncated, undecodable or oversized file.
     """
-    path = Path(path)
+    path = os.fspath(path)  # not a Path: see vitkit.data.cache.image_key
     try:
         image = _open(path)
     except FileNotFoundError:
@@ -85,15 +85,15 @@ def load_image(path: str | os.PathLike, size: tuple[int, int], resize_mode: str 
 _OPEN_LOCK = threading.Lock()
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: str) -> Image.Image:
     with _OPEN_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         return Image.open(path)
 
 
-def _size_or_none(path: Path) -> int | None:
+def _size_or_none(path: str) -> int | None:
     try:
-        return path.stat().st_size
+        return os.stat(path).st_size
     except OSError:
         return None
 
@@ -108,7 +108,7 @@ def _decode(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return to_rgb(ImageOps.exif_transpose(image))
 
 
-def _check_pixels(path: Path, size: tuple[int, int]) -> None:
+def _check_pixels(path: str, size: tuple[int, int]) -> None:
     if size[0] * size[1] > max_pixels():
         raise ImageError(
             f"{path}: {size[0]}x{size[1]} is more than {max_pixels():,} pixels; refused to protect "

@@ -26,7 +26,8 @@ from vitkit.device import is_out_of_memory, out_of_memory_error, out_of_memory_h
 from vitkit.errors import ConfigError, ManifestError
 from vitkit.figures import history_figure, save_figure
 from vitkit.fileio import check_writable, remove_temporaries
-from vitkit.data.manifest import Manifest, read_manifest, stratified_split
+from vitkit.data.manifest import Manifest, read_manifest
+from vitkit.data.manifestbuild import stratified_split
 from vitkit.data.mixing import MixConfig, MixedBatches
 from vitkit.models.classifier import ImageClassifier, build_model, image_size_pair
 from vitkit.models.modelfile import load_weights_only
