@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_photo_tree
-from vitkit.data.manifest import build_manifests, read_manifest
+from vitkit.data.manifest import read_manifest
+from vitkit.data.manifestbuild import build_manifests
 from vitkit.evaluation import evaluate
 from vitkit.explanation.explain import explain
 from vitkit.fileio import spreadsheet_safe
