@@ -192,7 +192,7 @@ def test_each_randaugment_round_keeps_its_own_black_border():
 
 
 def _keras_colour(name: str, images: np.ndarray, rng: np.random.Generator):
-    """``(Keras layer's output, vitkit's output)`` for one per-image amount each."""
+    """``(Keras layer's output, vitkit's amount)`` for one per-image amount of operation ``name``."""
     batch = len(images)
 
     def per_image(values):
@@ -200,35 +200,44 @@ def _keras_colour(name: str, images: np.ndarray, rng: np.random.Generator):
 
     if name == "brightness":
         delta = rng.uniform(-100, 100, batch)
-        return (keras.layers.RandomBrightness(0.5).transform_images(images, {"rgb_delta": per_image(delta)}),
-                colour.brightness(images, delta))
+        return keras.layers.RandomBrightness(0.5).transform_images(images, {"rgb_delta": per_image(delta)}), delta
     if name == "contrast":
         factor = rng.uniform(0.5, 1.5, batch)
-        return (keras.layers.RandomContrast(0.5).transform_images(images, {"contrast_factor": per_image(factor)}),
-                colour.contrast(images, factor))
+        return keras.layers.RandomContrast(0.5).transform_images(images, {"contrast_factor": per_image(factor)}), factor
     if name == "colour":
         factor = rng.uniform(-0.9, 0.9, batch)
-        return (keras.layers.RandomColorDegeneration(0.9).transform_images(images, {"factor": per_image(factor)}),
-                colour.colour(images, factor))
+        return keras.layers.RandomColorDegeneration(0.9).transform_images(images, {"factor": per_image(factor)}), factor
     if name == "sharpness":
         factor = rng.uniform(0.05, 0.95, batch).astype("float32")
-        return (keras.layers.RandomSharpness(0.5).transform_images(images, {"factor": factor}),
-                colour.sharpness(images, 1.0 - 2.0 * factor))
+        return keras.layers.RandomSharpness(0.5).transform_images(images, {"factor": factor}), 1.0 - 2.0 * factor
     if name == "solarize":
         threshold = rng.uniform(0, 255, batch)
         drawn = {"thresholds": per_image(threshold), "additions": per_image(np.zeros(batch))}
-        return (keras.layers.Solarization(threshold_factor=0.5).transform_images(images, drawn),
-                colour.solarize(images, threshold))
-    return keras.layers.AutoContrast().transform_images(images), colour.autocontrast(images, np.ones(batch))
+        return keras.layers.Solarization(threshold_factor=0.5).transform_images(images, drawn), threshold
+    return keras.layers.AutoContrast().transform_images(images), np.ones(batch)
 
 
 @pytest.mark.parametrize("name", list(colour.OPERATIONS))
 def test_each_colour_operation_matches_the_keras_layer_with_the_same_amounts(name):
     images = noise(6, 10, 12) * 0.6 + 40   # room for autocontrast to stretch
     images[0, ..., 1] = 90.0               # a flat channel autocontrast must leave alone
-    expected, got = _keras_colour(name, images, np.random.default_rng(4))
-    np.testing.assert_allclose(numpy(got), numpy(expected), atol=TOLERANCE)
-    assert np.abs(numpy(got) - images).max() > 1
+    expected, amount = _keras_colour(name, images, np.random.default_rng(4))
+    got = numpy(colour.adjust(images, {name: amount}))
+    np.testing.assert_allclose(got, numpy(expected), atol=TOLERANCE)
+    assert np.abs(got - images).max() > 1
+
+
+def test_a_step_gives_each_image_its_own_operation():
+    images = noise(6, 10, 12) * 0.6 + 40
+    rng = np.random.default_rng(5)
+    names = list(colour.OPERATIONS)
+    amounts = {name: np.full(6, colour.IDENTITY[name], "float32") for name in names}
+    expected = []
+    for i, name in enumerate(names):
+        keras_output, amount = _keras_colour(name, images, rng)
+        amounts[name][i] = amount[i]
+        expected.append(numpy(keras_output)[i])
+    np.testing.assert_allclose(numpy(colour.adjust(images, amounts)), np.stack(expected), atol=TOLERANCE)
 
 
 @pytest.mark.parametrize("name", list(colour.OPERATIONS))
@@ -277,9 +286,10 @@ def test_option_draws_cover_their_documented_ranges():
     assert abs(np.corrcoef(zoom[:, 0, 0], zoom[:, 1, 1])[0, 1]) < 0.1   # drawn apart
     assert_uniform(-translation[:, 0, 2] / 16, -0.1, 0.1, "shift x")
     assert_uniform(-translation[:, 1, 2] / 8, -0.1, 0.1, "shift y")
-    (amounts,) = draws.colour_steps
-    assert_uniform(numpy(amounts["brightness"]) / 255, -0.1, 0.1, "brightness")
-    assert_uniform(numpy(amounts["contrast"]), 1.0, 1.1, "contrast")
+    brightness, contrast = draws.colour_steps   # in this order, one operation per step
+    assert list(brightness) == ["brightness"] and list(contrast) == ["contrast"]
+    assert_uniform(numpy(brightness["brightness"]) / 255, -0.1, 0.1, "brightness")
+    assert_uniform(numpy(contrast["contrast"]), 1.0, 1.1, "contrast")
 
 
 MAGNITUDE = 0.6

@@ -274,13 +274,10 @@ class BatchDraws:
             t = config.translation
             self.reflected.append(warp.translation(self.uniform(-t, t) * ops.cast(width, "float32"),
                                                    self.uniform(-t, t) * ops.cast(height, "float32")))
-        amounts = {}
         if config.brightness:
-            amounts["brightness"] = self.uniform(-config.brightness, config.brightness) * 255.0
+            self.colour_steps.append({"brightness": self.uniform(-config.brightness, config.brightness) * 255.0})
         if config.contrast:
-            amounts["contrast"] = self.uniform(1.0, 1.0 + config.contrast)
-        if amounts:
-            self.colour_steps.append(amounts)
+            self.colour_steps.append({"contrast": self.uniform(1.0, 1.0 + config.contrast)})
 
     def draw_randaugment_round(self, m: float) -> None:
         choice = keras.random.randint((self.batch,), 0, len(RANDAUGMENT_OPS), seed=self.seed_generator)
