@@ -1,9 +1,14 @@
-"""The original recipe's Keras-2 H5 (TensorFlow 2.15, vit-keras 0.1.2) predicts what Keras 2 predicted.
+"""Model files of earlier versions predict what they predicted then.
 
+The original recipe's Keras-2 H5 (TensorFlow 2.15, vit-keras 0.1.2) predicts what Keras 2 predicted.
 ``seed_tiny_pred.json`` holds Keras 2's softmax outputs for the fixture's twelve 64 px PNGs:
 ``pred`` for pixels scaled to [-1, 1] (``vit_keras.vit.preprocess_inputs``, x / 127.5 - 1) and
 ``pred_raw`` for 0-255 floats fed as they are. vitkit reads the PNGs through its own image path
 (64 px already, so no resampling) and feeds uint8 to the model, which scales inside.
+
+A vitkit file written while augmentation was made of Keras' preprocessing layers
+(``keras_layer_augment/``, every augmentation option on) loads and predicts the same, and that
+version's ``Augment`` and ``RandAugmentOps`` layer configs still deserialize.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from __future__ import annotations
 import json
 
 import h5py
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 
 import vitkit
+from vitkit.data.preprocessing import AugmentConfig
 from vitkit.models.modelfile import convert_weights
 from vitkit.models.foreign import backbone_shape
 from vitkit.models.legacy import read_weights
@@ -195,3 +202,52 @@ def test_jax_backend_reproduces_keras2(tmp_path):
     difference, tensorflow_imported = result.stdout.split()[-2:]
     assert float(difference) < TOLERANCE
     assert tensorflow_imported == "False"
+
+
+# vitkit files from before the fused augmentation -------------------------------------------
+
+KERAS_LAYER_AUGMENT = FIXTURES / "keras_layer_augment"
+KERAS_LAYER_EXPECTED = json.loads((KERAS_LAYER_AUGMENT / "expected.json").read_text())
+
+
+def test_a_file_written_with_keras_layer_augmentation_loads_and_predicts_the_same():
+    images = np.load(KERAS_LAYER_AUGMENT / "images.npy")
+    model = vitkit.load_model(KERAS_LAYER_AUGMENT / "model.weights.h5")   # fails on any skipped weight
+    assert model.spec.augment == AugmentConfig(flip="horizontal", rotation=0.05, zoom=0.1, translation=0.1,
+                                               brightness=0.1, contrast=0.1, randaugment_ops=2,
+                                               randaugment_magnitude=0.5)
+    np.testing.assert_allclose(model.predict(images, verbose=0), KERAS_LAYER_EXPECTED["pred"], atol=1e-5)
+    pixels = images.astype("float32")
+    augmented = keras.ops.convert_to_numpy(model.get_layer("augment")(pixels, training=True))
+    assert augmented.shape == pixels.shape and np.abs(augmented - pixels).reshape(len(pixels), -1).max(1).min() > 0
+
+
+@pytest.mark.parametrize("name", ["Augment", "RandAugmentOps"])
+def test_the_earlier_augmentation_layer_configs_still_deserialize(name):
+    serialized = KERAS_LAYER_EXPECTED["layers"][name]
+    layer = keras.saving.deserialize_keras_object(serialized)
+    assert type(layer).__name__ == name
+    config = layer.get_config()
+    assert {key: config[key] for key in serialized["config"] if key != "dtype"} == \
+        {key: value for key, value in serialized["config"].items() if key != "dtype"}
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(pixels, training=False)), pixels)
+    assert not np.allclose(keras.ops.convert_to_numpy(layer(pixels, training=True)), pixels)
+
+
+@pytest.mark.slow
+def test_jax_loads_the_file_written_with_keras_layer_augmentation():
+    code = (
+        "import json, numpy as np, keras, vitkit\n"
+        f"folder = {str(KERAS_LAYER_AUGMENT)!r}\n"
+        "images = np.load(folder + '/images.npy')\n"
+        "model = vitkit.load_model(folder + '/model.weights.h5')\n"
+        "expected = np.array(json.load(open(folder + '/expected.json'))['pred'])\n"
+        "assert np.abs(model.predict(images, verbose=0) - expected).max() < 1e-5\n"
+        "model.compile(optimizer='adam', loss='categorical_crossentropy')\n"
+        "assert np.isfinite(model.fit(images, np.eye(3)[[0, 1, 2, 0, 1, 2]], epochs=1, verbose=0).history['loss'][0])\n"
+        "print('ok', keras.backend.backend())\n"
+    )
+    done = run_python(code, backend="jax")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ok jax" in done.stdout

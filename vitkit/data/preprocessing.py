@@ -1,7 +1,9 @@
 """In-model preprocessing: uint8 pixels -> training augmentation -> scaled floats.
 
 Both run inside the model, on the accelerator, so training and prediction see exactly the
-same scaling and nothing outside the model needs a framework.
+same scaling and nothing outside the model needs a framework. Augmentation draws its amounts
+per image, resamples each image once (:mod:`vitkit.data.warp`) and applies the colour
+operations as element-wise work (:mod:`vitkit.data.colour`), all in ``keras.ops``.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from typing import Any
 import keras
 from keras import ops
 
+from vitkit.data import colour, warp
 from vitkit.errors import ConfigError
 
 PREPROCESS_MODES = ("tf", "raw")
+FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 
 
 @keras.saving.register_keras_serializable(package="vitkit")
@@ -39,9 +43,35 @@ class ScaleImages(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+
+
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
     """Random training augmentation; every factor 0 (or ``flip`` None) turns that part off.
+
+    Every amount is drawn per image, uniformly in the range shown (``U(a, b)``); these are the
+    distributions of the Keras layers vitkit used before (``RandomFlip``, ``RandomRotation``,
+    ``RandomZoom``, ``RandomTranslation``, ``RandomBrightness``, ``RandomContrast``):
+
+    ===============  ==============================================================  =========
+    option           per image                                                       outside
+    ===============  ==============================================================  =========
+    flip             mirrored with probability 1/2 (both axes at once for            -
+                     ``horizontal_and_vertical``)
+    rotation ``r``   turned ``U(-360 r, 360 r)`` degrees about the centre             reflected
+    zoom ``z``       width and height each read ``U(1 - z, 1 + z)`` times the size   reflected
+                     about the centre (above 1 zooms out)
+    translation t    moved ``U(-t, t)`` of the width and ``U(-t, t)`` of the height   reflected
+    brightness b     ``U(-b, b) * 255`` added                                         clipped
+    contrast ``c``   each channel's distance from its mean times ``U(1, 1 + c)``      clipped
+                     (Keras' ``RandomContrast`` draws only above 1 for one factor)
+    ===============  ==============================================================  =========
+
+    Then ``randaugment_ops`` rounds of RandAugment (:class:`RandAugmentOps` has their table).
+    The geometric parts of all of these (flip, rotation, zoom, translation and RandAugment's
+    rotate, shear, translate) compose into one matrix per image and each image is resampled
+    once, bilinearly; the colour operations follow: brightness, contrast, then each RandAugment
+    round's colour operation.
 
     Args:
         flip: ``"horizontal"``, ``"vertical"``, ``"horizontal_and_vertical"`` or ``None``.
@@ -49,11 +79,11 @@ class AugmentConfig:
         zoom: maximum zoom in or out as a fraction of the image size.
         translation: maximum shift as a fraction of the image size.
         brightness: maximum brightness change as a fraction of the value range.
-        contrast: maximum contrast change factor.
-        randaugment_ops: RandAugment-style operations applied to each image after the steps
-            above, each drawn per image from :data:`RANDAUGMENT_OPS` (0 turns it off).
+        contrast: maximum contrast increase, as a factor above 1.
+        randaugment_ops: RandAugment rounds applied after the steps above; each round draws,
+            per image, one operation of :data:`RANDAUGMENT_OPS` (0 turns it off).
         randaugment_magnitude: strength of those operations, 0 to 1 (each op's range at
-            magnitude 1 is in :data:`RANDAUGMENT_OPS`).
+            magnitude ``m`` is in :data:`RANDAUGMENT_OPS`).
     """
 
     flip: str | None = "horizontal"
@@ -66,6 +96,11 @@ class AugmentConfig:
     randaugment_magnitude: float = 0.5
 
     def __post_init__(self):
+        if self.flip is not None and self.flip not in FLIP_MODES:
+            raise ConfigError(f"augmentation flip must be one of {FLIP_MODES} or None, got {self.flip!r}")
+        for name in ("rotation", "zoom", "translation", "brightness", "contrast"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"augmentation {name} must be in [0, 1], got {getattr(self, name)}")
         if self.randaugment_ops < 0:
             raise ConfigError(f"randaugment_ops must be >= 0, got {self.randaugment_ops}")
         if not 0.0 <= self.randaugment_magnitude <= 1.0:
@@ -109,103 +144,69 @@ class Augment(keras.layers.Layer):
             options = AugmentConfig.from_dict(options or {})
         self.options = options
         self.seed = seed
-        self.steps = _augmentation_steps(self.options, seed)
-
-    def build(self, input_shape):
-        for step in self.steps:
-            step.build(input_shape)
+        self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, images, training=None):
-        if not training:
+        if not training or not self.options.enabled:
             return images
-        for step in self.steps:
-            images = step(images, training=True)
-        return images
+        plan = BatchDraws(images, self.seed_generator)
+        plan.draw_options(self.options)
+        for _ in range(self.options.randaugment_ops):
+            plan.draw_randaugment_round(self.options.randaugment_magnitude)
+        return plan.apply(images)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
     def get_config(self):
         return {**super().get_config(), "options": self.options.to_dict(), "seed": self.seed}
 
 
-def _augmentation_steps(config: AugmentConfig, seed: int | None) -> list[keras.layers.Layer]:
-    def step_seed(offset: int) -> int | None:
-        return None if seed is None else seed + offset
-
-    steps: list[keras.layers.Layer] = []
-    if config.flip:
-        steps.append(keras.layers.RandomFlip(config.flip, seed=step_seed(0)))
-    if config.rotation:
-        steps.append(keras.layers.RandomRotation(config.rotation, seed=step_seed(1)))
-    if config.zoom:
-        steps.append(keras.layers.RandomZoom(config.zoom, config.zoom, seed=step_seed(2)))
-    if config.translation:
-        steps.append(
-            keras.layers.RandomTranslation(config.translation, config.translation, seed=step_seed(3))
-        )
-    if config.brightness:
-        steps.append(
-            keras.layers.RandomBrightness(config.brightness, value_range=(0, 255), seed=step_seed(4))
-        )
-    if config.contrast:
-        steps.append(
-            keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=step_seed(5))
-        )
-    if config.randaugment_ops:
-        steps.append(RandAugmentOps(config.randaugment_ops, config.randaugment_magnitude, seed=step_seed(6)))
-    return steps
-
-
-# RandAugment-style operations (Cubuk et al. 2020) and their strength at magnitude 1; each is a
-# Keras layer that draws its own amount per image, so they run on every backend.
+# RandAugment operations (Cubuk et al. 2020) and what each does at magnitude m (the ranges of
+# the Keras layers vitkit used for them before).
 RANDAUGMENT_OPS: dict[str, str] = {
     "identity": "no change",
-    "rotate": "rotation up to +-30 degrees",
-    "shear": "shear up to 30% along x and y",
-    "translate": "shift up to 30% of the size along x and y",
-    "brightness": "brightness change up to +-50% of the value range",
-    "contrast": "contrast change up to +-50%",
-    "color": "desaturation up to 90% grey",
-    "sharpness": "blur or sharpen up to 90%",
-    "solarize": "invert the pixels above a threshold from 100% down to 50% of the range",
-    "autocontrast": "stretch the values to the full range (no magnitude)",
+    "rotate": "turned U(-30 m, 30 m) degrees about the centre, black outside",
+    "shear": "read at (x + U(-0.3 m, 0.3 m) y, y + U(-0.3 m, 0.3 m) x), black outside",
+    "translate": "moved U(-0.3 m, 0.3 m) of the width and of the height, black outside",
+    "brightness": "U(-0.5 m, 0.5 m) * 255 added",
+    "contrast": "each channel's distance from its mean times U(1, 1 + 0.5 m)",
+    "color": "moved U(-0.9 m, 0.9 m) of the way to grey (negative: more saturated)",
+    "sharpness": "moved U(-0.9 m, 0.9 m) of the way to a 3x3 blur (negative: sharpened)",
+    "solarize": "values at or above U(1 - 0.5 m, 255) inverted to 255 - value",
+    "autocontrast": "each channel stretched to 0-255 (no magnitude)",
 }
-
-
-def _randaugment_layer(name: str, magnitude: float, seed: int | None) -> keras.layers.Layer:
-    m = magnitude
-    value_range = (0, 255)
-    if name == "identity":
-        return keras.layers.Identity()
-    if name == "rotate":
-        return keras.layers.RandomRotation(30.0 / 360.0 * m, fill_mode="constant", seed=seed)
-    if name == "shear":
-        return keras.layers.RandomShear(0.3 * m, 0.3 * m, fill_mode="constant", seed=seed)
-    if name == "translate":
-        return keras.layers.RandomTranslation(0.3 * m, 0.3 * m, fill_mode="constant", seed=seed)
-    if name == "brightness":
-        return keras.layers.RandomBrightness(0.5 * m, value_range=value_range, seed=seed)
-    if name == "contrast":
-        return keras.layers.RandomContrast(0.5 * m, value_range=value_range, seed=seed)
-    if name == "color":
-        return keras.layers.RandomColorDegeneration(0.9 * m, value_range=value_range, seed=seed)
-    if name == "sharpness":
-        return keras.layers.RandomSharpness((0.5 - 0.45 * m, 0.5 + 0.45 * m), value_range=value_range, seed=seed)
-    if name == "solarize":
-        return keras.layers.Solarization(threshold_factor=(1.0 - 0.5 * m, 1.0), value_range=value_range, seed=seed)
-    if name == "autocontrast":
-        return keras.layers.AutoContrast(value_range=value_range)
-    raise ConfigError(f"unknown RandAugment operation {name!r}; known: {sorted(RANDAUGMENT_OPS)}")
+GEOMETRIC_OPS = ("rotate", "shear", "translate")
 
 
 @keras.saving.register_keras_serializable(package="vitkit")
 class RandAugmentOps(keras.layers.Layer):
-    """RandAugment-style augmentation: ``num_ops`` rounds, each applying one operation per image.
+    """RandAugment: ``num_ops`` rounds, each applying to every image one operation drawn for it.
 
-    Each round draws, for every image of the batch independently, one operation of
-    :data:`RANDAUGMENT_OPS` (identity included); the amount of each operation is drawn per
-    image up to ``magnitude``. Every operation runs on the whole batch and each image keeps the
-    result of its own draw, which on small images costs less than per-image branching and
-    needs no backend-specific control flow. Takes and returns 0-255 floats; identity outside
-    training.
+    Each round draws, for every image of the batch independently and with equal chances, one
+    operation of :data:`RANDAUGMENT_OPS` (identity included) and its amount up to
+    ``magnitude``. Only the drawn operations act on an image: the rounds' geometric operations
+    compose into one matrix per image and one resampling (:func:`vitkit.data.warp.warp`); each
+    colour operation gets the drawn amount for the images that drew it and its identity amount
+    for the others. Geometry comes first, then the rounds' colour operations in round order.
+    Takes and returns 0-255 floats; identity outside training.
+
+    ============  ==========================================================================
+    operation     at magnitude ``m``
+    ============  ==========================================================================
+    identity      no change
+    rotate        turned ``U(-30 m, 30 m)`` degrees about the centre; black outside
+    shear         read at ``(x + U(-0.3 m, 0.3 m) y, y + U(-0.3 m, 0.3 m) x)``, about the
+                  top-left corner as ``keras.layers.RandomShear``; black outside
+    translate     moved ``U(-0.3 m, 0.3 m)`` of the width and of the height; black outside
+    brightness    ``U(-0.5 m, 0.5 m) * 255`` added
+    contrast      each channel's distance from its mean times ``U(1, 1 + 0.5 m)``
+    color         moved ``U(-0.9 m, 0.9 m)`` of the way to grey (negative: more saturated)
+    sharpness     moved ``U(-0.9 m, 0.9 m)`` of the way to a 3x3 blur (negative: sharpened)
+    solarize      values at or above ``U(1 - 0.5 m, 255)`` inverted to ``255 - value``
+                  (Keras' ``Solarization`` scales only the upper end of its range to 0-255)
+    autocontrast  each channel stretched to 0-255
+    ============  ==========================================================================
 
     Example:
         >>> layer = RandAugmentOps(num_ops=2, magnitude=0.5, seed=0)
@@ -218,27 +219,100 @@ class RandAugmentOps(keras.layers.Layer):
         self.num_ops = num_ops
         self.magnitude = magnitude
         self.seed = seed
-        self.ops_layers = [
-            _randaugment_layer(name, magnitude, None if seed is None else seed + 1 + i)
-            for i, name in enumerate(RANDAUGMENT_OPS)
-        ]
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def build(self, input_shape):
-        for layer in self.ops_layers:
-            layer.build(input_shape)
-
     def call(self, images, training=None):
-        if not training:
+        if not training or not self.num_ops:
             return images
-        batch = ops.shape(images)[0]
-        count = len(self.ops_layers)
+        plan = BatchDraws(images, self.seed_generator)
         for _ in range(self.num_ops):
-            choice = keras.random.randint((batch,), 0, count, seed=self.seed_generator)
-            chosen = ops.reshape(ops.one_hot(choice, count, dtype=images.dtype), (-1, 1, 1, 1, count))
-            results = ops.stack([layer(images, training=True) for layer in self.ops_layers], axis=-1)
-            images = ops.clip(ops.sum(results * chosen, axis=-1), 0.0, 255.0)
-        return images
+            plan.draw_randaugment_round(self.magnitude)
+        return plan.apply(images)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
     def get_config(self):
         return {**super().get_config(), "num_ops": self.num_ops, "magnitude": self.magnitude, "seed": self.seed}
+
+
+class BatchDraws:
+    """What one batch draws: the transforms of its single resampling, then its colour steps.
+
+    ``reflected`` holds the matrices of :class:`AugmentConfig`'s transforms, ``blanked`` one
+    ``(matrix, active)`` per RandAugment round, ``colour_steps`` the per-image amounts of each
+    colour step (:func:`vitkit.data.colour.adjust`), ``choices`` the ``(batch,)`` index into
+    :data:`RANDAUGMENT_OPS` each image drew in each round. :meth:`apply` applies them all.
+    """
+
+    def __init__(self, images, seed_generator):
+        shape = ops.shape(images)
+        self.batch, self.height, self.width = shape[0], shape[1], shape[2]
+        self.seed_generator = seed_generator
+        self.reflected: list = []
+        self.blanked: list = []
+        self.colour_steps: list[dict] = []
+        self.choices: list = []
+
+    def uniform(self, low: float, high: float):
+        return keras.random.uniform((self.batch,), minval=low, maxval=high, seed=self.seed_generator)
+
+    def draw_options(self, config: AugmentConfig) -> None:
+        height, width = self.height, self.width
+        if config.flip:
+            flipped = ops.cast(self.uniform(0.0, 1.0) < 0.5, "float32")
+            kept = ops.zeros_like(flipped)
+            self.reflected.append(warp.flip(flipped if config.flip != "vertical" else kept,
+                                            flipped if config.flip != "horizontal" else kept, height, width))
+        if config.rotation:
+            turn = 360.0 * config.rotation
+            self.reflected.append(warp.rotation(self.uniform(-turn, turn), height, width))
+        if config.zoom:
+            low, high = 1.0 - config.zoom, 1.0 + config.zoom
+            self.reflected.append(warp.zoom(self.uniform(low, high), self.uniform(low, high), height, width))
+        if config.translation:
+            t = config.translation
+            self.reflected.append(warp.translation(self.uniform(-t, t) * ops.cast(width, "float32"),
+                                                   self.uniform(-t, t) * ops.cast(height, "float32")))
+        if config.brightness:
+            self.colour_steps.append({"brightness": self.uniform(-config.brightness, config.brightness) * 255.0})
+        if config.contrast:
+            self.colour_steps.append({"contrast": self.uniform(1.0, 1.0 + config.contrast)})
+
+    def draw_randaugment_round(self, m: float) -> None:
+        choice = keras.random.randint((self.batch,), 0, len(RANDAUGMENT_OPS), seed=self.seed_generator)
+        self.choices.append(choice)
+        index = {name: i for i, name in enumerate(RANDAUGMENT_OPS)}
+
+        def drawn(name: str):
+            return ops.equal(choice, index[name])
+
+        def amount(name: str, low: float, high: float, identity: float):
+            return ops.where(drawn(name), self.uniform(low, high), identity)
+
+        width, height = ops.cast(self.width, "float32"), ops.cast(self.height, "float32")
+        matrix = warp.compose(
+            warp.rotation(amount("rotate", -30.0 * m, 30.0 * m, 0.0), self.height, self.width),
+            warp.shear(amount("shear", -0.3 * m, 0.3 * m, 0.0), amount("shear", -0.3 * m, 0.3 * m, 0.0)),
+            warp.translation(amount("translate", -0.3 * m, 0.3 * m, 0.0) * width,
+                             amount("translate", -0.3 * m, 0.3 * m, 0.0) * height),
+        )
+        active = ops.any(ops.stack([drawn(name) for name in GEOMETRIC_OPS]), axis=0)
+        self.blanked.append((matrix, active))
+        identity = colour.IDENTITY
+        self.colour_steps.append({
+            "brightness": amount("brightness", -127.5 * m, 127.5 * m, identity["brightness"]),
+            "contrast": amount("contrast", 1.0, 1.0 + 0.5 * m, identity["contrast"]),
+            "colour": amount("color", -0.9 * m, 0.9 * m, identity["colour"]),
+            "sharpness": amount("sharpness", -0.9 * m, 0.9 * m, identity["sharpness"]),
+            "solarize": amount("solarize", 1.0 - 0.5 * m, 255.0, identity["solarize"]),
+            "autocontrast": ops.cast(drawn("autocontrast"), "float32"),
+        })
+
+    def apply(self, images):
+        if self.reflected or self.blanked:
+            reflected = warp.compose(*self.reflected) if self.reflected else None
+            images = warp.warp(images, reflected, self.blanked)
+        for amounts in self.colour_steps:
+            images = colour.adjust(images, amounts)
+        return images
