@@ -5,13 +5,21 @@ model by name::
 
     vit/embedding/kernel                                       (P, P, 3, D)
     vit/class_token/cls                                        (1, 1, D)
-    vit/posembed_input/pos_embedding                           (1, 1 + N, D)
+    vit/registers/tokens                                       (1, R, D)   (register tokens)
+    vit/posembed_input/pos_embedding                           (1, 1 + R + N, D), or (1, N, D)
     vit/encoderblock_{i}/LayerNorm_0/{gamma,beta}
     vit/encoderblock_{i}/MultiHeadDotProductAttention_1/{query,key,value,out}/{kernel,bias}
+    vit/encoderblock_{i}/LayerScale_attention/gamma                        (LayerScale)
     vit/encoderblock_{i}/LayerNorm_2/{gamma,beta}
     vit/encoderblock_{i}/MlpBlock_3/{Dense_0,Dense_1}/{kernel,bias}
-    vit/encoder_norm/{gamma,beta}
+    vit/encoderblock_{i}/LayerScale_mlp/gamma                              (LayerScale)
+    vit/encoder_norm/{gamma,beta}                              (fc_norm/{gamma,beta} with fc_norm)
     vit/pre_logits/{kernel,bias}                               (only with a representation layer)
+
+The sequence is the class token, the register tokens, then the patch grid row by row. The
+options of later checkpoints (LayerScale, registers, ``no_embed_class``, mean pooling,
+``fc_norm``; see :class:`~vitkit.models.config.ViTConfig`) are off by default, and a backbone
+without them has exactly the variables above without the marked ones.
 
 Attention runs through ``keras.ops.dot_product_attention`` (fused kernels where the backend has
 them) unless the caller asks for the attention weights, which takes the explicit softmax path in
@@ -22,8 +30,7 @@ Options for training from scratch on small data (off by default; a model that us
 other variables and takes no checkpoint): ``tokenizer="conv"`` puts :class:`ConvStem` (variables
 under ``vit/conv_stem``) and ``tokenizer="shifted"`` puts :class:`ShiftedPatchTokenizer` (under
 ``vit/shifted_patches``) in place of ``embedding``; ``locality_attention=True`` adds a
-``temperature`` to every attention layer. The token layout (class token first, then the patch
-grid row by row) is the same for all of them.
+``temperature`` to every attention layer. The token layout is the same for all of them.
 """
 
 from __future__ import annotations
@@ -32,29 +39,33 @@ import keras
 from keras import ops
 
 from vitkit.models.attention import MultiHeadSelfAttention, _cudnn_attention, fused_attention
-from vitkit.models.blocks import EncoderBlock, MlpBlock, _erf, _gelu_exact, gelu_tanh
+from vitkit.models.blocks import EncoderBlock, LayerScale, MlpBlock, _erf, _gelu_exact, gelu_tanh
 from vitkit.models.config import ViTConfig
 from vitkit.models.tokens import (
-    ClassToken, ConvStem, PatchEmbedding, PatchTokenizer, PositionEmbedding, ShiftedPatchTokenizer, patch_tokenizer,
+    ClassToken, ConvStem, PatchEmbedding, PatchTokenizer, PositionEmbedding, RegisterTokens,
+    ShiftedPatchTokenizer, patch_tokenizer,
 )
 
 # The layers live in attention, tokens and blocks; their names stay importable from here.
 __all__ = [
-    "ClassToken", "ConvStem", "EncoderBlock", "MlpBlock", "MultiHeadSelfAttention", "PatchEmbedding",
-    "PatchTokenizer", "PositionEmbedding", "ShiftedPatchTokenizer", "VisionTransformer", "_cudnn_attention",
-    "_erf", "_gelu_exact", "fused_attention", "gelu_tanh", "patch_tokenizer",
+    "ClassToken", "ConvStem", "EncoderBlock", "LayerScale", "MlpBlock", "MultiHeadSelfAttention",
+    "PatchEmbedding", "PatchTokenizer", "PositionEmbedding", "RegisterTokens", "ShiftedPatchTokenizer",
+    "VisionTransformer", "_cudnn_attention", "_erf", "_gelu_exact", "fused_attention", "gelu_tanh",
+    "patch_tokenizer",
 ]
 
 
 @keras.saving.register_keras_serializable(package="vitkit")
 class VisionTransformer(keras.layers.Layer):
-    """ViT encoder: patch embedding, class token, position embedding, blocks, final norm.
+    """ViT encoder: patch embedding, class (and register) tokens, position embedding, blocks,
+    final norm, pooling.
 
-    Takes images already scaled (``(batch, H, W, 3)`` floats) and returns the class token's
-    features ``(batch, D)`` (after ``pre_logits`` when configured). With
-    ``return_attention=True`` it also returns every block's attention weights stacked as
-    ``(batch, layers, heads, tokens, tokens)``. ``attention_offset`` of that shape is added to
-    each block's attention weights (see :class:`MultiHeadSelfAttention`).
+    Takes images already scaled (``(batch, H, W, 3)`` floats) and returns the pooled features
+    ``(batch, D)``: the class token's, or the mean of the patch tokens with ``pooling="mean"``
+    (after ``fc_norm`` and ``pre_logits`` when configured). With ``return_attention=True`` it
+    also returns every block's attention weights stacked as ``(batch, layers, heads, tokens,
+    tokens)``. ``attention_offset`` of that shape is added to each block's attention weights
+    (see :class:`MultiHeadSelfAttention`). :meth:`encode` and :meth:`pool` are the two halves.
 
     Example:
         >>> layer = VisionTransformer(patch_size=8, num_layers=2, hidden_size=32,
@@ -77,17 +88,24 @@ class VisionTransformer(keras.layers.Layer):
         seed: int | None = None,
         tokenizer: str = "patch",
         locality_attention: bool = False,
+        layer_scale: float | None = None,
+        register_tokens: int = 0,
+        no_embed_class: bool = False,
+        pooling: str = "token",
+        fc_norm: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.config = ViTConfig(
             patch_size, num_layers, hidden_size, num_heads, mlp_dim,
             dropout, attention_dropout, drop_path, representation_size,
-            tokenizer, locality_attention,
+            tokenizer, locality_attention, layer_scale, register_tokens, no_embed_class, pooling, fc_norm,
         )
         self.seed = seed
         self.embedding = patch_tokenizer(tokenizer, patch_size, hidden_size)
         self.class_token = ClassToken(name="class_token")
+        if register_tokens:
+            self.registers = RegisterTokens(register_tokens, name="registers")
         self.position_embedding = PositionEmbedding(name="posembed_input")
         self.embedding_dropout = keras.layers.Dropout(dropout)
         self.blocks = [
@@ -96,11 +114,15 @@ class VisionTransformer(keras.layers.Layer):
                 drop_path=drop_path * i / max(num_layers - 1, 1),
                 seed=None if seed is None else seed + i,
                 locality_attention=locality_attention,
+                layer_scale=layer_scale,
                 name=f"encoderblock_{i}",
             )
             for i in range(num_layers)
         ]
-        self.encoder_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="encoder_norm")
+        if fc_norm:
+            self.fc_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="fc_norm")
+        else:
+            self.encoder_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="encoder_norm")
         self.pre_logits = (
             keras.layers.Dense(representation_size, activation="tanh", name="pre_logits")
             if representation_size
@@ -112,22 +134,44 @@ class VisionTransformer(keras.layers.Layer):
         patch = self.config.patch_size
         return image_size[0] // patch, image_size[1] // patch
 
+    def token_count(self, image_size: tuple[int, int]) -> int:
+        """Tokens in the sequence for an image size: class token, registers, patches."""
+        rows, cols = self.grid_shape(image_size)
+        return self.config.prefix_tokens + rows * cols
+
     def build(self, input_shape):
+        config = self.config
         rows, cols = self.grid_shape(input_shape[1:3])
         self.embedding.build(input_shape)
-        token_shape = (input_shape[0], rows * cols, self.config.hidden_size)
-        self.class_token.build(token_shape)
-        sequence_shape = (input_shape[0], rows * cols + 1, self.config.hidden_size)
-        self.position_embedding.build(sequence_shape)
+        patches_shape = (input_shape[0], rows * cols, config.hidden_size)
+        sequence_shape = (input_shape[0], rows * cols + config.prefix_tokens, config.hidden_size)
+        self.class_token.build(patches_shape)
+        if config.register_tokens:
+            self.registers.build(patches_shape)
+        self.position_embedding.build(patches_shape if config.no_embed_class else sequence_shape)
         for block in self.blocks:
             block.build(sequence_shape)
-        self.encoder_norm.build(sequence_shape)
+        if config.fc_norm:
+            self.fc_norm.build((input_shape[0], config.hidden_size))
+        else:
+            self.encoder_norm.build(sequence_shape)
         if self.pre_logits is not None:
-            self.pre_logits.build((input_shape[0], self.config.hidden_size))
+            self.pre_logits.build((input_shape[0], config.hidden_size))
 
-    def call(self, images, training=None, return_attention: bool = False, attention_offset=None):
-        tokens = self.position_embedding(self.class_token(self.embedding(images, training=training)))
-        tokens = self.embedding_dropout(tokens, training=training)
+    def _sequence(self, images, training=None):
+        """Patch tokens with the class and register tokens in front and positions added."""
+        tokens = self.embedding(images, training=training)
+        if self.config.no_embed_class:
+            tokens = self.position_embedding(tokens)
+        if self.config.register_tokens:
+            tokens = self.registers(tokens)
+        tokens = self.class_token(tokens)
+        if not self.config.no_embed_class:
+            tokens = self.position_embedding(tokens)
+        return self.embedding_dropout(tokens, training=training)
+
+    def _encode(self, images, training=None, return_attention: bool = False, attention_offset=None):
+        tokens = self._sequence(images, training=training)
         attention = []
         for i, block in enumerate(self.blocks):
             offset = None if attention_offset is None else attention_offset[:, i]
@@ -136,9 +180,32 @@ class VisionTransformer(keras.layers.Layer):
                 attention.append(weights)
             else:
                 tokens = block(tokens, training=training, attention_offset=offset)
-        features = self.encoder_norm(tokens)[:, 0]
+        if not self.config.fc_norm:
+            tokens = self.encoder_norm(tokens)
+        return tokens, attention
+
+    def encode(self, images, training=None):
+        """Every token after the last block and the final norm, ``(batch, tokens, D)``: class
+        token, registers, then patches (timm's ``forward_features``; without the norm when
+        the model has ``fc_norm``)."""
+        return self._encode(images, training=training)[0]
+
+    def pool(self, tokens):
+        """Pooled features ``(batch, D)`` of :meth:`encode`'s tokens: the class token, or the mean
+        of the patch tokens; then ``fc_norm`` and ``pre_logits`` where the model has them."""
+        if self.config.pooling == "mean":
+            features = ops.mean(tokens[:, self.config.prefix_tokens:], axis=1)
+        else:
+            features = tokens[:, 0]
+        if self.config.fc_norm:
+            features = self.fc_norm(features)
         if self.pre_logits is not None:
             features = self.pre_logits(features)
+        return features
+
+    def call(self, images, training=None, return_attention: bool = False, attention_offset=None):
+        tokens, attention = self._encode(images, training, return_attention, attention_offset)
+        features = self.pool(tokens)
         return (features, ops.stack(attention, axis=1)) if return_attention else features
 
     def get_config(self):

@@ -86,11 +86,33 @@ class MlpBlock(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="vitkit")
+class LayerScale(keras.layers.Layer):
+    """Multiplies its input by a learned per-channel ``gamma`` that starts at ``init_value``."""
+
+    def __init__(self, init_value: float, **kwargs):
+        super().__init__(**kwargs)
+        self.init_value = init_value
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(
+            shape=(input_shape[-1],), initializer=keras.initializers.Constant(self.init_value), name="gamma",
+        )
+
+    def call(self, x):
+        return x * ops.cast(self.gamma, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "init_value": self.init_value}
+
+
+@keras.saving.register_keras_serializable(package="vitkit")
 class EncoderBlock(keras.layers.Layer):
     """Pre-norm transformer block: ``x + attn(LN(x))`` then ``x + mlp(LN(x))``.
 
     ``drop_path`` is the probability of skipping the block's residual branches for a sample
-    during training (stochastic depth); at inference the branches are always used.
+    during training (stochastic depth); at inference the branches are always used. With
+    ``layer_scale`` (a start value) each branch is multiplied by a :class:`LayerScale`
+    (``LayerScale_attention``, ``LayerScale_mlp``) before it is added.
     """
 
     def __init__(
@@ -103,6 +125,7 @@ class EncoderBlock(keras.layers.Layer):
         drop_path: float = 0.0,
         seed: int | None = None,
         locality_attention: bool = False,
+        layer_scale: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -122,12 +145,20 @@ class EncoderBlock(keras.layers.Layer):
         self.attention_output_dropout = keras.layers.Dropout(dropout)
         self.norm_2 = keras.layers.LayerNormalization(epsilon=1e-6, name="LayerNorm_2")
         self.mlp = MlpBlock(hidden_size, mlp_dim, dropout, name="MlpBlock_3")
+        self.layer_scale = layer_scale
+        if layer_scale is not None:
+            self.scale_attention = LayerScale(layer_scale, name="LayerScale_attention")
+            self.scale_mlp = LayerScale(layer_scale, name="LayerScale_mlp")
         if drop_path > 0:
             self.seed_generator = keras.random.SeedGenerator(seed)
 
     def build(self, input_shape):
-        for layer in (self.norm_0, self.attention, self.norm_2, self.mlp):
+        scales = (self.scale_attention, self.scale_mlp) if self.layer_scale is not None else ()
+        for layer in (self.norm_0, self.attention, self.norm_2, self.mlp, *scales):
             layer.build(input_shape)
+
+    def _scaled(self, branch, scale: str):
+        return branch if self.layer_scale is None else getattr(self, scale)(branch)
 
     def _residual(self, branch, training):
         if not training or self.drop_path <= 0:
@@ -144,9 +175,10 @@ class EncoderBlock(keras.layers.Layer):
         )
         if return_attention:
             attended, weights = attended
-        attended = self.attention_output_dropout(attended, training=training)
+        attended = self._scaled(self.attention_output_dropout(attended, training=training), "scale_attention")
         x = x + self._residual(attended, training)
-        x = x + self._residual(self.mlp(self.norm_2(x), training=training), training)
+        mixed = self._scaled(self.mlp(self.norm_2(x), training=training), "scale_mlp")
+        x = x + self._residual(mixed, training)
         return (x, weights) if return_attention else x
 
     def get_config(self):
@@ -160,4 +192,5 @@ class EncoderBlock(keras.layers.Layer):
             "drop_path": self.drop_path,
             "seed": self.seed,
             "locality_attention": self.locality_attention,
+            "layer_scale": self.layer_scale,
         }

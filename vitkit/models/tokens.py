@@ -1,5 +1,5 @@
 """Images to tokens: patch tokenizers (linear patches, convolutional stem, shifted patches), the
-class token and the learned position embedding."""
+class token, register tokens and the learned position embedding."""
 
 from __future__ import annotations
 
@@ -74,6 +74,34 @@ class ClassToken(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         length = None if input_shape[1] is None else input_shape[1] + 1
         return (input_shape[0], length, input_shape[2])
+
+
+@keras.saving.register_keras_serializable(package="vitkit")
+class RegisterTokens(keras.layers.Layer):
+    """Prepends ``count`` learned register tokens (Darcet et al. 2023) to a token sequence."""
+
+    def __init__(self, count: int, **kwargs):
+        super().__init__(**kwargs)
+        self.count = count
+
+    def build(self, input_shape):
+        # Random, not zero: identical registers would stay identical through training.
+        self.tokens = self.add_weight(
+            shape=(1, self.count, input_shape[-1]),
+            initializer=keras.initializers.RandomNormal(stddev=0.02), name="tokens",
+        )
+
+    def call(self, tokens):
+        batch = ops.shape(tokens)[0]
+        registers = ops.broadcast_to(ops.cast(self.tokens, tokens.dtype), (batch, self.count, tokens.shape[-1]))
+        return ops.concatenate([registers, tokens], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        length = None if input_shape[1] is None else input_shape[1] + self.count
+        return (input_shape[0], length, input_shape[2])
+
+    def get_config(self):
+        return {**super().get_config(), "count": self.count}
 
 
 @keras.saving.register_keras_serializable(package="vitkit")

@@ -1,7 +1,8 @@
 """Pretrained ViT checkpoints: where they come from, where they are cached, how they map by name.
 
 Checkpoints are the original Flax ``.npz`` files (the ones vit-keras reads), named
-``ViT-{B,L}_{16,32}_{imagenet21k,imagenet21k+imagenet2012}.npz``. They are looked for in
+``ViT-{B,L}_{16,32}_{imagenet21k,imagenet21k+imagenet2012}.npz``, and the AugReg ones
+(:mod:`vitkit.models.augreg`, downloaded the same way). They are looked for in
 ``$VITKIT_HOME/weights`` (default ``~/.keras/vitkit/weights``) and in vit-keras' own cache
 ``~/.keras/weights``, then downloaded. Nothing is ever unpickled.
 """
@@ -19,6 +20,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from vitkit.models.config import ViTConfig
+from vitkit.models.posembed import resample_position_embedding
 from vitkit.errors import WeightsError
 from vitkit.fileio import atomic_output, vitkit_home
 from vitkit.progress import Progress
@@ -125,7 +127,13 @@ def resolve_checkpoint(weights: str, config: ViTConfig, download: bool = True) -
                 f"{', '.join(WEIGHT_NAMES)}, none"
             )
         return path
-    checkpoint = find_checkpoint(weights, config)
+    return resolve_checkpoint_file(find_checkpoint(weights, config), download)
+
+
+def resolve_checkpoint_file(checkpoint: Checkpoint, download: bool = True) -> Path:
+    """The cached file of a published checkpoint (2020 or AugReg), checked against its recorded
+    SHA-256; downloaded when missing, unless ``download`` is False (then an error saying what to
+    fetch, from where and where to put it)."""
     cached = cached_checkpoint(checkpoint)
     if cached is not None:
         verify_recorded_checksum(cached)
@@ -269,7 +277,7 @@ def backbone_arrays(arrays: Mapping[str, np.ndarray], variables: Iterable, grid:
             raise WeightsError(f"{source} has no {key!r}, which the backbone needs ({variable.path})")
         value = np.asarray(arrays[key])
         if relative == "posembed_input/pos_embedding":
-            value = resize_position_embedding(value, grid)
+            value = resample_position_embedding(value, grid, 1, "bilinear")
         if value.size != np.prod(variable.shape):
             raise WeightsError(
                 f"{source}: {key} has shape {value.shape}, the backbone expects {tuple(variable.shape)}"
@@ -294,34 +302,6 @@ def _shape_hint(relative: str, found: tuple, expected: tuple) -> str:
     if found and expected and found[-1] != expected[-1]:
         return f" (width {found[-1]} in the file, {expected[-1]} in the backbone)"
     return ""
-
-
-def resize_position_embedding(embedding: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Resample a ``(1, 1 + n*n, D)`` position embedding to a ``grid`` of patches.
-
-    Bilinear with aligned corners (the resampling vit-keras applies), class token untouched.
-    """
-    tokens = embedding.shape[1] - 1
-    side = int(round(np.sqrt(tokens)))
-    if side * side != tokens:
-        raise WeightsError(f"position embedding of {tokens} patch tokens is not a square grid")
-    if (side, side) == tuple(grid):
-        return embedding
-    table = embedding[0, 1:].reshape(side, side, -1).astype(np.float64)
-    table = _linear_resize(_linear_resize(table, grid[0], axis=0), grid[1], axis=1)
-    resized = np.concatenate([embedding[0, :1], table.reshape(grid[0] * grid[1], -1)], axis=0)
-    return resized[np.newaxis].astype(embedding.dtype)
-
-
-def _linear_resize(values: np.ndarray, size: int, axis: int) -> np.ndarray:
-    length = values.shape[axis]
-    if size == length:
-        return values
-    positions = np.linspace(0.0, length - 1.0, size) if size > 1 else np.zeros(1)
-    low = np.floor(positions).astype(int)
-    high = np.minimum(low + 1, length - 1)
-    weight = (positions - low).reshape([-1 if i == axis else 1 for i in range(values.ndim)])
-    return np.take(values, low, axis=axis) * (1 - weight) + np.take(values, high, axis=axis) * weight
 
 
 def load_backbone_checkpoint(backbone, weights: str, image_size: tuple[int, int]) -> Path:
