@@ -43,10 +43,11 @@ def add_weights(commands) -> None:
     convert = command(
         actions, "convert", "turn a weights file of another tool into a vitkit model file",
         _run_weights_convert,
-        description="Read a Flax .npz checkpoint, a vit-keras .weights.h5 / .h5 or the original recipe's\n"
-                    "Keras-2 .h5 (every dimension is read from the file) and write a vitkit .weights.h5\n"
-                    "that `vitkit.load_model` rebuilds alone. Such files do not record class names:\n"
-                    "give them in the model's output order.\n\n"
+        description="Read a Flax .npz checkpoint, a vit-keras .weights.h5 / .h5, the original recipe's\n"
+                    "Keras-2 .h5 or a timm checkpoint (.safetensors, a folder, hf-hub:ORG/NAME) (every\n"
+                    "dimension is read from the file) and write a vitkit .weights.h5 that\n"
+                    "`vitkit.load_model` rebuilds alone. Such files do not record class names: give\n"
+                    "them in the model's output order.\n\n"
                     "examples:\n"
                     "  vitkit weights convert old/model.h5 --classes bottle,can,mug --preprocess tf \\\n"
                     "        --out models/old.weights.h5\n"

@@ -110,23 +110,13 @@ def find_checkpoint(weights: str, config: ViTConfig) -> Checkpoint:
 
 
 def checkpoint_representation_size(weights: str, config: ViTConfig) -> int | None:
-    """Width of the checkpoint's ``pre_logits`` layer (None when it has none)."""
-    if weights in WEIGHT_NAMES:
-        return config.hidden_size if find_checkpoint(weights, config).has_representation else None
-    with _open_npz(Path(weights)) as arrays:
-        return arrays["pre_logits/kernel"].shape[1] if "pre_logits/kernel" in arrays.files else None
+    """Width of the ``pre_logits`` layer of a named checkpoint (None when it has none)."""
+    return config.hidden_size if find_checkpoint(weights, config).has_representation else None
 
 
 def resolve_checkpoint(weights: str, config: ViTConfig, download: bool = True) -> Path:
-    """Path of a checkpoint given a weight name or a path; downloads a named one when missing."""
-    if weights not in WEIGHT_NAMES:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise WeightsError(
-                f"weights file {path} not found; give an existing .npz checkpoint or one of "
-                f"{', '.join(WEIGHT_NAMES)}, none"
-            )
-        return path
+    """Path of the 2020 checkpoint of a weight name for a backbone; downloaded when missing.
+    (Paths and other names go through :func:`vitkit.models.sources.pretrained_source`.)"""
     return resolve_checkpoint_file(find_checkpoint(weights, config), download)
 
 
@@ -305,7 +295,7 @@ def _shape_hint(relative: str, found: tuple, expected: tuple) -> str:
 
 
 def load_backbone_checkpoint(backbone, weights: str, image_size: tuple[int, int]) -> Path:
-    """Load a Flax ``.npz`` checkpoint (named or a path) into a built backbone, all or nothing."""
+    """Load the named 2020 checkpoint of a built backbone's dimensions into it, all or nothing."""
     path = resolve_checkpoint(weights, backbone.config)
     with _open_npz(path) as arrays:
         values = backbone_arrays(arrays, backbone.weights, backbone.grid_shape(image_size), str(path))
