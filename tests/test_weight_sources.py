@@ -107,6 +107,19 @@ def test_an_augreg_checkpoint_that_cannot_be_downloaded_says_what_to_fetch_and_w
     assert not weights_dirs()[0].exists() or not any(weights_dirs()[0].iterdir())
 
 
+@pytest.mark.parametrize("backbone", [None, dict(TINY_BACKBONE)], ids=["from the file", "given"])
+def test_an_npz_with_pre_logits_keeps_them_whichever_gives_the_backbone(backbone, tmp_path):
+    arrays = augreg_arrays(load_file(TIMM / "vit_cls" / "model.safetensors"), heads=4)
+    del arrays["head/kernel"], arrays["head/bias"]
+    rng = np.random.default_rng(0)
+    arrays["pre_logits/kernel"], arrays["pre_logits/bias"] = rng.normal(size=(32, 24)), rng.normal(size=24)
+    np.savez(tmp_path / "represented.npz", **arrays)
+    model = vitkit.build_model(["a", "b"], backbone=backbone, weights=str(tmp_path / "represented.npz"), augment=False)
+    assert model.spec.backbone.representation_size == 24
+    kernel = model.backbone.pre_logits.kernel
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(kernel), arrays["pre_logits/kernel"], rtol=1e-6)
+
+
 def test_an_unknown_augreg_name_lists_the_known_ones():
     with pytest.raises(WeightsError, match="unknown AugReg checkpoint.*vit_base_patch16_224.augreg_in21k"):
         vitkit.build_model(["a", "b"], weights="vit_base_patch16_224.augreg_in42k")
@@ -158,6 +171,28 @@ def test_a_hub_checkpoint_missing_offline_gives_one_line_that_says_what_to_fetch
     assert f"https://huggingface.co/{HUB_NAME}/resolve/main/model.safetensors" in error
     assert str(home / "hub") in error and "HF_HOME" in error and "HF_HUB_OFFLINE=1" in error
     assert not (tmp_path / "m.weights.h5").exists()
+
+
+def test_a_hub_repository_without_safetensors_or_config(monkeypatch):
+    """No model.safetensors: refused with how to make one; no config.json: the shapes tell."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    def download(files):
+        def fake(repo, filename, revision=None, force_download=False):
+            if filename not in files:
+                raise EntryNotFoundError(f"{repo} has no {filename}")
+            return str(TIMM / "deit3" / filename)
+        return fake
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download({"config.json"}))
+    with pytest.raises(WeightsError, match="has no model.safetensors.*safetensors.torch.save_file"):
+        vitkit.build_model(["a", "b"], weights="hf-hub:someone/deit3-pickles")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download({"model.safetensors"}))
+    model = vitkit.build_model(["a", "b"], weights="hf-hub:someone/deit3-bare", num_heads=4, augment=False)
+    assert (model.spec.backbone.no_embed_class, model.spec.backbone.layer_scale, model.spec.preprocess) == (True, 1e-5, "tf")
+    with pytest.raises(WeightsError, match="write hf-hub:ORG/NAME"):
+        vitkit.build_model(["a", "b"], weights="hf-hub:just-a-name")
 
 
 # Local files and what is refused -----------------------------------------------------------------------

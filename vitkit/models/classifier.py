@@ -308,10 +308,11 @@ def build_model(
             f"{config.locality_attention} (options for training from scratch, set by the small-data recipe): "
             f"use --weights none, or --recipe plain for fine-tuning"
         )
-    if weights in PRESET_WEIGHTS and config.representation_size is None:
+    if weights is not None and config.representation_size is None:  # the checkpoint's pre_logits layer, if any
         from vitkit.models.weights import checkpoint_representation_size
 
-        config = dataclasses.replace(config, representation_size=checkpoint_representation_size(weights, config))
+        found = pretrained.config.representation_size if pretrained else checkpoint_representation_size(weights, config)
+        config = dataclasses.replace(config, representation_size=found)
     preparation = pretrained.preparation(preprocess, interpolation) if pretrained else {
         "preprocess": preprocess or "tf", "interpolation": interpolation or "bilinear"}
     spec = ModelSpec(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitkit.errors import WeightsError
-from vitkit.models.legacy import pickle_refusal
+from vitkit.models.pickles import conversion_advice
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 # Checkpoints `vitkit weights list` shows (any timm ViT of a supported architecture loads).
@@ -77,8 +77,8 @@ def _download(repo: str, revision: str | None, filename: str, force: bool = Fals
         if optional:
             return None
         if filename == WEIGHTS_FILE:
-            raise WeightsError(pickle_refusal(Path(f"hf-hub:{repo}/pytorch_model.bin"))
-                               + f" (hf-hub:{repo} has no {WEIGHTS_FILE})") from None
+            raise WeightsError(f"hf-hub:{repo} has no {WEIGHTS_FILE} (vitkit never unpickles PyTorch files). "
+                               f"{conversion_advice('pytorch_model.bin')}") from None
         raise WeightsError(f"hf-hub:{repo} has no {filename}") from None
     except (HfHubHTTPError, OSError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -31,6 +31,7 @@ import h5py
 import numpy as np
 
 from vitkit.errors import WeightsError
+from vitkit.models.pickles import holds_pickle, pickle_refusal
 
 FORMATS = {
     "flax-npz": "Flax .npz checkpoint",
@@ -170,7 +171,7 @@ def file_kind(path: str | Path) -> str:
     if start.startswith(_HDF5_SIGNATURE):
         return "hdf5"
     if start.startswith(_ZIP_SIGNATURE):
-        return "pickle" if _holds_pickle(path) else "zip"
+        return "pickle" if holds_pickle(path) else "zip"
     if start[:1] == b"\x80" and start[1:2] in {bytes([n]) for n in range(2, 6)}:
         return "pickle"
     return "unknown"
@@ -198,25 +199,6 @@ def read_weights(path: str | Path) -> ForeignWeights:
             return _from_hdf5(path, handle, None, None)
     except OSError as error:
         raise WeightsError(f"{path} is not a readable HDF5 file ({error})") from None
-
-
-def _holds_pickle(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("data.pkl") for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
-def pickle_refusal(path: Path) -> str:
-    """Why a pickle is refused, and how to turn a PyTorch checkpoint into a file vitkit reads."""
-    return (
-        f"{path} is a Python pickle; vitkit never unpickles files (they can run code). Use the "
-        f"checkpoint's model.safetensors (e.g. --weights hf-hub:timm/NAME), or convert it where timm "
-        f"is installed: m = timm.create_model(ARCHITECTURE, pretrained=True, pretrained_cfg_overlay="
-        f"{{'file': '{path}'}}); safetensors.torch.save_file(m.state_dict(), 'model.safetensors'); "
-        f"else give a .npz checkpoint or an HDF5 .h5 / .weights.h5 file"
-    )
 
 
 def _read_zip(path: Path) -> ForeignWeights:

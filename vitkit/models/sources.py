@@ -34,7 +34,8 @@ import numpy as np
 from vitkit.errors import ConfigError, WeightsError
 from vitkit.models.augreg import augreg_named
 from vitkit.models.config import ViTConfig
-from vitkit.models.legacy import FORMATS, PUBLISHED_HEADS, backbone_shape, file_kind, pickle_refusal, read_weights
+from vitkit.models.legacy import FORMATS, PUBLISHED_HEADS, backbone_shape, file_kind, read_weights
+from vitkit.models.pickles import pickle_refusal
 from vitkit.models.timmconfig import (
     INCEPTION_MEAN, INCEPTION_STD, ARCHITECTURES, TimmModel, from_architecture, from_hub_config, from_shapes,
 )
@@ -121,6 +122,17 @@ def weights_kind(weights: str | None) -> str:
     return "preset" if weights in (*PRESET_WEIGHTS, "auto") else "checkpoint"
 
 
+def open_checkpoint(weights: str | None, architecture: str | None = None, num_heads: int | None = None) -> Pretrained | None:
+    """The checkpoint ``weights`` names when it tells its own architecture (an AugReg name,
+    ``hf-hub:``, a file or folder), opened (downloaded where needed); None for ``none``, ``auto``
+    and the 2020 names, which go with a backbone preset."""
+    if weights_kind(weights) != "checkpoint":
+        if architecture is not None:
+            raise ConfigError("--architecture applies only to timm checkpoints (--weights FILE.safetensors)")
+        return None
+    return pretrained_source(str(weights), architecture, num_heads)
+
+
 def pretrained_source(weights: str, architecture: str | None = None, num_heads: int | None = None) -> Pretrained:
     """Find (downloading where needed) and open pretrained weights given in any form above.
 
@@ -203,7 +215,8 @@ def _timm_model(state: "_SafetensorsFile", config_path: Path | None, architectur
         if architecture is not None and architecture.split(".")[0] != model.architecture:
             raise ConfigError(f"{config_path} describes {model.architecture}, not {architecture}; drop --architecture")
         return model
-    named = architecture or next((stem for stem in (path.name.split(".")[0],) if stem in ARCHITECTURES), None)
+    stem = path.name.split(".")[0]
+    named = architecture or (stem if stem in ARCHITECTURES else None)
     if named is not None:
         return from_architecture(named, str(path))
     return from_shapes(state.shapes(), num_heads, str(path))

@@ -30,7 +30,7 @@ from vitkit.data.manifest import Manifest, read_manifest, stratified_split
 from vitkit.data.mixing import MixConfig, MixedBatches
 from vitkit.models.classifier import ImageClassifier, build_model, image_size_pair
 from vitkit.models.modelfile import load_weights_only
-from vitkit.models.sources import pretrained_source, weights_kind
+from vitkit.models.sources import open_checkpoint
 from vitkit.training.parallel import Parallel, plan
 from vitkit.training.recipes import choose_recipe, resolve_options
 from vitkit.training.runstate import RunKeeper
@@ -179,7 +179,8 @@ def train(
         ...                       out="models/products.weights.h5")
     """
     chosen = choose_recipe(recipe, weights, backbone)
-    pretrained = _open_checkpoint(weights, architecture, backbone_overrides.get("num_heads"))
+    # Opened before any image is read: its size, mean, std and interpolation decide how they are loaded.
+    pretrained = open_checkpoint(weights, architecture, backbone_overrides.get("num_heads"))
     given_backbone = backbone
     if pretrained is not None:
         # The checkpoint's size and architecture, so the recipe's defaults do not replace them.
@@ -244,8 +245,8 @@ def train(
     try:
         with parallel.scope():
             with out_of_memory_hint(batch_size, precision, resume_note):
-                model = _build(class_names, given_backbone if pretrained else backbone, pretrained or weights,
-                               size, precision, **model_options)
+                model = _under_policy(precision, build_model, class_names, given_backbone if pretrained else backbone,
+                                      pretrained or weights, size, **model_options)
             parallel.prepare(model)
             batches, val_batches = _streams(train_set, val_set, class_names, local_batch, mix,
                                             _sample_weights(train_set, class_names, class_weights), seed, parallel)
@@ -254,7 +255,7 @@ def train(
             load_weights_only(model, keeper.model_path)
         if not parallel.is_single:
             # A model of the plain single-device kind, for whatever the caller does next.
-            model = _build_spec(model.spec, precision)
+            model = _under_policy(precision, ImageClassifier, model.spec)
             load_weights_only(model, keeper.model_path)
     finally:
         if private is not None:
@@ -351,17 +352,8 @@ def _fit(model: ImageClassifier, batches: keras.utils.PyDataset, val_batches: ke
     return keeper
 
 
-def _build(class_names, backbone, weights, size, precision, **options) -> ImageClassifier:
-    """Build the model under the training precision's dtype policy."""
-    return _under_policy(precision, build_model, class_names, backbone, weights, size, **options)
-
-
-def _build_spec(spec, precision: str) -> ImageClassifier:
-    """A model of ``spec`` (random weights) under the training precision's dtype policy."""
-    return _under_policy(precision, ImageClassifier, spec)
-
-
-def _under_policy(precision: str, make, *args, **kwargs):
+def _under_policy(precision: str, make, *args, **kwargs) -> ImageClassifier:
+    """``make(*args, **kwargs)``, a model built under the training precision's dtype policy."""
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
     try:
@@ -369,16 +361,6 @@ def _under_policy(precision: str, make, *args, **kwargs):
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
-
-def _open_checkpoint(weights, architecture: str | None, num_heads: int | None):
-    """The checkpoint ``weights`` names when it tells its own architecture (AugReg, hf-hub:,
-    .safetensors, .npz), opened (downloaded where needed) before any image is read: its size,
-    mean, std and interpolation decide how the images are loaded. None otherwise."""
-    if weights_kind(weights) != "checkpoint":
-        if architecture is not None:
-            raise ConfigError("--architecture applies only to timm checkpoints (--weights FILE.safetensors)")
-        return None
-    return pretrained_source(str(weights), architecture, num_heads)
 
 
 def _check_choices(optimizer: str, schedule: str, epochs: int, freeze: int, batch_size: int) -> None:
