@@ -48,13 +48,13 @@ def _fused_projection_call(self, x, training=None, return_attention=False):
     """MultiHeadSelfAttention.call with query, key and value computed by one matrix product."""
     from keras import ops
 
-    import vitkit.models.backbone
+    import vitkit.models.attention
 
     kernel = ops.concatenate([self.query.kernel, self.key.kernel, self.value.kernel], axis=-1)
     bias = ops.concatenate([self.query.bias, self.key.bias, self.value.bias], axis=-1)
     qkv = ops.matmul(x, ops.cast(kernel, x.dtype)) + ops.cast(bias, x.dtype)
     query, key, value = (self._split_heads(part) for part in ops.split(qkv, 3, axis=-1))
-    mixed = vitkit.models.backbone.fused_attention(query, key, value, training=bool(training))
+    mixed = vitkit.models.attention.fused_attention(query, key, value, training=bool(training))
     batch, length = ops.shape(x)[0], ops.shape(x)[1]
     return self.out(ops.reshape(mixed, (batch, length, x.shape[-1])))
 
@@ -63,15 +63,15 @@ def _model(args, variant: str):
     import keras
 
     import vitkit
-    import vitkit.models.backbone
+    import vitkit.models.attention
 
-    originals = vitkit.models.backbone.__dict__.setdefault(
-        "_profile_originals", (vitkit.models.backbone.fused_attention, vitkit.models.backbone.MultiHeadSelfAttention.call))
-    vitkit.models.backbone.fused_attention, vitkit.models.backbone.MultiHeadSelfAttention.call = originals
+    originals = vitkit.models.attention.__dict__.setdefault(
+        "_profile_originals", (vitkit.models.attention.fused_attention, vitkit.models.attention.MultiHeadSelfAttention.call))
+    vitkit.models.attention.fused_attention, vitkit.models.attention.MultiHeadSelfAttention.call = originals
     if variant in ("unpadded", "xla"):
-        vitkit.models.backbone.fused_attention = _attention_variants()[variant]
+        vitkit.models.attention.fused_attention = _attention_variants()[variant]
     elif variant == "fusedqkv":
-        vitkit.models.backbone.MultiHeadSelfAttention.call = _fused_projection_call
+        vitkit.models.attention.MultiHeadSelfAttention.call = _fused_projection_call
     keras.config.set_dtype_policy("mixed_bfloat16")
     model = vitkit.build_model(CLASSES, backbone=dict(TINY if args.tiny else VIT_B16), image_size=args.image_size,
                                augment=False)

@@ -35,8 +35,9 @@ def as_model(model: ImageClassifier | str | os.PathLike, classes: Sequence[str] 
 
 
 def images_for(model: ImageClassifier, data: Any, **load_options: Any) -> ImageSet:
-    """Load ``data`` at the model's image size and resize mode."""
-    return load_images(data, model.spec.image_size, model.spec.resize_mode, **load_options)
+    """Load ``data`` at the model's image size, resize mode and interpolation."""
+    return load_images(data, model.spec.image_size, model.spec.resize_mode,
+                       interpolation=model.spec.interpolation, **load_options)
 
 
 def predict_probabilities(model: ImageClassifier, images: ImageSet, batch_size: int = 32, verbose: int = 0) -> np.ndarray:

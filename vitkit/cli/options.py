@@ -46,9 +46,10 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
 def add_foreign_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "model files of other tools",
-        "Flax .npz checkpoints, vit-keras .h5 / .weights.h5 and the original recipe's Keras-2 .h5\n"
-        "load directly; they do not record class names (give --classes in output order) nor,\n"
-        "for H5 files, how pixels were scaled (give --preprocess)",
+        "Flax .npz checkpoints, vit-keras .h5 / .weights.h5, the original recipe's Keras-2 .h5 and\n"
+        "timm checkpoints (.safetensors, a folder with config.json, hf-hub:ORG/NAME) load directly;\n"
+        "they do not record class names (give --classes in output order) nor, for H5 files, how\n"
+        "pixels were scaled (give --preprocess)",
     )
     group.add_argument("--preprocess", choices=("tf", "raw"),
                        help="tf: pixels scaled to [-1, 1] (as in training); raw: 0-255 as the original "

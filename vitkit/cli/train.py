@@ -19,6 +19,8 @@ def add_train(commands) -> None:
                     "examples:\n"
                     "  vitkit train train.csv --val val.csv --backbone vit_b16 --weights imagenet21k \\\n"
                     "        --out models/products.weights.h5\n"
+                    "  vitkit train train.csv --val val.csv --weights hf-hub:timm/vit_small_patch14_reg4_dinov2.lvd142m \\\n"
+                    "        --image-size 224 --out models/products.weights.h5\n"
                     "  vitkit train digits.csv --weights none --out models/digits.weights.h5\n"
                     "  vitkit train train.csv --val val.csv --out models/products.weights.h5 --resume\n"
                     "  vitkit train train.csv --val val.csv --devices all --batch-size 64 --learning-rate 4e-4 \\\n"
@@ -38,14 +40,22 @@ def add_train(commands) -> None:
     model.add_argument("--backbone", choices=sorted(PRESETS), help="backbone preset (plain: vit_b16, small-data: vit_micro)")
     model.add_argument("--weights", default="auto",
                        help="auto (imagenet21k for vit_b/l presets, none for small ones), none, "
-                            "imagenet21k, imagenet21k+imagenet2012, or a .npz checkpoint path")
+                            "imagenet21k, imagenet21k+imagenet2012 (2020 checkpoints of --backbone), an AugReg "
+                            "name (vit_base_patch16_224.augreg_in21k), hf-hub:ORG/NAME (a timm checkpoint on "
+                            "the Hugging Face Hub), or a .safetensors / .npz file or checkpoint folder; a "
+                            "checkpoint sets the architecture, size, mean/std and interpolation "
+                            "(`vitkit weights list`)")
+    model.add_argument("--architecture", metavar="TIMM_NAME",
+                       help="timm architecture of a .safetensors without config.json, e.g. vit_small_patch14_reg4_dinov2")
     model.add_argument("--image-size", type=parse_image_size, metavar="SIZE",
                        help="input size, 224 or 192x256; images are resized (small ones upsampled) "
-                            "to it when loaded (plain: 224, small-data: 32)")
+                            "to it when loaded (default: the checkpoint's; plain: 224, small-data: 32)")
     model.add_argument("--resize-mode", choices=("stretch", "pad", "crop"), default="stretch",
                        help="how photos reach the input size: stretch, pad (keep aspect) or crop (keep aspect, centre)")
     model.add_argument("--head-width", type=int, default=21, help="hidden width of the head (default 21; 0 = linear)")
-    model.add_argument("--preprocess", choices=("tf", "raw"), default="tf", help="tf scales pixels to [-1, 1] (default); raw feeds 0-255")
+    model.add_argument("--preprocess", choices=("tf", "raw"),
+                       help="tf scales pixels to [-1, 1]; raw feeds 0-255 (default: the checkpoint's mean and "
+                            "std, else tf)")
     for flag, key, kind in (("--patch-size", "patch_size", int), ("--layers", "num_layers", int),
                             ("--hidden-size", "hidden_size", int), ("--heads", "num_heads", int),
                             ("--mlp-dim", "mlp_dim", int), ("--dropout", "dropout", float),
@@ -148,7 +158,7 @@ def _run_train(args: argparse.Namespace) -> None:
         augment=args.augment, head_width=args.head_width, preprocess=args.preprocess,
         resize_mode=args.resize_mode, patience=args.patience, val_fraction=args.val_fraction,
         seed=args.seed, precision=args.precision, resume=args.resume, overwrite=args.overwrite,
-        devices=args.devices, **load_options(args), **overrides,
+        devices=args.devices, architecture=args.architecture, **load_options(args), **overrides,
     )
     print(f"recipe:  {result.recipe}")
     best = result.history[result.best_epoch - 1] if result.best_epoch else {}

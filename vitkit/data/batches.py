@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import math
 import os
 import warnings
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from vitkit.data.cache import ImageStore
+from vitkit.data.images import INTERPOLATIONS
 from vitkit.device import batch_stager
 from vitkit.errors import ConfigError, ImageError, ManifestError
 from vitkit.fileio import atomic_output, spreadsheet_safe
@@ -113,6 +115,7 @@ def load_images(
     cache_dir: str | os.PathLike | None = None,
     on_bad_image: str = "skip",
     progress: bool = True,
+    interpolation: str = "bilinear",
 ) -> ImageSet:
     """Bring any supported input to an :class:`ImageSet` of ``image_size``.
 
@@ -127,16 +130,21 @@ def load_images(
         on_bad_image: ``skip`` (warn, drop the image, list it in ``skipped``) or ``error``
             (raise at the first bad image with its manifest line).
         progress: show a progress bar while decoding.
+        interpolation: ``bilinear`` or ``bicubic`` resampling to ``image_size``.
     """
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise ConfigError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
     if isinstance(data, ImageSet):
         return data
     if isinstance(data, tuple) and len(data) == 2 and not _is_path(data[0]):
         x, y = data
-        return _array_set(np.asarray(x), [str(label) for label in np.asarray(y).tolist()], image_size)
+        return _array_set(np.asarray(x), [str(label) for label in np.asarray(y).tolist()], image_size, interpolation)
     if isinstance(data, np.ndarray):
-        return _array_set(data, None, image_size)
+        return _array_set(data, None, image_size, interpolation)
+    files = functools.partial(_file_set, image_size=image_size, resize_mode=resize_mode, cache_dir=cache_dir,
+                              on_bad_image=on_bad_image, progress=progress, interpolation=interpolation)
     if isinstance(data, Manifest):
         unlabelled = np.flatnonzero(data.label_codes < 0)
         if len(unlabelled) and len(unlabelled) < len(data):
@@ -145,26 +153,24 @@ def load_images(
                 f"manifest's classes are not used; fill them in or remove those rows",
                 stacklevel=2,
             )
-        return _file_set(data.files, data.labels if data.has_labels else None, data.where, image_size,
-                         resize_mode, cache_dir, on_bad_image, progress)
+        return files(data.files, data.labels if data.has_labels else None, data.where)
     if _is_path(data):
         path = Path(data)
         if path.is_dir():
-            files = find_images(path)
-            if not files:
+            found = find_images(path)
+            if not found:
                 raise ManifestError(f"{path}: no image files found")
-            return _file_set(files, folder_labels(path, files), None, image_size, resize_mode, cache_dir,
-                             on_bad_image, progress)
+            return files(found, folder_labels(path, found), None)
         if path.suffix.lower() == ".csv":
             if is_pixel_csv(path):
                 pixels, labels = read_pixel_csv(path)
-                return _array_set(pixels, labels, image_size)
+                return _array_set(pixels, labels, image_size, interpolation)
             manifest = read_manifest(path, label_from, classes, root)
             return load_images(manifest, image_size, resize_mode, cache_dir=cache_dir,
-                               on_bad_image=on_bad_image, progress=progress)
-        return _file_set([path], None, None, image_size, resize_mode, cache_dir, on_bad_image, progress)
+                               on_bad_image=on_bad_image, progress=progress, interpolation=interpolation)
+        return files([path], None, None)
     if isinstance(data, (list, tuple)) and all(_is_path(item) for item in data):
-        return _file_set([Path(p) for p in data], None, None, image_size, resize_mode, cache_dir, on_bad_image, progress)
+        return files([Path(p) for p in data], None, None)
     raise ConfigError(
         f"cannot read images from {type(data).__name__}; give a manifest or pixel CSV, a folder, "
         f"image files, an array x or a pair (x, y)"
@@ -176,11 +182,11 @@ def _is_path(value: Any) -> bool:
 
 
 def _file_set(paths: Sequence[str | os.PathLike], labels: list[str] | None, origin: Callable[[int], str] | None,
-              image_size, resize_mode, cache_dir, on_bad_image, progress) -> ImageSet:
+              *, image_size, resize_mode, cache_dir, on_bad_image, progress, interpolation) -> ImageSet:
     """Images of files; ``origin(i)`` names where file ``i`` came from (``file.csv line 12``)."""
     if not isinstance(paths, TextArray):
         paths = TextArray.from_texts(str(path) for path in paths)
-    store = ImageStore(image_size, resize_mode, cache_dir)
+    store = ImageStore(image_size, resize_mode, cache_dir, interpolation)
     frames, failures = store.frames(paths, progress=progress, stop_at_failure=on_bad_image == "error")
     skipped = []
     if failures:
@@ -215,8 +221,9 @@ def _reason(path: str, message: str) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
-def _array_set(images: np.ndarray, labels: list[str] | None, image_size: tuple[int, int]) -> ImageSet:
-    pixels = to_uint8_images(images, image_size)
+def _array_set(images: np.ndarray, labels: list[str] | None, image_size: tuple[int, int],
+               interpolation: str = "bilinear") -> ImageSet:
+    pixels = to_uint8_images(images, image_size, interpolation)
     if labels is not None and len(labels) != len(pixels):
         raise ConfigError(f"{len(pixels)} images but {len(labels)} labels")
     return ImageSet(
@@ -227,7 +234,7 @@ def _array_set(images: np.ndarray, labels: list[str] | None, image_size: tuple[i
     )
 
 
-def to_uint8_images(images: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+def to_uint8_images(images: np.ndarray, image_size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
     """``(N, H, W)``, ``(N, H, W, 1)`` or ``(N, H, W, 3)`` pixel values 0-255 -> uint8 RGB of ``image_size``."""
     images = np.asarray(images)
     if images.ndim == 3:
@@ -244,7 +251,7 @@ def to_uint8_images(images: np.ndarray, image_size: tuple[int, int]) -> np.ndarr
         return images
     height, width = image_size
     return np.stack([
-        np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+        np.asarray(Image.fromarray(image).resize((width, height), INTERPOLATIONS[interpolation]))
         for image in images
     ])
 

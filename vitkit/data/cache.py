@@ -1,6 +1,6 @@
 """On-disk cache of decoded images: each image is decoded once per size, then read as raw uint8.
 
-One store per (height, width, resize mode) under ``$VITKIT_HOME/cache/images``: a flat file of
+One store per (height, width, resize mode, interpolation) under ``$VITKIT_HOME/cache/images``: a flat file of
 fixed-size uint8 frames (``pixels.u8``) and a SQLite index mapping an image key (absolute path,
 file size, modification time) to its frame. Every manifest, epoch and later run at that size
 shares it. Frames are read with ``pread`` into the batch buffer, so memory use does not grow with
@@ -74,10 +74,14 @@ class ImageStore:
         >>> batch = store.read(frames[:32])           # (32, 64, 64, 3) uint8
     """
 
-    def __init__(self, image_size: tuple[int, int], resize_mode: str = "stretch", cache_dir: str | os.PathLike | None = None):
+    def __init__(self, image_size: tuple[int, int], resize_mode: str = "stretch",
+                 cache_dir: str | os.PathLike | None = None, interpolation: str = "bilinear"):
         self.image_size = tuple(image_size)
         self.resize_mode = resize_mode
-        self.folder = Path(cache_dir or default_cache_dir()) / "images" / f"{image_size[0]}x{image_size[1]}-{resize_mode}"
+        self.interpolation = interpolation
+        # Bilinear stores keep the name they had before the interpolation could be chosen.
+        store = f"{image_size[0]}x{image_size[1]}-{resize_mode}" + ("" if interpolation == "bilinear" else f"-{interpolation}")
+        self.folder = Path(cache_dir or default_cache_dir()) / "images" / store
         self.frame_shape = (image_size[0], image_size[1], 3)
         self.frame_bytes = int(np.prod(self.frame_shape))
         self._lock = threading.Lock()
@@ -197,7 +201,7 @@ class ImageStore:
 
     def _decode_one(self, path: str | os.PathLike) -> np.ndarray | str:
         try:
-            image = load_image(path, self.image_size, self.resize_mode)
+            image = load_image(path, self.image_size, self.resize_mode, self.interpolation)
         except ImageError as error:
             return str(error)
         return image

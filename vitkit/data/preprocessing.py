@@ -17,32 +17,55 @@ from keras import ops
 from vitkit.data import colour, warp
 from vitkit.errors import ConfigError
 
-PREPROCESS_MODES = ("tf", "raw")
+PREPROCESS_MODES = ("tf", "raw", "normalize")
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+
+
+def check_normalization(mode: str, mean, std) -> None:
+    """A preprocessing mode with the mean and std it needs (``normalize``) or none (the others)."""
+    if mode not in PREPROCESS_MODES:
+        raise ConfigError(f"preprocess must be one of {PREPROCESS_MODES}, got {mode!r}")
+    if mode != "normalize":
+        if mean is not None or std is not None:
+            raise ConfigError(f"mean and std apply only to preprocess 'normalize', not {mode!r}")
+        return
+    for name, values in (("mean", mean), ("std", std)):
+        if values is None or len(values) != 3:
+            raise ConfigError(f"preprocess 'normalize' needs a {name} of 3 values (red, green, blue), got {values!r}")
+    if min(std) <= 0:
+        raise ConfigError(f"std must be positive, got {list(std)}")
 
 
 @keras.saving.register_keras_serializable(package="vitkit")
 class ScaleImages(keras.layers.Layer):
-    """Scale 0-255 pixels: ``tf`` maps to [-1, 1] (what ViT checkpoints expect); ``raw`` keeps 0-255.
+    """Scale 0-255 pixels: ``tf`` maps to [-1, 1] (what the original ViT checkpoints expect);
+    ``normalize`` maps to ``(pixels / 255 - mean) / std`` per channel (what timm checkpoints
+    record, e.g. ImageNet's mean and std); ``raw`` keeps 0-255.
 
     ``raw`` exists only to reproduce models whose original code fed unscaled pixels at
     prediction time.
     """
 
-    def __init__(self, mode: str = "tf", **kwargs):
+    def __init__(self, mode: str = "tf", mean=None, std=None, **kwargs):
         super().__init__(**kwargs)
-        if mode not in PREPROCESS_MODES:
-            raise ConfigError(f"preprocess must be one of {PREPROCESS_MODES}, got {mode!r}")
+        check_normalization(mode, mean, std)
         self.mode = mode
+        self.mean = None if mean is None else [float(v) for v in mean]
+        self.std = None if std is None else [float(v) for v in std]
 
     def call(self, images):
         images = ops.cast(images, self.compute_dtype)
-        return images / 127.5 - 1.0 if self.mode == "tf" else images
+        if self.mode == "tf":
+            return images / 127.5 - 1.0
+        if self.mode == "normalize":
+            scale = ops.convert_to_tensor([1.0 / (255.0 * s) for s in self.std], self.compute_dtype)
+            shift = ops.convert_to_tensor([m / s for m, s in zip(self.mean, self.std)], self.compute_dtype)
+            return images * scale - shift
+        return images
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
-
-
+        extra = {"mean": self.mean, "std": self.std} if self.mode == "normalize" else {}
+        return {**super().get_config(), "mode": self.mode, **extra}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,11 +47,13 @@ class _ExplanationStep(keras.Model):
             logits, attention, gradients = _scores_with_attention_gradients(self.classifier, images, targets)
         else:
             logits, attention = self.classifier.logits_and_attention(images)
-        layer_rows = class_token_attention(fuse_heads(attention, self.head_fusion))
+        config = self.classifier.backbone.config
+        readout = {"prefix_tokens": config.prefix_tokens, "pooling": config.pooling}
+        layer_rows = class_token_attention(fuse_heads(attention, self.head_fusion), **readout)
         if self.method == "gradient":
-            relevance = gradient_rollout(attention, gradients)
+            relevance = gradient_rollout(attention, gradients, **readout)
         elif self.method == "rollout":
-            relevance = attention_rollout(attention, self.head_fusion, self.discard_ratio)
+            relevance = attention_rollout(attention, self.head_fusion, self.discard_ratio, **readout)
         else:
             relevance = layer_rows[:, self.layer]
         return {
@@ -99,8 +101,7 @@ def _scores_with_attention_gradients(classifier: ImageClassifier, images, target
     gradient of the summed scores holds every image's own gradient.
     """
     config = classifier.backbone.config
-    rows, cols = classifier.backbone.grid_shape(classifier.spec.image_size)
-    tokens = rows * cols + 1
+    tokens = classifier.backbone.token_count(classifier.spec.image_size)
     offset = ops.zeros((ops.shape(images)[0], config.num_layers, config.num_heads, tokens, tokens))
 
     def score(attention_offset):
@@ -186,6 +187,8 @@ def explain_images(
         head_fusion=head_fusion,
         discard_ratio=float(discard_ratio),
         layer=layer % layers,
+        register_tokens=model.backbone.config.register_tokens,
+        pooling=model.backbone.config.pooling,
     )
 
 

@@ -16,6 +16,11 @@ Methods (``method=``):
     The class token's attention over the patches in one layer, heads fused (layer 0, the first,
     by default; ``-1`` is the last).
 
+Maps cover the patch tokens only: register tokens (DINOv2 with registers) and the class token are
+left out, and the report says so. A model that pools by the mean of its patch tokens (timm's
+``global_pool="avg"``) has no class token to read: its maps read the mean of the patch tokens'
+rows instead of the class token's row (see :mod:`vitkit.explanation.rollout`).
+
 Every map is reshaped to the patch grid, divided by its maximum (values in [0, 1]) and resized
 bilinearly to the image. The maths runs inside the compiled prediction step on a batch, so
 explaining a set costs little more than predicting it.

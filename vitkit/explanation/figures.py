@@ -200,7 +200,8 @@ def layer_figure(explanation: "Explanation", index: int) -> plt.Figure:
 
 
 def head_figure(model, explanation: "Explanation", index: int) -> plt.Figure:
-    """Every layer's and head's class-token map for image ``index`` (one extra forward pass).
+    """Every layer's and head's class-token map (mean of the patch rows for a mean-pooled model)
+    for image ``index`` (one extra forward pass).
 
     Each panel is stretched to its own range (:func:`stretched`).
     """
@@ -209,7 +210,8 @@ def head_figure(model, explanation: "Explanation", index: int) -> plt.Figure:
 
     image = explanation.pixels([index])[0]
     _, attention = attention_weights(model, image[np.newaxis])
-    rows = class_token_attention(attention[0])
+    config = model.backbone.config
+    rows = class_token_attention(attention[0], config.prefix_tokens, config.pooling)
     layers, heads = rows.shape[:2]
     grid = model.backbone.grid_shape(model.spec.image_size)
     maps = resize_maps(stretched(rows.reshape(layers * heads, *grid)), explanation.image_size)

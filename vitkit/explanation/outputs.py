@@ -90,12 +90,14 @@ def save_maps_file(explanation: "Explanation", path: str | os.PathLike, overwrit
     return Path(path)
 
 
-def token_names(grid: tuple[int, int]) -> list[str]:
-    """``["CLS", "patch_0_0", "patch_0_1", ...]``: the tokens in the order the backbone uses."""
-    return ["CLS"] + [f"patch_{row}_{col}" for row in range(grid[0]) for col in range(grid[1])]
+def token_names(grid: tuple[int, int], registers: int = 0) -> list[str]:
+    """``["CLS", "REG_0", ..., "patch_0_0", "patch_0_1", ...]``: the tokens in the order the backbone uses."""
+    return (["CLS"] + [f"REG_{i}" for i in range(registers)]
+            + [f"patch_{row}_{col}" for row in range(grid[0]) for col in range(grid[1])])
 
 
-def bertviz_attention(attention: np.ndarray, grid: tuple[int, int], decimals: int = 5) -> dict[str, Any]:
+def bertviz_attention(attention: np.ndarray, grid: tuple[int, int], decimals: int = 5,
+                      registers: int = 0) -> dict[str, Any]:
     """One image's attention ``(layers, heads, tokens, tokens)`` in the layout BertViz's views read.
 
     The result is the parameter object of BertViz's ``head_view`` / ``model_view`` scripts
@@ -107,9 +109,10 @@ def bertviz_attention(attention: np.ndarray, grid: tuple[int, int], decimals: in
     """
     attention = np.asarray(attention, dtype=np.float32)
     layers, heads, tokens = attention.shape[0], attention.shape[1], attention.shape[-1]
-    names = token_names(grid)
+    names = token_names(grid, registers)
     if tokens != len(names):
-        raise ConfigError(f"attention has {tokens} tokens, a {grid[0]}x{grid[1]} grid has {len(names)}")
+        raise ConfigError(f"attention has {tokens} tokens, a {grid[0]}x{grid[1]} grid with {registers} registers "
+                          f"has {len(names)}")
     return {
         "attention": [{"name": None, "attn": np.round(attention, decimals).tolist(),
                        "left_text": names, "right_text": names}],
@@ -135,7 +138,7 @@ def write_attention_json(model: "ImageClassifier", images: ImageSet, path: str |
     probabilities, attention = attention_weights(model, images.read(np.array([index])))
     grid = model.backbone.grid_shape(model.spec.image_size)
     best = int(probabilities[0].argmax())
-    data = bertviz_attention(attention[0], grid)
+    data = bertviz_attention(attention[0], grid, registers=model.backbone.config.register_tokens)
     data.update({
         "image": images.names[index],
         "predicted": model.class_names[best],

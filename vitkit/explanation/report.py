@@ -95,6 +95,7 @@ def model_metadata(model: "ImageClassifier", explanation: "Explanation",
                      f"MLP {backbone.mlp_dim}, patch {backbone.patch_size} ({grid[0]} x {grid[1]} patches)"),
         "parameters": f"{model.count_params():,}",
         "maps": explanation.description(),
+        "tokens": explanation.tokens_read(),
         "software": f"vitkit {__version__}, Keras {keras.__version__} ({keras.backend.backend()})",
     })
     return values

@@ -27,6 +27,9 @@ class Explanation:
         layer_maps: ``(n, layers, rows, cols)`` class-token attention of every layer, heads fused
             with ``head_fusion`` (raw attention weights, not normalised).
         method, head_fusion, discard_ratio, layer: how the maps were made.
+        register_tokens, pooling: the model's register tokens (left out of every map) and
+            pooling (``token``: maps read the class token's row; ``mean``: the mean of the
+            patch tokens' rows).
     """
 
     images: ImageSet
@@ -39,6 +42,8 @@ class Explanation:
     head_fusion: str
     discard_ratio: float
     layer: int
+    register_tokens: int = 0
+    pooling: str = "token"
 
     def __len__(self) -> int:
         return len(self.images)
@@ -89,6 +94,14 @@ class Explanation:
         if self.method == "rollout":
             return f"rollout ({details}, discard ratio {self.discard_ratio:g})"
         return f"layer {self.layer} class-token attention ({details})"
+
+    def tokens_read(self) -> str:
+        """Which tokens the maps read and which they leave out, in words."""
+        patches = self.grid_maps.shape[1] * self.grid_maps.shape[2]
+        row = ("the mean of the patch tokens' rows (the model pools by the mean)" if self.pooling == "mean"
+               else "the class token's row")
+        registers = f" and {self.register_tokens} register tokens" if self.register_tokens else ""
+        return f"{row} over the {patches} patch tokens; left out: the class token{registers}"
 
     def table(self) -> pd.DataFrame:
         """One row per image: the prediction table plus ``explained`` (the class each map explains)."""

@@ -1,5 +1,12 @@
 """The maths of attention maps on attention tensors, in ``keras.ops``: it runs inside a compiled
-step and on NumPy arrays alike."""
+step and on NumPy arrays alike.
+
+Every map is one row of a ``(tokens, tokens)`` matrix read over the patch tokens only: the
+class token and the register tokens (the first ``prefix_tokens``) are never part of a map.
+Which row depends on how the model pools: with ``pooling="token"`` the class token's row (what
+the classifier reads), with ``pooling="mean"`` the mean of the patch tokens' rows (the classifier
+reads the mean of the patch tokens, so the map is how much that mean draws from each patch).
+"""
 
 from __future__ import annotations
 
@@ -40,24 +47,28 @@ def discard_lowest(fused, discard_ratio: float):
     return ops.reshape(kept, ops.shape(fused))
 
 
-def attention_rollout(attention, head_fusion: str = "mean", discard_ratio: float = 0.0):
-    """Attention rollout: the class token's row over the patches, before normalisation.
+def attention_rollout(attention, head_fusion: str = "mean", discard_ratio: float = 0.0,
+                      prefix_tokens: int = 1, pooling: str = "token"):
+    """Attention rollout: the pooled row of the rolled-out attention over the patches, before normalisation.
 
     Args:
-        attention: ``(batch, layers, heads, tokens, tokens)`` attention weights, class token first.
+        attention: ``(batch, layers, heads, tokens, tokens)`` attention weights: class token,
+            then ``prefix_tokens - 1`` register tokens, then the patches.
         head_fusion: ``mean``, ``max`` or ``min`` over the heads.
         discard_ratio: share of the lowest fused weights per layer set to zero (0 keeps all).
+        prefix_tokens: tokens before the patches (1 + registers), left out of the map.
+        pooling: ``token`` reads the class token's row, ``mean`` the mean of the patch rows.
 
     Returns:
-        ``(batch, tokens - 1)`` relevance of every patch token.
+        ``(batch, patches)`` relevance of every patch token.
     """
     fused = discard_lowest(fuse_heads(attention, head_fusion), discard_ratio)
     mixed = fused + ops.eye(fused.shape[-1], dtype=fused.dtype)
     mixed = mixed / ops.sum(mixed, axis=-1, keepdims=True)
-    return _class_row_of_product(mixed)[:, 1:]
+    return _pooled_row_of_product(mixed, prefix_tokens, pooling)[:, prefix_tokens:]
 
 
-def gradient_rollout(attention, gradients):
+def gradient_rollout(attention, gradients, prefix_tokens: int = 1, pooling: str = "token"):
     """Class-specific relevance (Chefer et al. 2021) from attention weights and their gradients.
 
     ``R = I``; per layer, first to last, ``R += mean_heads(max(gradients * attention, 0)) @ R``.
@@ -65,26 +76,33 @@ def gradient_rollout(attention, gradients):
     Args:
         attention: ``(batch, layers, heads, tokens, tokens)`` attention weights.
         gradients: gradients of the explained class's score with respect to ``attention``.
+        prefix_tokens, pooling: as for :func:`attention_rollout`.
 
     Returns:
-        ``(batch, tokens - 1)``: the class token's row of ``R`` over the patches.
+        ``(batch, patches)``: the pooled row of ``R`` over the patches.
     """
     weighted = ops.mean(ops.relu(gradients * attention), axis=2)
-    return _class_row_of_product(weighted + ops.eye(weighted.shape[-1], dtype=weighted.dtype))[:, 1:]
+    eye = ops.eye(weighted.shape[-1], dtype=weighted.dtype)
+    return _pooled_row_of_product(weighted + eye, prefix_tokens, pooling)[:, prefix_tokens:]
 
 
-def class_token_attention(attention):
-    """How much the class token attends to each patch: ``(..., tokens, tokens)`` -> ``(..., tokens - 1)``."""
-    return attention[..., 0, 1:]
+def class_token_attention(attention, prefix_tokens: int = 1, pooling: str = "token"):
+    """How much the pooled token attends to each patch: ``(..., tokens, tokens)`` -> ``(..., patches)``:
+    the class token's row, or with ``pooling="mean"`` the mean of the patch tokens' rows."""
+    if pooling == "mean":
+        return ops.mean(attention[..., prefix_tokens:, prefix_tokens:], axis=-2)
+    return attention[..., 0, prefix_tokens:]
 
 
-def _class_row_of_product(matrices):
-    """Row 0 of ``matrices[:, L-1] @ ... @ matrices[:, 0]`` for ``(batch, L, T, T)``, as ``(batch, T)``.
+def _pooled_row_of_product(matrices, prefix_tokens: int, pooling: str):
+    """The pooled row of ``matrices[:, L-1] @ ... @ matrices[:, 0]`` for ``(batch, L, T, T)``, as
+    ``(batch, T)``: row 0, or with ``pooling="mean"`` the mean of the patch rows.
 
     Carrying one row through the layers costs ``T**2`` per layer instead of a ``T**3`` product.
     """
     layers = matrices.shape[1]
-    row = matrices[:, layers - 1, 0, :]
+    last = matrices[:, layers - 1]
+    row = ops.mean(last[:, prefix_tokens:, :], axis=1) if pooling == "mean" else last[:, 0, :]
     for layer in range(layers - 2, -1, -1):
         row = ops.einsum("bt,bts->bs", row, matrices[:, layer])
     return row

@@ -7,7 +7,7 @@ weights, so :func:`vitkit.load_model` rebuilds the model from the file alone.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import keras
 from keras import ops
@@ -15,7 +15,11 @@ from keras import ops
 from vitkit.models.backbone import VisionTransformer, gelu_tanh
 from vitkit.models.config import ViTConfig, resolve_config
 from vitkit.errors import ConfigError
-from vitkit.data.preprocessing import PREPROCESS_MODES, Augment, AugmentConfig, ScaleImages
+from vitkit.data.images import INTERPOLATIONS
+from vitkit.data.preprocessing import Augment, AugmentConfig, ScaleImages, check_normalization
+
+if TYPE_CHECKING:
+    from vitkit.models.sources import Pretrained
 
 RESIZE_MODES = ("stretch", "pad", "crop")
 BACKBONE_LAYER = "vit"
@@ -33,11 +37,14 @@ class ModelSpec:
             0 for a linear head.
         head_norm: BatchNormalization before each Dense layer of the head (the recipe's);
             False for plain Dense layers, such as a checkpoint's pretrained classification top.
-        preprocess: ``"tf"`` (scale to [-1, 1]) or ``"raw"`` (feed 0-255).
+        preprocess: ``"tf"`` (scale to [-1, 1]), ``"normalize"`` (``(x / 255 - mean) / std``)
+            or ``"raw"`` (feed 0-255).
         resize_mode: how images are brought to ``image_size`` before they reach the model:
             ``stretch``, ``pad`` (keep aspect, letterbox) or ``crop`` (keep aspect, centre crop).
         augment: training augmentation, ``AugmentConfig.off()`` for none.
         seed: seed of the random layers (augmentation, dropout).
+        mean, std: per-channel mean and standard deviation of ``normalize`` (on the 0-1 scale).
+        interpolation: how images are resampled to ``image_size``: ``bilinear`` or ``bicubic``.
     """
 
     class_names: tuple[str, ...]
@@ -49,14 +56,18 @@ class ModelSpec:
     resize_mode: str = "stretch"
     augment: AugmentConfig = AugmentConfig()
     seed: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: str = "bilinear"
 
     def __post_init__(self):
         if len(self.class_names) < 2:
             raise ConfigError(f"a classifier needs at least 2 classes, got {list(self.class_names)}")
         if len(set(self.class_names)) != len(self.class_names):
             raise ConfigError(f"class names must be unique, got {list(self.class_names)}")
-        if self.preprocess not in PREPROCESS_MODES:
-            raise ConfigError(f"preprocess must be one of {PREPROCESS_MODES}, got {self.preprocess!r}")
+        check_normalization(self.preprocess, self.mean, self.std)
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
         if self.resize_mode not in RESIZE_MODES:
             raise ConfigError(f"resize mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.head_width < 0:
@@ -67,6 +78,10 @@ class ModelSpec:
         return len(self.class_names)
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON data; options added later appear only when they are used."""
+        later = {"mean": list(self.mean), "std": list(self.std)} if self.preprocess == "normalize" else {}
+        if self.interpolation != "bilinear":
+            later["interpolation"] = self.interpolation
         return {
             "class_names": list(self.class_names),
             "image_size": list(self.image_size),
@@ -77,6 +92,7 @@ class ModelSpec:
             "resize_mode": self.resize_mode,
             "augment": self.augment.to_dict(),
             "seed": self.seed,
+            **later,
         }
 
     @classmethod
@@ -91,7 +107,14 @@ class ModelSpec:
             resize_mode=values.get("resize_mode", "stretch"),
             augment=AugmentConfig.from_dict(values.get("augment") or {}),
             seed=values.get("seed"),
+            mean=_triple(values.get("mean")),
+            std=_triple(values.get("std")),
+            interpolation=values.get("interpolation", "bilinear"),
         )
+
+
+def _triple(values: Sequence[float] | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(float(v) for v in values)
 
 
 def image_size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -116,7 +139,7 @@ class ImageClassifier(keras.Model):
         height, width = spec.image_size
         images = keras.Input((height, width, 3), dtype="uint8", name="images")
         augment = Augment(spec.augment, seed=spec.seed, name="augment", dtype="float32")
-        scale = ScaleImages(spec.preprocess, name="scale")
+        scale = ScaleImages(spec.preprocess, spec.mean, spec.std, name="scale")
         backbone = VisionTransformer(**spec.backbone.to_dict(), seed=spec.seed, name=BACKBONE_LAYER)
         head = _head_layers(spec)
         pixels = ops.cast(images, "float32")
@@ -216,14 +239,16 @@ def _apply(layers: Sequence[keras.layers.Layer], x):
 
 def build_model(
     class_names: Sequence[str] | int,
-    backbone: str | ViTConfig | dict[str, Any] = "vit_b16",
-    weights: str | None = None,
-    image_size: int | Sequence[int] = 224,
+    backbone: str | ViTConfig | dict[str, Any] | None = None,
+    weights: "str | Pretrained | None" = None,
+    image_size: int | Sequence[int] | None = None,
     head_width: int = 21,
-    preprocess: str = "tf",
+    preprocess: str | None = None,
     resize_mode: str = "stretch",
     augment: AugmentConfig | dict[str, Any] | bool | None = True,
     seed: int | None = None,
+    interpolation: str | None = None,
+    architecture: str | None = None,
     **backbone_overrides: Any,
 ) -> ImageClassifier:
     """Build a ViT classifier, optionally starting from pretrained backbone weights.
@@ -231,16 +256,26 @@ def build_model(
     Args:
         class_names: class names in output order, or a number of classes (named ``0..n-1``).
         backbone: preset name (``vit_b16``, ``vit_b32``, ``vit_l16``, ``vit_l32``, ``vit_s16``,
-            ``vit_ti16``, ``vit_small``, ``vit_micro``), a :class:`ViTConfig` or its dict.
-        weights: ``None``/``"none"`` (random), ``"imagenet21k"``,
-            ``"imagenet21k+imagenet2012"`` or a path to a Flax ``.npz`` checkpoint.
-        image_size: input size in pixels, an int or (height, width).
+            ``vit_ti16``, ``vit_small``, ``vit_micro``), a :class:`ViTConfig` or its dict;
+            by default the checkpoint's architecture, else ``vit_b16``.
+        weights: ``None``/``"none"`` (random), ``"imagenet21k"`` or
+            ``"imagenet21k+imagenet2012"`` (the 2020 checkpoint of the preset), an AugReg name
+            (``vit_base_patch16_224.augreg_in21k``), ``"hf-hub:ORG/NAME"``, or a path to a
+            ``.safetensors`` (timm), a folder with ``config.json`` and ``model.safetensors``,
+            or a Flax ``.npz`` (see :mod:`vitkit.models.sources`).
+        image_size: input size in pixels, an int or (height, width); by default the
+            checkpoint's (its position embedding is resampled for another size), else 224.
         head_width: hidden width of the head (21 as in the original recipe; 0 for linear).
-        preprocess: ``"tf"`` to scale pixels to [-1, 1], ``"raw"`` to feed 0-255.
+        preprocess: ``"tf"`` to scale pixels to [-1, 1], ``"raw"`` to feed 0-255; by default
+            what the checkpoint was trained with (``"normalize"`` with its mean and std for
+            timm checkpoints that record them), else ``"tf"``.
         resize_mode: ``stretch``, ``pad`` or ``crop`` (applied when images are loaded).
         augment: ``True`` for the default augmentation, ``False``/``None`` for none, or an
             :class:`AugmentConfig` / dict of its fields.
         seed: seed of augmentation and dropout randomness.
+        interpolation: ``bilinear`` or ``bicubic`` image resizing; by default the checkpoint's
+            (bicubic for timm's), else bilinear.
+        architecture: timm architecture name for a ``.safetensors`` without ``config.json``.
         **backbone_overrides: ``patch_size``, ``num_layers``, ``hidden_size``, ``num_heads``,
             ``mlp_dim``, ``dropout``, ``attention_dropout``, ``drop_path``,
             ``representation_size``, and for training from scratch ``tokenizer`` (``patch``,
@@ -253,41 +288,69 @@ def build_model(
         >>> model = build_model(["good", "bad"], backbone="vit_micro", image_size=32)
         >>> model.predict(np.zeros((1, 32, 32, 3), "uint8")).shape
         (1, 2)
+        >>> model = build_model(["good", "bad"], weights="hf-hub:timm/vit_small_patch14_reg4_dinov2.lvd142m",
+        ...                     image_size=224)
     """
+    from vitkit.models.sources import PRESET_WEIGHTS, Pretrained, pretrained_source
+
     if isinstance(class_names, int):
         class_names = [str(i) for i in range(class_names)]
-    size = image_size_pair(image_size)
     weights = None if weights in (None, "none") else weights
-    config = resolve_config(backbone, size, **backbone_overrides)
+    pretrained = weights if isinstance(weights, Pretrained) else None
+    if weights is not None and pretrained is None and weights not in PRESET_WEIGHTS:
+        pretrained = pretrained_source(str(weights), architecture, backbone_overrides.get("num_heads"))
+    size = image_size_pair(image_size if image_size is not None else (pretrained.image_size if pretrained else 224))
+    config = resolve_config(_base_backbone(backbone, pretrained, backbone_overrides), size, **backbone_overrides)
     if weights is not None and not config.checkpoint_compatible:
         raise ConfigError(
-            f"pretrained weights ({weights}) need the original ViT tokenizer and attention, but this "
-            f"backbone has tokenizer={config.tokenizer!r}, locality_attention={config.locality_attention} "
-            f"(options for training from scratch, set by the small-data recipe): use --weights none, "
-            f"or --recipe plain for fine-tuning"
+            f"pretrained weights ({weights if pretrained is None else pretrained.label}) need the original ViT "
+            f"tokenizer and attention, but this backbone has tokenizer={config.tokenizer!r}, locality_attention="
+            f"{config.locality_attention} (options for training from scratch, set by the small-data recipe): "
+            f"use --weights none, or --recipe plain for fine-tuning"
         )
-    if weights is not None and config.representation_size is None:
+    if weights is not None and config.representation_size is None:  # the checkpoint's pre_logits layer, if any
         from vitkit.models.weights import checkpoint_representation_size
 
-        config = dataclasses.replace(
-            config, representation_size=checkpoint_representation_size(weights, config)
-        )
+        found = pretrained.config.representation_size if pretrained else checkpoint_representation_size(weights, config)
+        config = dataclasses.replace(config, representation_size=found)
+    preparation = pretrained.preparation(preprocess, interpolation) if pretrained else {
+        "preprocess": preprocess or "tf", "interpolation": interpolation or "bilinear"}
     spec = ModelSpec(
         class_names=tuple(str(name) for name in class_names),
         image_size=size,
         backbone=config,
         head_width=head_width,
-        preprocess=preprocess,
         resize_mode=resize_mode,
         augment=_augment_config(augment),
         seed=seed,
+        **preparation,
     )
     model = ImageClassifier(spec)
-    if weights is not None:
+    if pretrained is not None:
+        pretrained.load_into(model.backbone, size)
+    elif weights is not None:
         from vitkit.models.weights import load_backbone_checkpoint
 
         load_backbone_checkpoint(model.backbone, weights, size)
     return model
+
+
+_ARCHITECTURE_KEYS = ("patch_size", "num_layers", "hidden_size", "num_heads", "mlp_dim", "representation_size")
+
+
+def _base_backbone(backbone, pretrained, overrides: dict[str, Any]):
+    """The backbone to build: given, else the checkpoint's, else ``vit_b16``; a checkpoint that
+    fixes its architecture takes no other one."""
+    if pretrained is None:
+        return "vit_b16" if backbone is None else backbone
+    if backbone is not None and pretrained.fixed:
+        raise ConfigError(f"{pretrained.label} sets the architecture ({pretrained.architecture or 'from the file'}); "
+                          f"drop --backbone {backbone if isinstance(backbone, str) else ''}".rstrip())
+    for key in _ARCHITECTURE_KEYS:
+        given, found = overrides.get(key), getattr(pretrained.config, key)
+        if given is not None and given != found and pretrained.fixed:
+            raise ConfigError(f"{pretrained.label} has {key.replace('_', ' ')} {found}; drop the option that sets {given}")
+    return pretrained.config if backbone is None else backbone
 
 
 def _augment_config(augment: AugmentConfig | dict[str, Any] | bool | None) -> AugmentConfig:

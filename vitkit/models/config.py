@@ -32,6 +32,18 @@ class ViTConfig:
             ``(H / patch) x (W / patch)`` grid of tokens.
         locality_attention: locality self-attention (Lee et al. 2021): a learned softmax
             temperature per block and no attention of a token to itself.
+        layer_scale: LayerScale (Touvron et al. 2021): each block's attention and MLP branches
+            are multiplied by a learned per-channel ``gamma`` started at this value (timm's
+            ``init_values``: 1e-6 in DeiT III, 1e-5 in DINOv2); ``None`` for none.
+        register_tokens: learned tokens after the class token that take part in attention but
+            belong to no patch (Darcet et al. 2023, "Vision Transformers need registers").
+        no_embed_class: the position embedding covers the patches only, and is added before
+            the class and register tokens are put in front (DeiT III, DINOv2); otherwise it
+            covers every token (the original ViT).
+        pooling: ``token`` (the class token's features, the original ViT) or ``mean`` (the mean
+            of the patch tokens).
+        fc_norm: the final LayerNorm is applied to the pooled features (``fc_norm``) instead
+            of to every token (``encoder_norm``), as timm does for mean pooling.
     """
 
     patch_size: int | None
@@ -45,14 +57,28 @@ class ViTConfig:
     representation_size: int | None = None
     tokenizer: str = "patch"
     locality_attention: bool = False
+    layer_scale: float | None = None
+    register_tokens: int = 0
+    no_embed_class: bool = False
+    pooling: str = "token"
+    fc_norm: bool = False
 
     @property
     def checkpoint_compatible(self) -> bool:
         """True when the variables match the original ViT checkpoints (no small-data options)."""
         return self.tokenizer == "patch" and not self.locality_attention
 
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens before the patches: the class token and the registers."""
+        return 1 + self.register_tokens
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields, leaving out those of :data:`LATER_OPTIONS` at their defaults, so a model
+        without them is described as before they existed (and older vitkit reads its file)."""
+        values = dataclasses.asdict(self)
+        return {key: value for key, value in values.items()
+                if key not in LATER_OPTIONS or value != LATER_OPTIONS[key]}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ViTConfig":
@@ -62,6 +88,12 @@ class ViTConfig:
             raise ConfigError(f"unknown backbone option(s) {unknown}; known: {sorted(known)}")
         return cls(**values)
 
+
+# Options added after the first model-file format, with the values that mean "off".
+LATER_OPTIONS: dict[str, Any] = {
+    "layer_scale": None, "register_tokens": 0, "no_embed_class": False, "pooling": "token", "fc_norm": False,
+}
+POOLINGS = ("token", "mean")
 
 # The B and L dimensions are those of the original paper, vit-keras and the Flax checkpoints;
 # like the original fine-tuning configurations they use no dropout (--dropout adds it).
@@ -137,9 +169,12 @@ def _check_config(config: ViTConfig, image_size: tuple[int, int]) -> None:
             f"or a --patch-size of at most {min(image_size)}"
         )
     if image_size[0] % patch or image_size[1] % patch:
+        side = max(image_size)
+        nearest = sorted({max(side // patch, 1) * patch, (side // patch + 1) * patch})
         raise ConfigError(
             f"image size {image_size[0]}x{image_size[1]} is not a multiple of the patch size "
-            f"{patch}; use an image size divisible by {patch} or another --patch-size"
+            f"{patch}; use an image size divisible by {patch} (e.g. --image-size "
+            f"{' or '.join(map(str, nearest))}) or another --patch-size"
         )
     tokens = (image_size[0] // patch) * (image_size[1] // patch)
     if tokens > MAX_TOKENS:
@@ -159,3 +194,9 @@ def _check_config(config: ViTConfig, image_size: tuple[int, int]) -> None:
             raise ConfigError(f"{name} must be in [0, 1), got {value}")
     if config.num_layers < 1:
         raise ConfigError(f"a backbone needs at least one layer, got {config.num_layers}")
+    if config.pooling not in POOLINGS:
+        raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {config.pooling!r}")
+    if config.register_tokens < 0:
+        raise ConfigError(f"register tokens must be 0 or more, got {config.register_tokens}")
+    if config.layer_scale is not None and not config.layer_scale > 0:
+        raise ConfigError(f"layer scale must be a positive start value or None, got {config.layer_scale}")

@@ -55,11 +55,14 @@ def load_foreign(
     include_top: bool | None = None,
     num_heads: int | None = None,
     image_size: int | Sequence[int] | None = None,
+    architecture: str | None = None,
 ) -> ImageClassifier:
-    """Build a classifier from a Flax ``.npz``, vit-keras or legacy Keras-2 H5 file.
+    """Build a classifier from a Flax ``.npz``, vit-keras or legacy Keras-2 H5 file, or a timm
+    checkpoint (``.safetensors``, a folder with ``config.json``, or ``hf-hub:ORG/NAME``).
 
     Args:
-        path: the file (see :mod:`vitkit.models.legacy` for the formats).
+        path: the file (see :mod:`vitkit.models.legacy` and :mod:`vitkit.models.sources` for
+            the formats).
         classes: class names in the model's output order (a list, ``"a,b,c"``, a text file with
             one name per line, or a manifest CSV); their number must match the file's classifier.
         preprocess: ``"tf"`` (pixels scaled to [-1, 1], what ViT training uses) or ``"raw"``
@@ -72,11 +75,52 @@ def load_foreign(
             shapes do not tell the heads).
         image_size: input size; by default the size the file's position embedding was
             trained at. Another size resamples the position embedding.
+        architecture: timm architecture name, for a ``.safetensors`` file without ``config.json``.
 
     Example:
         >>> model = load_foreign("old/model.h5", classes=["bottle", "can", "mug"], preprocess="raw")
     """
+    from vitkit.models.sources import is_timm_checkpoint
+
+    if is_timm_checkpoint(path):
+        return build_from_timm(path, classes, preprocess, include_top, num_heads, image_size, architecture)
+    if architecture is not None:
+        raise ConfigError(f"{path}: --architecture applies only to timm checkpoints (.safetensors)")
     return build_from_weights(read_weights(path), classes, preprocess, include_top, num_heads, image_size)
+
+
+def build_from_timm(path, classes, preprocess=None, include_top=None, num_heads=None, image_size=None,
+                    architecture=None) -> ImageClassifier:
+    """A classifier carrying a timm checkpoint's backbone and, unless ``include_top=False``, its
+    classifier (a single Dense layer); the options are :func:`load_foreign`'s."""
+    from vitkit.models.sources import pretrained_source
+
+    pretrained = pretrained_source(str(path), architecture, num_heads)
+    head = None if include_top is False else pretrained.head()
+    if head is None and include_top is not False:
+        raise WeightsError(f"{pretrained.description} holds a backbone without a classifier head: pass "
+                           f"include_top=False (--no-top) to put a new, untrained head on it")
+    if classes is None:
+        count = f"its {head[0].shape[1]} " if head is not None else ""
+        raise ConfigError(f"{pretrained.description} holds no class names: pass {count}class names in output "
+                          f"order with --classes a,b,c (classes=[...] in Python)")
+    names = class_names_from(classes)
+    if head is not None and len(names) != head[0].shape[1]:
+        raise WeightsError(f"{pretrained.description} has {head[0].shape[1]} classes, but {len(names)} class "
+                           f"names were given; give exactly {head[0].shape[1]}, in the model's output order")
+    size = image_size_pair(image_size if image_size is not None else pretrained.image_size)
+    spec = ModelSpec(
+        class_names=tuple(names), image_size=size, backbone=resolve_config(pretrained.config, size),
+        head_width=0 if head is not None else 21, head_norm=head is None, augment=AugmentConfig.off(),
+        **pretrained.preparation(preprocess),
+    )
+    model = ImageClassifier(spec)
+    pairs = list(zip(model.backbone.weights, pretrained.backbone_values(model.backbone, size)))
+    if head is not None:
+        pairs += list(zip(_head_of(model)[-1].weights, head))
+    for variable, value in pairs:
+        variable.assign(np.asarray(value, dtype=variable.dtype))
+    return model
 
 
 def build_from_weights(weights: ForeignWeights, *options: Any) -> ImageClassifier:

@@ -32,6 +32,7 @@ import numpy as np
 
 from vitkit.errors import WeightsError
 from vitkit.models.foreign import ForeignWeights, HeadLayer, flax_name_of
+from vitkit.models.pickles import holds_pickle, pickle_refusal
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _ZIP_SIGNATURE = b"PK\x03\x04"
@@ -54,7 +55,8 @@ _TRANSFORMER_BLOCK = re.compile(r"^transformer_block(?:_(\d+))?$")
 
 
 def file_kind(path: str | Path) -> str:
-    """``hdf5``, ``zip``, ``pickle`` or ``unknown``, from the first bytes of a file."""
+    """``hdf5``, ``zip``, ``pickle`` or ``unknown``, from the first bytes of a file (a PyTorch
+    ``.pth`` / ``.bin`` zip archive, which holds a ``data.pkl``, is a ``pickle``)."""
     path = Path(path)
     try:
         with open(path, "rb") as stream:
@@ -66,7 +68,7 @@ def file_kind(path: str | Path) -> str:
     if start.startswith(_HDF5_SIGNATURE):
         return "hdf5"
     if start.startswith(_ZIP_SIGNATURE):
-        return "zip"
+        return "pickle" if holds_pickle(path) else "zip"
     if start[:1] == b"\x80" and start[1:2] in {bytes([n]) for n in range(2, 6)}:
         return "pickle"
     return "unknown"
@@ -82,10 +84,7 @@ def read_weights(path: str | Path) -> ForeignWeights:
     path = Path(path)
     kind = file_kind(path)
     if kind == "pickle":
-        raise WeightsError(
-            f"{path} is a Python pickle; vitkit never unpickles files (they can run code). "
-            f"Give a .npz checkpoint or an HDF5 .h5 / .weights.h5 file"
-        )
+        raise WeightsError(pickle_refusal(path))
     if kind == "unknown":
         raise WeightsError(
             f"{path} is not a weights file (neither HDF5 .h5 / .weights.h5 nor a .npz checkpoint)"

@@ -21,6 +21,7 @@ from vitkit.errors import VitkitError, WeightsError
 from vitkit.fileio import atomic_output, check_writable
 from vitkit.models.convert import build_from_weights, class_names_from, load_foreign
 from vitkit.models.legacy import file_kind, read_weights
+from vitkit.models.sources import is_timm_checkpoint
 from vitkit.models.weights import sha256_of
 from vitkit.models.classifier import ImageClassifier, ModelSpec
 
@@ -101,6 +102,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def is_model_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a vitkit model file (HDF5 with vitkit metadata), not a file of another tool."""
+    if is_timm_checkpoint(path):
+        return False
     return file_kind(path) == "hdf5" and read_metadata(path) is not None
 
 
@@ -113,10 +116,11 @@ def load_model(
     """Rebuild a classifier from a model file alone, on the current Keras backend.
 
     Files of other tools (Flax ``.npz`` checkpoints, vit-keras ``.weights.h5`` / ``.h5``, the
-    original recipe's Keras-2 ``.h5``) load too, with what they do not record given here:
-    ``classes`` and ``preprocess`` (see :func:`vitkit.models.convert.load_foreign`, which also takes
-    ``include_top``, ``num_heads`` and ``image_size``). A vitkit file records both; options
-    that contradict it are an error.
+    original recipe's Keras-2 ``.h5``, timm ``.safetensors`` checkpoints and ``hf-hub:ORG/NAME``)
+    load too, with what they do not record given here: ``classes`` and ``preprocess`` (see
+    :func:`vitkit.models.convert.load_foreign`, which also takes ``include_top``, ``num_heads``,
+    ``image_size`` and ``architecture``). A vitkit file records both; options that contradict it
+    are an error.
 
     Example:
         >>> model = vitkit.load_model("models/products.weights.h5")
@@ -183,6 +187,7 @@ def convert_weights(
     num_heads: int | None = None,
     image_size: int | Sequence[int] | None = None,
     overwrite: bool = False,
+    architecture: str | None = None,
 ) -> Path:
     """Convert a foreign weights file into a vitkit model file (``.weights.h5`` with metadata).
 
@@ -193,7 +198,11 @@ def convert_weights(
         >>> convert_weights("old/model.h5", "models/old.weights.h5", classes="bottle,can,mug", preprocess="tf")
     """
     check_writable(out, overwrite)
-    weights = read_weights(path)
-    model = build_from_weights(weights, classes, preprocess, include_top, num_heads, image_size)
-    source = {"file": Path(path).name, "format": weights.format, "sha256": sha256_of(Path(path))}
+    if is_timm_checkpoint(path):
+        model = load_foreign(path, classes, preprocess, include_top, num_heads, image_size, architecture)
+        source = {"file": str(path), "format": "timm-safetensors"}
+    else:
+        weights = read_weights(path)
+        model = build_from_weights(weights, classes, preprocess, include_top, num_heads, image_size)
+        source = {"file": Path(path).name, "format": weights.format, "sha256": sha256_of(Path(path))}
     return save_model(model, out, overwrite=overwrite, extra={"converted_from": source})

@@ -1,7 +1,8 @@
 """Pretrained ViT checkpoints: where they come from, where they are cached, how they map by name.
 
 Checkpoints are the original Flax ``.npz`` files (the ones vit-keras reads), named
-``ViT-{B,L}_{16,32}_{imagenet21k,imagenet21k+imagenet2012}.npz``. They are looked for in
+``ViT-{B,L}_{16,32}_{imagenet21k,imagenet21k+imagenet2012}.npz``, and the AugReg ones
+(:mod:`vitkit.models.augreg`, downloaded the same way). They are looked for in
 ``$VITKIT_HOME/weights`` (default ``~/.keras/vitkit/weights``) and in vit-keras' own cache
 ``~/.keras/weights``, then downloaded. Nothing is ever unpickled.
 """
@@ -19,6 +20,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from vitkit.models.config import ViTConfig
+from vitkit.models.posembed import resample_position_embedding
 from vitkit.errors import WeightsError
 from vitkit.fileio import atomic_output, vitkit_home
 from vitkit.progress import Progress
@@ -108,24 +110,20 @@ def find_checkpoint(weights: str, config: ViTConfig) -> Checkpoint:
 
 
 def checkpoint_representation_size(weights: str, config: ViTConfig) -> int | None:
-    """Width of the checkpoint's ``pre_logits`` layer (None when it has none)."""
-    if weights in WEIGHT_NAMES:
-        return config.hidden_size if find_checkpoint(weights, config).has_representation else None
-    with _open_npz(Path(weights)) as arrays:
-        return arrays["pre_logits/kernel"].shape[1] if "pre_logits/kernel" in arrays.files else None
+    """Width of the ``pre_logits`` layer of a named checkpoint (None when it has none)."""
+    return config.hidden_size if find_checkpoint(weights, config).has_representation else None
 
 
 def resolve_checkpoint(weights: str, config: ViTConfig, download: bool = True) -> Path:
-    """Path of a checkpoint given a weight name or a path; downloads a named one when missing."""
-    if weights not in WEIGHT_NAMES:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise WeightsError(
-                f"weights file {path} not found; give an existing .npz checkpoint or one of "
-                f"{', '.join(WEIGHT_NAMES)}, none"
-            )
-        return path
-    checkpoint = find_checkpoint(weights, config)
+    """Path of the 2020 checkpoint of a weight name for a backbone; downloaded when missing.
+    (Paths and other names go through :func:`vitkit.models.sources.pretrained_source`.)"""
+    return resolve_checkpoint_file(find_checkpoint(weights, config), download)
+
+
+def resolve_checkpoint_file(checkpoint: Checkpoint, download: bool = True) -> Path:
+    """The cached file of a published checkpoint (2020 or AugReg), checked against its recorded
+    SHA-256; downloaded when missing, unless ``download`` is False (then an error saying what to
+    fetch, from where and where to put it)."""
     cached = cached_checkpoint(checkpoint)
     if cached is not None:
         verify_recorded_checksum(cached)
@@ -269,7 +267,7 @@ def backbone_arrays(arrays: Mapping[str, np.ndarray], variables: Iterable, grid:
             raise WeightsError(f"{source} has no {key!r}, which the backbone needs ({variable.path})")
         value = np.asarray(arrays[key])
         if relative == "posembed_input/pos_embedding":
-            value = resize_position_embedding(value, grid)
+            value = resample_position_embedding(value, grid, 1, "bilinear")
         if value.size != np.prod(variable.shape):
             raise WeightsError(
                 f"{source}: {key} has shape {value.shape}, the backbone expects {tuple(variable.shape)}"
@@ -296,36 +294,8 @@ def _shape_hint(relative: str, found: tuple, expected: tuple) -> str:
     return ""
 
 
-def resize_position_embedding(embedding: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Resample a ``(1, 1 + n*n, D)`` position embedding to a ``grid`` of patches.
-
-    Bilinear with aligned corners (the resampling vit-keras applies), class token untouched.
-    """
-    tokens = embedding.shape[1] - 1
-    side = int(round(np.sqrt(tokens)))
-    if side * side != tokens:
-        raise WeightsError(f"position embedding of {tokens} patch tokens is not a square grid")
-    if (side, side) == tuple(grid):
-        return embedding
-    table = embedding[0, 1:].reshape(side, side, -1).astype(np.float64)
-    table = _linear_resize(_linear_resize(table, grid[0], axis=0), grid[1], axis=1)
-    resized = np.concatenate([embedding[0, :1], table.reshape(grid[0] * grid[1], -1)], axis=0)
-    return resized[np.newaxis].astype(embedding.dtype)
-
-
-def _linear_resize(values: np.ndarray, size: int, axis: int) -> np.ndarray:
-    length = values.shape[axis]
-    if size == length:
-        return values
-    positions = np.linspace(0.0, length - 1.0, size) if size > 1 else np.zeros(1)
-    low = np.floor(positions).astype(int)
-    high = np.minimum(low + 1, length - 1)
-    weight = (positions - low).reshape([-1 if i == axis else 1 for i in range(values.ndim)])
-    return np.take(values, low, axis=axis) * (1 - weight) + np.take(values, high, axis=axis) * weight
-
-
 def load_backbone_checkpoint(backbone, weights: str, image_size: tuple[int, int]) -> Path:
-    """Load a Flax ``.npz`` checkpoint (named or a path) into a built backbone, all or nothing."""
+    """Load the named 2020 checkpoint of a built backbone's dimensions into it, all or nothing."""
     path = resolve_checkpoint(weights, backbone.config)
     with _open_npz(path) as arrays:
         values = backbone_arrays(arrays, backbone.weights, backbone.grid_shape(image_size), str(path))

@@ -31,6 +31,7 @@ from vitkit.data.manifestbuild import stratified_split
 from vitkit.data.mixing import MixConfig, MixedBatches
 from vitkit.models.classifier import ImageClassifier, build_model, image_size_pair
 from vitkit.models.modelfile import load_weights_only
+from vitkit.models.sources import open_checkpoint
 from vitkit.training.parallel import Parallel, plan
 from vitkit.training.recipes import choose_recipe, resolve_options
 from vitkit.training.runstate import RunKeeper
@@ -91,7 +92,7 @@ def train(
     freeze_backbone_epochs: int = 0,
     augment: bool | dict[str, Any] | None = None,
     head_width: int = 21,
-    preprocess: str = "tf",
+    preprocess: str | None = None,
     resize_mode: str = "stretch",
     patience: int | None = None,
     reduce_lr_patience: int = 2,
@@ -107,6 +108,7 @@ def train(
     overwrite: bool = False,
     verbose: int | None = None,
     devices: int | str = 1,
+    architecture: str | None = None,
     **backbone_overrides: Any,
 ) -> TrainResult:
     """Train a ViT classifier and save the best epoch to ``out``.
@@ -124,10 +126,13 @@ def train(
         recipe: ``plain`` or ``small-data``; by default ``small-data`` when training starts
             from random weights (``weights="none"``, or ``"auto"`` with a small backbone) and
             ``plain`` otherwise. Stored in the model file.
-        backbone: preset name (see :data:`vitkit.models.config.PRESETS`); plain: ``vit_b16``.
+        backbone: preset name (see :data:`vitkit.models.config.PRESETS`); plain: ``vit_b16``, or
+            the architecture of the checkpoint ``weights`` names.
         weights: ``auto`` (ImageNet-21k for the B/L presets, none for the small ones),
-            ``none``, ``imagenet21k``, ``imagenet21k+imagenet2012`` or a ``.npz`` path.
-        image_size: input size, int or (height, width).
+            ``none``, ``imagenet21k``, ``imagenet21k+imagenet2012``, an AugReg name,
+            ``hf-hub:ORG/NAME``, or a ``.safetensors`` / ``.npz`` path or a checkpoint folder
+            (see :mod:`vitkit.models.sources`).
+        image_size: input size, int or (height, width); default the checkpoint's, else the recipe's.
         epochs: most epochs to train (early stopping may end sooner).
         batch_size: images per step: the global batch, split evenly over ``devices``.
         learning_rate: peak learning rate, for the global batch (not scaled with the devices).
@@ -141,7 +146,8 @@ def train(
         augment: training augmentation (True/False or options, see
             :class:`~vitkit.data.preprocessing.AugmentConfig`).
         head_width: hidden width of the head (21 in the original recipe).
-        preprocess: ``tf`` (pixels to [-1, 1]) or ``raw``.
+        preprocess: ``tf`` (pixels to [-1, 1]) or ``raw``; default the checkpoint's (its mean
+            and std for timm checkpoints), else ``tf``.
         resize_mode: ``stretch``, ``pad`` or ``crop``.
         patience: early-stopping patience in epochs (0 disables early stopping).
         reduce_lr_patience: epochs without improvement before halving the learning rate.
@@ -160,6 +166,7 @@ def train(
         devices: ``1`` (one device), a number of this host's devices, or ``"all"`` (every GPU/TPU,
             else every CPU device); data-parallel over them (see :mod:`vitkit.training.parallel`, also for
             several hosts). Only the first process writes the outputs.
+        architecture: timm architecture name, for a ``.safetensors`` checkpoint without ``config.json``.
         **backbone_overrides: backbone options (``patch_size``, ``num_layers``, ``tokenizer``,
             ``locality_attention``, ``drop_path``, ...; see :class:`~vitkit.models.config.ViTConfig`).
 
@@ -173,6 +180,13 @@ def train(
         ...                       out="models/products.weights.h5")
     """
     chosen = choose_recipe(recipe, weights, backbone)
+    # Opened before any image is read: its size, mean, std and interpolation decide how they are loaded.
+    pretrained = open_checkpoint(weights, architecture, backbone_overrides.get("num_heads"))
+    given_backbone = backbone
+    if pretrained is not None:
+        # The checkpoint's size and architecture, so the recipe's defaults do not replace them.
+        image_size = image_size or pretrained.image_size
+        backbone = backbone or pretrained.config
     settings, backbone_overrides = resolve_options(chosen, {
         "backbone": backbone, "weights": weights, "image_size": image_size, "epochs": epochs,
         "batch_size": batch_size, "learning_rate": learning_rate, "optimizer": optimizer,
@@ -191,14 +205,17 @@ def train(
     paths = output_paths(out)
     size = image_size_pair(image_size)
     weights = _resolve_weights(weights, backbone)
+    preparation = pretrained.preparation(preprocess) if pretrained else {"preprocess": preprocess or "tf"}
     options = {
-        "recipe": chosen.name, "backbone": backbone, "weights": weights, "image_size": list(size), "epochs": epochs,
+        "recipe": chosen.name, "backbone": backbone if pretrained is None else given_backbone, "weights": weights,
+        "image_size": list(size), "epochs": epochs,
         "batch_size": batch_size, "learning_rate": learning_rate, "optimizer": optimizer,
         "weight_decay": weight_decay, "schedule": schedule, "warmup_epochs": warmup_epochs,
         "label_smoothing": label_smoothing, "mixup": mixup, "cutmix": cutmix,
         "class_weights": class_weights,
         "freeze_backbone_epochs": freeze_backbone_epochs, "augment": augment,
-        "head_width": head_width, "preprocess": preprocess, "resize_mode": resize_mode,
+        "head_width": head_width, "resize_mode": resize_mode,
+        **{key: list(value) if isinstance(value, tuple) else value for key, value in preparation.items()},
         "patience": patience, "reduce_lr_patience": reduce_lr_patience,
         "val_fraction": val_fraction, "seed": seed, "precision": precision,
         "classes": list(classes) if classes else None, **backbone_overrides,
@@ -208,7 +225,8 @@ def train(
     resuming = _prepare_outputs(paths, resume, overwrite, parallel.is_chief)
     _seed_everything(seed)
 
-    train_set, val_set = _datasets(train_data, val_data, size, resize_mode, val_fraction, seed,
+    interpolation = preparation.get("interpolation", "bilinear")
+    train_set, val_set = _datasets(train_data, val_data, size, (resize_mode, interpolation), val_fraction, seed,
                                    label_from, classes, root, cache_dir, on_bad_image)
     class_names = list(classes) if classes else sorted(set(train_set.labels))
     _check_classes(train_set, val_set, class_names)
@@ -224,11 +242,12 @@ def train(
     # of their own, so that every process loads the same weights the same way at the end.
     private = None if parallel.is_chief else Path(tempfile.mkdtemp(prefix="vitkit-process-"))
     model_options = dict(head_width=head_width, preprocess=preprocess, resize_mode=resize_mode,
-                         augment=augment, seed=seed, **backbone_overrides)
+                         augment=augment, seed=seed, interpolation=interpolation, **backbone_overrides)
     try:
         with parallel.scope():
             with out_of_memory_hint(batch_size, precision, resume_note):
-                model = _build(class_names, backbone, weights, size, precision, **model_options)
+                model = _under_policy(precision, build_model, class_names, given_backbone if pretrained else backbone,
+                                      pretrained or weights, size, **model_options)
             parallel.prepare(model)
             batches, val_batches = _streams(train_set, val_set, class_names, local_batch, mix,
                                             _sample_weights(train_set, class_names, class_weights), seed, parallel)
@@ -237,7 +256,7 @@ def train(
             load_weights_only(model, keeper.model_path)
         if not parallel.is_single:
             # A model of the plain single-device kind, for whatever the caller does next.
-            model = _build(class_names, backbone, None, size, precision, **model_options)
+            model = _under_policy(precision, ImageClassifier, model.spec)
             load_weights_only(model, keeper.model_path)
     finally:
         if private is not None:
@@ -334,14 +353,15 @@ def _fit(model: ImageClassifier, batches: keras.utils.PyDataset, val_batches: ke
     return keeper
 
 
-def _build(class_names, backbone, weights, size, precision, **options) -> ImageClassifier:
-    """Build the model under the training precision's dtype policy."""
+def _under_policy(precision: str, make, *args, **kwargs) -> ImageClassifier:
+    """``make(*args, **kwargs)``, a model built under the training precision's dtype policy."""
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
     try:
-        return build_model(class_names, backbone, weights, size, **options)
+        return make(*args, **kwargs)
     finally:
         keras.config.set_dtype_policy(previous_policy)
+
 
 
 def _check_choices(optimizer: str, schedule: str, epochs: int, freeze: int, batch_size: int) -> None:
@@ -414,10 +434,13 @@ def _seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
-def _datasets(train_data, val_data, size, resize_mode, val_fraction, seed, label_from, classes,
+def _datasets(train_data, val_data, size, resizing, val_fraction, seed, label_from, classes,
               root, cache_dir, on_bad_image) -> tuple[ImageSet, ImageSet | None]:
+    resize_mode, interpolation = resizing
+
     def load(data):
-        return load_images(data, size, resize_mode, label_from=label_from, classes=classes, root=root,
+        return load_images(data, size, resize_mode, interpolation=interpolation, label_from=label_from,
+                           classes=classes, root=root,
                            cache_dir=cache_dir, on_bad_image=on_bad_image)
 
     if val_data is None and isinstance(train_data, (str, Path)) and str(train_data).lower().endswith(".csv"):

@@ -1,0 +1,136 @@
+"""Self-attention of the ViT blocks: the fused kernel path and the explicit path that returns the
+attention weights."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+
+def fused_attention(query, key, value, training: bool = False, mask=None):
+    """``softmax(q k^T / sqrt(d)) v`` for ``(batch, tokens, heads, head_dim)`` inputs, fused.
+
+    Uses the backend's fused kernel through ``keras.ops.dot_product_attention``. On JAX the
+    kernel is cuDNN's, chosen here rather than by Keras, for two reasons. cuDNN computes
+    gradients only for sequences of even length, and a ViT has ``1 + patches`` tokens, usually
+    an odd number, so Keras would fall back to unfused attention for training; there the
+    sequence is padded by one token that cuDNN's sequence lengths hide, and the extra row is
+    dropped: the same result, with the fused kernel in both directions. And where cuDNN cannot
+    run a shape (small models, some lengths) Keras logs a traceback before falling back; here
+    the fallback to XLA's attention is silent. ``mask`` (broadcastable to ``(batch, heads,
+    tokens, tokens)``, True where attention is allowed) is passed through.
+    """
+    if keras.backend.backend() != "jax":
+        return ops.dot_product_attention(query, key, value, mask=mask)
+    length = query.shape[1]
+    pad = bool(training and length is not None and length % 2)
+    fused = None if pad and mask is not None else _cudnn_attention(query, key, value, mask, pad_to_even=pad)
+    if fused is not None:
+        return fused
+    return ops.dot_product_attention(query, key, value, mask=mask, flash_attention=False)
+
+
+def _cudnn_attention(query, key, value, mask=None, pad_to_even: bool = False):
+    """cuDNN attention (optionally over the sequence padded to even length), or None where
+    cuDNN cannot run it (no NVIDIA GPU, unsupported shape or dtype)."""
+    import jax
+    import jax.numpy as jnp
+
+    length = query.shape[1]
+    options = {} if mask is None else {"mask": mask}
+    if pad_to_even:
+        padding = [(0, 0), (0, 1), (0, 0), (0, 0)]
+        query, key, value = (jnp.pad(tensor, padding) for tensor in (query, key, value))
+        lengths = jnp.full((query.shape[0],), length, jnp.int32)
+        options = {"query_seq_lengths": lengths, "key_value_seq_lengths": lengths}
+    try:
+        mixed = jax.nn.dot_product_attention(query, key, value, implementation="cudnn", **options)
+    except (NotImplementedError, RuntimeError, ValueError, TypeError):
+        return None
+    return mixed[:, :length]
+
+
+@keras.saving.register_keras_serializable(package="vitkit")
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """Multi-head self-attention with ``query``/``key``/``value``/``out`` projections (D x D).
+
+    ``call(x, return_attention=True)`` also returns the attention weights
+    ``(batch, heads, tokens, tokens)``; otherwise the fused attention op is used.
+
+    With ``locality=True`` (locality self-attention, Lee et al. 2021) the scores are divided by
+    a learned ``temperature`` (initialized to sqrt(head size), the usual fixed scale) instead of
+    the fixed scale, and each token's score for itself is masked out, which sharpens attention
+    towards other tokens. Returned weights then have a zero diagonal.
+    ``attention_offset`` (same shape) is added to the weights after the softmax; with zeros the
+    output is unchanged and its gradient is the gradient with respect to the weights.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float = 0.0,
+                 locality: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.attention_dropout = attention_dropout
+        self.locality = locality
+        self.query = keras.layers.Dense(hidden_size, name="query")
+        self.key = keras.layers.Dense(hidden_size, name="key")
+        self.value = keras.layers.Dense(hidden_size, name="value")
+        self.out = keras.layers.Dense(hidden_size, name="out")
+        self.weights_dropout = keras.layers.Dropout(attention_dropout)
+
+    def build(self, input_shape):
+        for dense in (self.query, self.key, self.value, self.out):
+            dense.build(input_shape)
+        if self.locality:
+            head_dim = self.hidden_size // self.num_heads
+            self.temperature = self.add_weight(
+                shape=(), initializer=keras.initializers.Constant(math.sqrt(head_dim)), name="temperature"
+            )
+
+    def _split_heads(self, x):
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        return ops.reshape(x, (batch, length, self.num_heads, x.shape[-1] // self.num_heads))
+
+    def call(self, x, training=None, return_attention: bool = False, attention_offset=None):
+        query = self._split_heads(self.query(x))
+        key = self._split_heads(self.key(x))
+        value = self._split_heads(self.value(x))
+        head_dim = query.shape[-1]
+        mask = None
+        if self.locality:
+            # Scaling the queries by sqrt(d) / temperature turns the fixed 1 / sqrt(d) of both
+            # paths into 1 / temperature, so the fused kernel still applies.
+            query = query * ops.cast(math.sqrt(head_dim) / self.temperature, query.dtype)
+            length = ops.shape(x)[1]
+            mask = ops.logical_not(ops.eye(length, dtype="bool"))[None, None]
+        explicit = return_attention or attention_offset is not None
+        if explicit or (training and self.attention_dropout > 0):
+            scores = ops.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(head_dim)
+            scores = ops.cast(scores, "float32")
+            if mask is not None:
+                scores = ops.where(mask, scores, ops.full_like(scores, -1e9))
+            weights = ops.softmax(scores, axis=-1)
+            if attention_offset is not None:
+                weights = weights + ops.cast(attention_offset, weights.dtype)
+            mixed = ops.einsum(
+                "bhqk,bkhd->bqhd",
+                ops.cast(self.weights_dropout(weights, training=training), value.dtype),
+                value,
+            )
+        else:
+            weights = None
+            mixed = fused_attention(query, key, value, training=bool(training), mask=mask)
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        output = self.out(ops.reshape(mixed, (batch, length, x.shape[-1])))
+        return (output, weights) if return_attention else output
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_size": self.hidden_size,
+            "num_heads": self.num_heads,
+            "attention_dropout": self.attention_dropout,
+            "locality": self.locality,
+        }
