@@ -79,6 +79,7 @@ def epoch_seconds(history: Path) -> tuple[float, float]:
 
 def run_vitkit_arm(photos: Path, work: Path, recipe: str, augment: bool, args) -> dict:
     out = work / f"{recipe}-{'aug' if augment else 'noaug'}" / "model.weights.h5"
+    out.parent.mkdir(parents=True, exist_ok=True)
     command = ["train", str(photos), "--out", str(out), "--recipe", recipe, "--backbone", args.backbone,
                "--weights", "none", "--image-size", str(args.image_size), "--batch-size", str(args.batch),
                "--epochs", str(args.epochs), "--patience", "0", "--val-fraction", "0.05"]
