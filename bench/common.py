@@ -47,7 +47,8 @@ def write_digits_csvs(folder: Path, test_fraction: float = 0.2, seed: int = 0) -
 
 def run_vitkit(*args: str, log: Path | None = None) -> tuple[float, str]:
     """Run ``python -m vitkit ARGS`` with this checkout first on the path; returns (seconds, stdout)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "VITKIT_PROGRESS": "0"}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3", "VITKIT_PROGRESS": "0"}
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "vitkit", *args], env=env, capture_output=True, text=True)
     seconds = time.monotonic() - started
