@@ -26,14 +26,11 @@ TOLERANCE = 1e-3   # float32 rounding of 0-255 values; the interpolation schemes
 def numpy(tensor) -> np.ndarray:
     return np.asarray(ops.convert_to_numpy(tensor))
 
-
 def noise(batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 255, (batch, height, width, 3)).astype("float32")
 
-
 def all_images(batch: int) -> np.ndarray:
     return np.ones(batch, dtype=bool)
-
 
 def reference_warp(images: np.ndarray, matrices: np.ndarray, fill: str) -> np.ndarray:
     """Each output pixel bilinearly read at ``matrix @ (x, y, 1)`` of the image padded by

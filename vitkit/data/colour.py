@@ -1,14 +1,16 @@
 """Colour augmentation with one amount per image, on 0-255 float images.
 
-Each operation is the one of the Keras layer named beside it, given the layer's own per-image
-amount; an image whose amount is the operation's identity (:data:`IDENTITY`) comes back
+Each operation (listed in :func:`adjust`) is the one of a Keras preprocessing layer, given the
+layer's own per-image amount; an image whose amount is the operation's identity (:data:`IDENTITY`) comes back
 unchanged, so a batch can mix images that draw an operation with images that do not without
 branching. Results are clipped to 0-255 as the layers clip them.
 
 Brightness, contrast, colour and autocontrast are affine maps of each image's channels,
-``pixel @ matrix + offset``; a step applies them all as one matrix product per image (XLA does
-not fuse a product into the operations before it, which keeps it from recomputing the
-resampling's gathers for every operation that reads a pixel). Sharpness and solarize follow.
+``pixel @ matrix + offset``; a step applies them all as one matrix product per image. XLA does
+not fuse a product into the operations before it, which keeps it, on the CPU, from recomputing
+the resampling's gathers in every operation that reads a pixel (several times slower). On GPUs
+that multiply float32 in TF32 the product rounds pixels to about 1/8 of a grey level, far
+below what bfloat16 training rounds them to afterwards. Sharpness and solarize follow.
 """
 
 from __future__ import annotations

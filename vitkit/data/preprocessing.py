@@ -81,12 +81,12 @@ class AugmentConfig:
     ===============  ==============================================================  =========
     flip             mirrored with probability 1/2 (both axes at once for            -
                      ``horizontal_and_vertical``)
-    rotation ``r``   turned ``U(-360 r, 360 r)`` degrees about the centre             reflected
-    zoom ``z``       width and height each read ``U(1 - z, 1 + z)`` times the size   reflected
+    rotation r       turned ``U(-360 r, 360 r)`` degrees about the centre             reflected
+    zoom z           width and height each read ``U(1 - z, 1 + z)`` times the size   reflected
                      about the centre (above 1 zooms out)
     translation t    moved ``U(-t, t)`` of the width and ``U(-t, t)`` of the height   reflected
     brightness b     ``U(-b, b) * 255`` added                                         clipped
-    contrast ``c``   each channel's distance from its mean times ``U(1, 1 + c)``      clipped
+    contrast c       each channel's distance from its mean times ``U(1, 1 + c)``      clipped
                      (Keras' ``RandomContrast`` draws only above 1 for one factor)
     ===============  ==============================================================  =========
 
@@ -172,11 +172,11 @@ class Augment(keras.layers.Layer):
     def call(self, images, training=None):
         if not training or not self.options.enabled:
             return images
-        plan = BatchDraws(images, self.seed_generator)
-        plan.draw_options(self.options)
+        draws = BatchDraws(images, self.seed_generator)
+        draws.draw_options(self.options)
         for _ in range(self.options.randaugment_ops):
-            plan.draw_randaugment_round(self.options.randaugment_magnitude)
-        return plan.apply(images)
+            draws.draw_randaugment_round(self.options.randaugment_magnitude)
+        return draws.apply(images)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -212,7 +212,8 @@ class RandAugmentOps(keras.layers.Layer):
     compose into one matrix per image and one resampling (:func:`vitkit.data.warp.warp`); each
     colour operation gets the drawn amount for the images that drew it and its identity amount
     for the others. Geometry comes first, then the rounds' colour operations in round order.
-    Takes and returns 0-255 floats; identity outside training.
+    Takes and returns 0-255 floats; identity outside training. This is RandAugment alone;
+    :class:`Augment` runs the same rounds after its own options, in the same resampling.
 
     ============  ==========================================================================
     operation     at magnitude ``m``
@@ -247,10 +248,10 @@ class RandAugmentOps(keras.layers.Layer):
     def call(self, images, training=None):
         if not training or not self.num_ops:
             return images
-        plan = BatchDraws(images, self.seed_generator)
+        draws = BatchDraws(images, self.seed_generator)
         for _ in range(self.num_ops):
-            plan.draw_randaugment_round(self.magnitude)
-        return plan.apply(images)
+            draws.draw_randaugment_round(self.magnitude)
+        return draws.apply(images)
 
     def compute_output_shape(self, input_shape):
         return input_shape
