@@ -117,22 +117,11 @@ def fit(model: ImageClassifier, batches: keras.utils.PyDataset, val_batches: ker
             f"several hosts reads it on each: keep --out on a file system they share"
         )
     try:
-        for phase in phases(settings):
-            if phase.end <= phase.start or done >= phase.end:
-                continue
-            compile_phase(model, settings, phase, len(batches))
-            if state and done >= phase.start:
-                keeper.restore_into(model, state, within_phase=done > phase.start)
-            # The batch order is the stream's own (seeded per epoch); Keras' shuffle would
-            # reorder batches with the global random module and break resumed runs.
-            model.fit(
-                batches, validation_data=val_batches, epochs=phase.end, initial_epoch=max(phase.start, done),
-                shuffle=False, callbacks=callbacks.for_fit(batches),
-                verbose=_verbosity(verbose) if parallel.is_chief else 0,
-            )
-            done = phase.end
-            if callbacks.early_stopping.stopped_epoch:
-                break
+        try:
+            _fit_phases(model, batches, val_batches, settings, callbacks, state, done,
+                        verbose=_verbosity(verbose) if parallel.is_chief else 0)
+        finally:
+            keeper.wait()  # however the fit ended, the best model in flight is on disk (or its error raised)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"training interrupted; continue it with --resume (state in {paths.run})") from None
     except Exception as error:
@@ -144,6 +133,26 @@ def fit(model: ImageClassifier, batches: keras.utils.PyDataset, val_batches: ker
         raise ConfigError(f"training produced no finite {keeper.monitor}; lower the learning rate "
                           f"({settings.learning_rate})")
     return keeper
+
+
+def _fit_phases(model: ImageClassifier, batches: keras.utils.PyDataset, val_batches: keras.utils.PyDataset | None,
+                settings: RunSettings, callbacks: Callbacks, state: dict | None, done: int, verbose: int) -> None:
+    """The phases not yet done: compiled afresh, restored from ``state`` where it left off, fit."""
+    for phase in phases(settings):
+        if phase.end <= phase.start or done >= phase.end:
+            continue
+        compile_phase(model, settings, phase, len(batches))
+        if state and done >= phase.start:
+            callbacks.keeper.restore_into(model, state, within_phase=done > phase.start)
+        # The batch order is the stream's own (seeded per epoch); Keras' shuffle would
+        # reorder batches with the global random module and break resumed runs.
+        model.fit(
+            batches, validation_data=val_batches, epochs=phase.end, initial_epoch=max(phase.start, done),
+            shuffle=False, callbacks=callbacks.for_fit(batches), verbose=verbose,
+        )
+        done = phase.end
+        if callbacks.early_stopping.stopped_epoch:
+            break
 
 
 def _verbosity(verbose: int | None) -> int:
