@@ -60,17 +60,19 @@ def test_sigkill_mid_epoch_then_resume_gives_the_straight_run(tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     state_path = tmp_path / "killed.run" / "state.json"
     reads = 0
+    kill_at = None
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and process.poll() is None:
             if killed_out.exists():  # whenever it exists, the model file is complete and readable
                 read_complete_model(killed_out)
                 reads += 1
-            if state_path.exists() and json.loads(state_path.read_text())["epochs_done"] == 1:
+            if kill_at is None and state_path.exists() and json.loads(state_path.read_text())["epochs_done"] == 1:
+                kill_at = time.monotonic() + 0.3  # into the second epoch (36 steps and validation)
+            if kill_at is not None and time.monotonic() >= kill_at:
                 break
             time.sleep(0.005)
         assert process.poll() is None, process.stderr.read().decode()
-        time.sleep(0.3)  # into the second epoch (36 steps and validation)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
     finally:

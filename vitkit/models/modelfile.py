@@ -4,18 +4,26 @@ The spec (class names, image size, backbone, head, preprocessing, versions) is a
 the root attribute ``vitkit``; the rest of the file is exactly what
 ``keras.Model.save_weights`` writes, so the weights also load into ``vitkit.build_model(...)``
 with plain ``model.load_weights``.
+
+Writing goes through a copy of the weights in host memory (:class:`ModelSnapshot`, taken with
+Keras' own walk over the model), so a checkpoint can be written while the model trains on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
 import h5py
 import keras
+import numpy as np
+from keras.src.saving.saving_lib import H5IOStore, _save_state
 
 from vitkit.errors import VitkitError, WeightsError
 from vitkit.fileio import atomic_output, check_writable
@@ -45,30 +53,124 @@ def save_model(model: ImageClassifier, path: str | os.PathLike, overwrite: bool 
         overwrite: replace an existing file; otherwise an existing file is an error.
         extra: more JSON-serializable metadata to keep (training options, metrics).
     """
+    return write_snapshot(snapshot_model(model), path, overwrite, extra)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSnapshot:
+    """A model's weights copied to host memory, in the groups ``save_weights`` writes, and its spec.
+
+    Taking one (:func:`snapshot_model`) reads the variables; writing it (:func:`write_snapshot`)
+    touches only these copies, so it may happen in another thread while the model trains on.
+    """
+
+    spec: dict[str, Any]
+    groups: tuple[tuple[str, dict[str, Any] | None, dict[str, np.ndarray]], ...]
+
+
+def snapshot_model(model: ImageClassifier) -> ModelSnapshot:
+    """Copy ``model``'s weights to host memory, leaving out a compiled model's optimizer."""
+    if not model.built:
+        raise WeightsError("the model is not built yet; call it on a batch first")
+    groups = tuple((group, metadata, {key: _host_copy(value) for key, value in values.items()})
+                   for group, metadata, values in _layout(model))
+    return ModelSnapshot(model.spec.to_dict(), groups)
+
+
+# Keras' walk over a model costs about as much as copying its weights (it builds throw-away
+# layers to know which attributes to skip), so where it puts each variable is kept per model.
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _layout(model: keras.Model) -> list[tuple[str, dict[str, Any] | None, dict[str, Any]]]:
+    """What ``save_weights`` writes of ``model``: ``(group, group metadata, {name: variable or value})``."""
+    weights = [id(variable) for variable in model.weights]
+    cached = _LAYOUTS.get(model)
+    if cached is not None and cached[0] == weights:
+        return cached[1]
+    recorder = _Recorder()
+    optimizer = getattr(model, "optimizer", None)
+    # Keras' own walk, as save_weights does it: the same groups, names and order.
+    _save_state(model, recorder, None, "", set() if optimizer is None else {id(optimizer)})
+    # Only variables are read afresh on each snapshot; a layer that hands out computed values
+    # is walked each time. The layout holds the variables, so their ids are not reused.
+    if all(isinstance(value, keras.Variable) for _, _, values in recorder.groups for value in values.values()):
+        _LAYOUTS[model] = (weights, recorder.groups)
+    return recorder.groups
+
+
+def _host_copy(value: Any) -> np.ndarray:
+    array = keras.ops.convert_to_numpy(value)
+    # An array that does not own its memory may share it with a variable that training goes
+    # on updating (a CPU tensor's buffer); one copied from an accelerator owns its own.
+    return array if array.flags.owndata else array.copy()
+
+
+def write_snapshot(snapshot: ModelSnapshot, path: str | os.PathLike, overwrite: bool = False,
+                   extra: dict[str, Any] | None = None) -> Path:
+    """Write a snapshot as a model file (what :func:`save_model` writes), atomically."""
     path = Path(path)
     if not path.name.endswith(SUFFIX):
         raise WeightsError(f"model files end in {SUFFIX}; got {path}")
     metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "spec": model.spec.to_dict(),
+        "spec": snapshot.spec,
         "versions": _versions(),
         **(extra or {}),
     }
     with atomic_output(path, overwrite=overwrite, suffix=SUFFIX) as temporary:
-        _save_weights_only(model, temporary)
-        with h5py.File(temporary, "a") as handle:
-            handle.attrs[FORMAT_NAME] = json.dumps(metadata)
+        store = H5IOStore(temporary, mode="w")
+        try:
+            for group, group_metadata, values in snapshot.groups:
+                entry = store.make(group) if group_metadata is None else store.make(group, metadata=group_metadata)
+                for key, value in values.items():
+                    entry[key] = value
+        finally:
+            store.close()
+        _write_metadata(temporary, metadata)
     return path
 
 
-def _save_weights_only(model: keras.Model, path: Path) -> None:
-    """``save_weights`` without the optimizer a compiled model would add (twice the weights for Adam)."""
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is None:
-        model.save_weights(path, overwrite=True)
-    else:
-        keras.saving.save_weights(model, path, overwrite=True, objects_to_skip=[optimizer])
+def copy_model(source: str | os.PathLike, path: str | os.PathLike, overwrite: bool = False,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Copy a vitkit model file to ``path`` atomically, adding ``extra`` to its metadata.
+
+    Raises:
+        WeightsError: ``source`` is missing, unreadable or not a vitkit model file.
+    """
+    metadata = read_metadata(source)
+    if metadata is None:
+        raise WeightsError(f"{source} is not a vitkit model file")
+    with atomic_output(path, overwrite=overwrite, suffix=SUFFIX) as temporary:
+        shutil.copyfile(source, temporary)
+        _write_metadata(temporary, {**metadata, **(extra or {})})
+    return Path(path)
+
+
+def _write_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    with h5py.File(path, "a") as handle:
+        handle.attrs[FORMAT_NAME] = json.dumps(metadata)
+
+
+class _Recorder(H5IOStore):
+    """Takes what Keras' weight saving hands an H5 store instead of writing it."""
+
+    def __init__(self):  # no file
+        self.groups: list[tuple[str, dict[str, Any] | None, dict[str, Any]]] = []
+
+    def __bool__(self):
+        return True
+
+    def make(self, path, metadata=None):
+        self.groups.append((path, metadata, {}))
+        return self
+
+    def __setitem__(self, key, value):
+        self.groups[-1][2][key] = value
+
+    def close(self):
+        pass
 
 
 def load_weights_only(model: keras.Model, path: str | os.PathLike) -> None:

@@ -5,6 +5,11 @@ optimizer and random-generator variables of that epoch and then, atomically, ``s
 naming them; a run killed at any instant therefore resumes from the last completed epoch with the
 same optimizer moments, augmentation and dropout random streams, early-stopping and
 learning-rate-plateau counters, and history.
+
+The best model is written in the background (:mod:`~vitkit.training.checkpoints`), after the
+epoch's state. The write of an earlier epoch is always finished before a state is saved, so the
+only best model a saved state may name without it being on disk yet is that of its own epoch,
+whose weights the run folder holds: a resumed run writes it from there.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import h5py
 import keras
 import numpy as np
 
-from vitkit.errors import ConfigError
+from vitkit.errors import ConfigError, WeightsError
 from vitkit.fileio import atomic_output, write_text_atomic
-from vitkit.models.modelfile import load_weights_only, save_model
+from vitkit.models.modelfile import (ModelSnapshot, copy_model, load_weights_only, read_metadata, snapshot_model,
+                                     write_snapshot)
+from vitkit.training.checkpoints import CheckpointWriter
 
 STATE_FILE = "state.json"
 
@@ -77,6 +84,9 @@ class RunKeeper(keras.callbacks.Callback):
     ``writes_run=False`` (the other processes of a multi-host run): only the best model is
     written, to ``model_path``; the resume state and history are the first process's, and
     ``run_dir`` is only read.
+
+    The best model is written by ``checkpoints`` (in the background by default); :meth:`wait`
+    returns once it is on disk. A fit ends with it on disk; after an error, call :meth:`wait`.
     """
 
     def __init__(
@@ -89,6 +99,7 @@ class RunKeeper(keras.callbacks.Callback):
         stateful_callbacks: list[keras.callbacks.Callback],
         extra_metadata: dict[str, Any] | None = None,
         writes_run: bool = True,
+        checkpoints: CheckpointWriter | None = None,
     ):
         super().__init__()
         self.writes_run = writes_run
@@ -102,6 +113,7 @@ class RunKeeper(keras.callbacks.Callback):
         self.best = math.inf
         self.best_epoch: int | None = None
         self.history: list[dict[str, float]] = []
+        self.checkpoints = checkpoints or CheckpointWriter()
         self._restored: dict[str, Any] | None = None
         self._epoch_started = 0.0
 
@@ -133,7 +145,29 @@ class RunKeeper(keras.callbacks.Callback):
         self.best_epoch = state["best_epoch"]
         self.history = state["history"]
         self._restored = state
+        self._recover_best_model(state)
         return state
+
+    def _recover_best_model(self, state: dict[str, Any]) -> None:
+        """Write the best model from the run folder if the run was killed before it was on disk."""
+        if state["best_epoch"] is None or state["best_epoch"] != state["epochs_done"]:
+            return
+        try:
+            if (read_metadata(self.model_path) or {}).get("best_epoch") == state["best_epoch"]:
+                return
+        except WeightsError:  # not there (or not readable): written again below
+            pass
+        try:
+            copy_model(self.run_dir / state["weights"], self.model_path, overwrite=True,
+                       extra=self._best_metadata(state["best_epoch"], state["best"]))
+        except (OSError, WeightsError) as error:
+            raise self._damaged(error) from None
+
+    def _damaged(self, error: BaseException) -> ConfigError:
+        return ConfigError(
+            f"{self.run_dir} is damaged ({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
+            f"delete that folder or pass --overwrite to start again"
+        )
 
     def restore_into(self, model: keras.Model, state: dict[str, Any], within_phase: bool = True) -> None:
         """Load the saved epoch's weights and random-generator states into a compiled model.
@@ -152,10 +186,7 @@ class RunKeeper(keras.callbacks.Callback):
             load_weights_only(model, self.run_dir / state["weights"])
             load_variables(groups, self.run_dir / state["variables"])
         except (OSError, KeyError, ValueError) as error:
-            raise ConfigError(
-                f"{self.run_dir} is damaged ({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
-                f"delete that folder or pass --overwrite to start again"
-            ) from None
+            raise self._damaged(error) from None
         if not within_phase:
             self._restored = None
 
@@ -172,25 +203,44 @@ class RunKeeper(keras.callbacks.Callback):
         self._epoch_started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
+        # The best model of an earlier epoch must be on disk before a state that names it is.
+        self.checkpoints.wait()
         logs = dict(logs or {})
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row["seconds"] = round(time.monotonic() - self._epoch_started, 3)
         self.history.append(row)
         value = logs.get(self.monitor)
-        if value is not None and np.isfinite(value) and value < self.best:
+        improved = value is not None and np.isfinite(value) and value < self.best
+        if improved:
             self.best, self.best_epoch = float(value), epoch + 1
-            save_model(self.model, self.model_path, overwrite=True,
-                       extra={**self.extra_metadata, "best_epoch": epoch + 1, self.monitor: float(value)})
+        snapshot = snapshot_model(self.model) if improved or self.writes_run else None
         if self.writes_run:
-            self._save_state(epoch + 1)
+            self._save_state(epoch + 1, snapshot)
             write_text_atomic(self.history_path, history_csv(self.history), overwrite=True)
+        if improved:
+            # Last, so that it overlaps the next epoch rather than this epoch's own writes.
+            self.checkpoints.write(snapshot, self.model_path, extra=self._best_metadata(epoch + 1, float(value)))
 
-    def _save_state(self, epochs_done: int) -> None:
+    def on_train_end(self, logs=None):
+        self.wait()
+
+    def wait(self) -> None:
+        """Return once the best model is on disk.
+
+        Raises:
+            OutputError: it could not be written.
+        """
+        self.checkpoints.wait()
+
+    def _best_metadata(self, epoch: int, value: float) -> dict[str, Any]:
+        return {**self.extra_metadata, "best_epoch": epoch, self.monitor: value}
+
+    def _save_state(self, epochs_done: int, snapshot: ModelSnapshot) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         weights = f"epoch-{epochs_done:04d}.weights.h5"
         variables = f"epoch-{epochs_done:04d}.state.h5"
-        save_model(self.model, self.run_dir / weights, overwrite=True)
+        write_snapshot(snapshot, self.run_dir / weights, overwrite=True)
         save_variables({"optimizer": self.model.optimizer.variables,
                         "random": random_state_variables(self.model)}, self.run_dir / variables)
         state = {

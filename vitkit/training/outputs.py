@@ -1,0 +1,125 @@
+"""The files of a training run, for ``--out models/NAME.weights.h5``: the best model,
+``NAME.history.csv``, ``NAME.curves.png``, ``NAME.skipped.csv`` and, while the run is going,
+``NAME.run/`` from which ``resume=True`` continues an interrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from vitkit.data.batches import ImageSet, write_skipped
+from vitkit.errors import ConfigError
+from vitkit.figures import history_figure, save_figure
+from vitkit.fileio import check_writable, remove_temporaries
+from vitkit.training.runstate import STATE_FILE, RunKeeper
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputPaths:
+    """Where a run writes: ``model`` (the ``--out`` file) and the files beside it."""
+
+    model: Path
+    history: Path
+    curves: Path
+    skipped: Path
+    run: Path
+
+    def resume_note(self) -> str:
+        """The sentence an error adds when the run has finished epochs to resume from, else ``""``."""
+        if (self.run / STATE_FILE).is_file():
+            return f"the finished epochs are kept: add --resume to continue ({self.run})"
+        return ""
+
+
+def output_paths(out: str | Path) -> OutputPaths:
+    """The files written beside ``models/NAME.weights.h5``.
+
+    Raises:
+        ConfigError: ``out`` does not end in ``.weights.h5``.
+    """
+    out = Path(out)
+    if not out.name.endswith(".weights.h5"):
+        raise ConfigError(f"--out must end in .weights.h5, got {out}")
+    stem = out.name[: -len(".weights.h5")]
+    return OutputPaths(
+        model=out,
+        history=out.with_name(f"{stem}.history.csv"),
+        curves=out.with_name(f"{stem}.curves.png"),
+        skipped=out.with_name(f"{stem}.skipped.csv"),
+        run=out.with_name(f"{stem}.run"),
+    )
+
+
+def prepare_outputs(paths: OutputPaths, resume: bool, overwrite: bool, writer: bool = True) -> bool:
+    """Check the outputs may be written; returns whether an interrupted run is continued.
+
+    ``writer``: this process writes the outputs and clears what an earlier run left; the other
+    processes of a multi-host run make the same checks (so that all stop alike) and only read.
+
+    Raises:
+        ConfigError: an interrupted run is there, and neither ``resume`` nor ``overwrite``.
+        OutputExistsError: an output exists and neither ``resume`` (of a run) nor ``overwrite``.
+    """
+    has_state = (paths.run / STATE_FILE).is_file()
+    if writer:
+        for path in (paths.model, paths.history, paths.curves):
+            remove_temporaries(path)
+    if resume and has_state:
+        if writer:
+            for leftover in paths.run.glob(".*.tmp*"):
+                leftover.unlink(missing_ok=True)
+        return True
+    if resume and writer:
+        print(f"no interrupted run in {paths.run}; starting from the first epoch", file=sys.stderr)
+    if has_state and not overwrite:
+        raise ConfigError(
+            f"{paths.run} holds an interrupted run; continue it with --resume, or pass "
+            f"--overwrite to start again"
+        )
+    checked = (paths.model, paths.history, paths.curves) + ((paths.skipped,) if writer else ())
+    for path in checked:
+        check_writable(path, overwrite)
+    if writer:
+        paths.skipped.unlink(missing_ok=True)
+        shutil.rmtree(paths.run, ignore_errors=True)
+    return False
+
+
+@contextlib.contextmanager
+def checkpoint_path(paths: OutputPaths, writer: bool) -> Iterator[Path]:
+    """The file this process keeps its best epoch in: the model file for the writing process.
+
+    The other processes of a multi-host run keep theirs in a folder of their own, removed
+    afterwards, so that every process loads the same weights the same way at the end.
+    """
+    if writer:
+        yield paths.model
+        return
+    private = Path(tempfile.mkdtemp(prefix="vitkit-process-"))
+    try:
+        yield private / paths.model.name
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def write_skipped_images(path: Path, *sets: ImageSet | None) -> Path | None:
+    """List the images that could not be read in ``path``; returns it, or None when none were."""
+    # A validation set split off the training set shares its list: keep each row once.
+    rows = list(dict.fromkeys(row for image_set in sets if image_set is not None for row in image_set.skipped))
+    return write_skipped(rows, path, overwrite=True) if rows else None
+
+
+def write_outputs(keeper: RunKeeper, paths: OutputPaths, writer: bool) -> None:
+    """End a finished run: draw the curves (the writing process) and remove the resume state.
+
+    The model file and ``history.csv`` were written epoch by epoch by ``keeper``.
+    """
+    if writer:
+        save_figure(history_figure(keeper.history), paths.curves)
+    keeper.finish()
