@@ -16,6 +16,14 @@ DEFAULT_PREDICTIONS = Path("predictions.csv")
 
 # evaluate / predict ----------------------------------------------------------------------------
 
+MODEL_HELP = "a .weights.h5 model file (or a file of another tool)"
+
+
+def _add_model_and_images(parser) -> None:
+    parser.add_argument("model", type=Path, metavar="MODEL", help=MODEL_HELP)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="a manifest, a folder, or image files")
+
+
 def add_evaluate(commands) -> None:
     parser = command(
         commands, "evaluate", "measure a model on labelled images and write a report folder", _run_evaluate,
@@ -24,7 +32,7 @@ def add_evaluate(commands) -> None:
                     "per-class probability tables.\n\n"
                     "example: vitkit evaluate models/products.weights.h5 data_manifests/products/test.csv --out report/",
     )
-    parser.add_argument("model", type=Path, metavar="MODEL", help="a .weights.h5 model file (or a file of another tool)")
+    parser.add_argument("model", type=Path, metavar="MODEL", help=MODEL_HELP)
     parser.add_argument("data", metavar="TEST", help="labelled manifest (or pixel CSV / class-folder tree)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="report folder")
     add_model_use_options(parser, batch_size=32)
@@ -54,8 +62,7 @@ def add_predict(commands) -> None:
                     "  vitkit predict models/products.weights.h5 new_photos/ --out predictions.csv\n"
                     "  vitkit predict models/products.weights.h5 a.jpg b.jpg --grid grid.png",
     )
-    parser.add_argument("model", type=Path, metavar="MODEL", help="a .weights.h5 model file (or a file of another tool)")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="a manifest, a folder, or image files")
+    _add_model_and_images(parser)
     parser.add_argument("--out", type=Path, metavar="CSV",
                         help="write the table here (default: print it, and list unreadable images in "
                              "predictions.skipped.csv, or predictions.skipped-2.csv if that exists)")
@@ -106,8 +113,7 @@ def add_explain(commands) -> None:
                     "  vitkit explain models/products.weights.h5 a.jpg --out a/ --discard-ratio 0.9 --head-fusion max \\\n"
                     "        --save-maps a/maps.npz --export-attention a/attention.json",
     )
-    parser.add_argument("model", type=Path, metavar="MODEL", help="a .weights.h5 model file (or a file of another tool)")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="a manifest, a folder, or image files")
+    _add_model_and_images(parser)
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the figures and the table")
     maps = parser.add_argument_group("maps")
     maps.add_argument("--method", choices=("rollout", "gradient", "layer"), default="rollout",
