@@ -8,7 +8,6 @@ printing are all exercised); one runs the real ``vitkit`` process to check what 
 from __future__ import annotations
 
 import csv
-import warnings
 from pathlib import Path
 
 import keras
@@ -16,7 +15,6 @@ import numpy as np
 import pytest
 
 from conftest import make_photo_tree, run_cli, run_python
-from vitkit.cli import main
 from vitkit.models.modelfile import save_model
 
 TINY_TRAIN = [
@@ -24,19 +22,6 @@ TINY_TRAIN = [
     "--layers", "2", "--hidden-size", "32", "--heads", "4", "--mlp-dim", "64", "--epochs", "1",
     "--batch-size", "8", "--no-augment",
 ]
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """``cli(*args) -> (status, stdout, stderr)``; warnings appear in stderr as the CLI prints them."""
-    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
-
-    def run(*args):
-        status = main([str(arg) for arg in args])
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
-    return run
 
 
 @pytest.fixture
