@@ -14,11 +14,12 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import make_photo_tree, run_cli, run_python
+from conftest import TINY_BACKBONE, TINY_CLASSES, make_photo_tree, run_cli, run_python
+from vitkit.models.classifier import build_model
 from vitkit.models.modelfile import save_model
 
-TINY_TRAIN = [
-    "--backbone", "vit_micro", "--weights", "none", "--image-size", "32", "--patch-size", "8",
+TINY_TRAIN = [  # the plain recipe: these tests are about bad inputs, not the small-data recipe's options
+    "--recipe", "plain", "--backbone", "vit_micro", "--weights", "none", "--image-size", "32", "--patch-size", "8",
     "--layers", "2", "--hidden-size", "32", "--heads", "4", "--mlp-dim", "64", "--epochs", "1",
     "--batch-size", "8", "--no-augment",
 ]
@@ -41,9 +42,11 @@ def data(tmp_path) -> dict[str, Path]:
     return {"good": good, "bad": bad, "root": tmp_path}
 
 
-@pytest.fixture
-def model_path(tmp_path, tiny_model) -> Path:
-    return save_model(tiny_model(), tmp_path / "models" / "shapes.weights.h5")
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    """An untrained tiny model file, made once: the tests only read it."""
+    model = build_model(list(TINY_CLASSES), backbone=dict(TINY_BACKBONE), image_size=32, augment=False, seed=0)
+    return save_model(model, tmp_path_factory.mktemp("models") / "shapes.weights.h5")
 
 
 def skipped_rows(path: Path) -> list[dict[str, str]]:
