@@ -6,9 +6,11 @@ weights never leak between tests or into the user's home.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +100,23 @@ def tiny_model():
     return make
 
 
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """``cli(*args) -> (status, stdout, stderr)``: ``vitkit ARGS`` run in this process through
+    ``vitkit.cli.main`` (parsing, the API and the error printing); warnings appear in stderr as the
+    command line prints them."""
+    from vitkit.cli import main
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+
+    def run(*args):
+        status = main([str(arg) for arg in args])
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return run
+
+
 def run_cli(*args: str, backend: str | None = None, cwd: Path | None = None,
             env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m vitkit ARGS`` in a new process (optionally on another Keras backend)."""
@@ -108,6 +127,35 @@ def run_cli(*args: str, backend: str | None = None, cwd: Path | None = None,
         [sys.executable, "-m", "vitkit", *args], cwd=cwd, env=full_env, capture_output=True,
         text=True, timeout=timeout,
     )
+
+
+_COMMANDS = """
+import contextlib, io, json, sys
+from vitkit.cli import main
+results = []
+for args in json.loads(sys.argv[1]):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = main(args)
+    results.append([status, printed.getvalue()])
+print("RESULTS " + json.dumps(results))
+"""
+
+
+def run_commands(commands: list[list], backend: str | None = None, env: dict[str, str] | None = None,
+                 timeout: float = 600) -> tuple[list[tuple[int, str]], str]:
+    """Run ``vitkit`` commands one after another in one new process (optionally on another Keras
+    backend): ``([(status, stdout), ...], stderr)``. Cheaper than a process per command where
+    the commands only need to leave the test's process."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    if backend:
+        full_env["KERAS_BACKEND"] = backend
+    arguments = json.dumps([[str(arg) for arg in command] for command in commands])
+    done = subprocess.run([sys.executable, "-c", _COMMANDS, arguments], env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULTS "))
+    return [(status, printed) for status, printed in json.loads(line[len("RESULTS "):])], done.stderr
 
 
 def run_python(code: str, backend: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

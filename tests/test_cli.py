@@ -3,48 +3,74 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import keras
 import pandas as pd
 import pytest
 
 from vitkit.cli import build_parser, main
 
-from conftest import run_cli
+from conftest import run_commands
 
 TINY_FLAGS = ["--backbone", "vit_micro", "--weights", "none", "--image-size", "32", "--patch-size", "8",
               "--layers", "2", "--hidden-size", "32", "--heads", "4", "--mlp-dim", "64"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-def test_manifest_train_evaluate_predict(photo_tree, tmp_path, backend, compile_cache):
+def session(photo_tree: Path, tmp_path: Path) -> list[list[str]]:
+    """The commands of a first session: manifests, training, evaluation, predictions."""
     manifests, model = tmp_path / "manifests", tmp_path / "models" / "shapes.weights.h5"
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    return [
+        ["manifest", "build", str(photo_tree), "-o", str(manifests), "--val", "0.25", "--test", "0.25"],
+        ["train", str(manifests / "train.csv"), "--val", str(manifests / "val.csv"), "--out", str(model),
+         "--epochs", "2", "--batch-size", "4", *TINY_FLAGS, *cache],
+        ["evaluate", str(model), str(manifests / "test.csv"), "--out", str(tmp_path / "report"), *cache],
+        ["predict", str(model), str(photo_tree / "square"), "--out", str(tmp_path / "p.csv"),
+         "--grid", str(tmp_path / "grid.png"), *cache],
+    ]
 
-    def vitkit(*args):
-        finished = run_cli(*args, "--cache-dir", str(tmp_path / "cache"), backend=backend) if args[0] != "manifest" \
-            else run_cli(*args, backend=backend)
-        assert finished.returncode == 0, finished.stderr
-        return finished.stdout
 
-    out = vitkit("manifest", "build", str(photo_tree), "-o", str(manifests), "--val", "0.25", "--test", "0.25")
-    assert "circle" in out and "total" in out
-    out = vitkit("train", str(manifests / "train.csv"), "--val", str(manifests / "val.csv"), "--out", str(model),
-                 "--epochs", "2", "--batch-size", "4", *TINY_FLAGS)
-    assert "best epoch" in out and model.is_file()
+def assert_session_outputs(printed: list[str], tmp_path: Path) -> None:
+    """What :func:`session`'s commands print and write."""
+    built, trained = printed[:2]
+    assert "circle" in built and "total" in built
+    assert "best epoch" in trained and (tmp_path / "models" / "shapes.weights.h5").is_file()
     assert (tmp_path / "models" / "shapes.history.csv").is_file() and (tmp_path / "models" / "shapes.curves.png").is_file()
 
-    vitkit("evaluate", str(model), str(manifests / "test.csv"), "--out", str(tmp_path / "report"))
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["images"] == 6 and metrics["class_names"] == ["circle", "square", "triangle"]
     for name in ("confusion_matrix.csv", "confusion_matrix.png", "misclassified.png", "class_probabilities.csv"):
         assert (tmp_path / "report" / name).is_file()
 
-    vitkit("predict", str(model), str(photo_tree / "square"), "--out", str(tmp_path / "p.csv"),
-           "--grid", str(tmp_path / "grid.png"))
     table = pd.read_csv(tmp_path / "p.csv")
     assert len(table) == 8 and set(table.columns) >= {"image", "predicted", "confidence", "p_circle"}
     assert (tmp_path / "grid.png").stat().st_size > 0
-    assert any(compile_cache.iterdir()) == (backend == "jax")  # JAX's programs outlive the process
+
+
+@pytest.mark.slow
+def test_manifest_train_evaluate_predict(photo_tree, tmp_path, cli, monkeypatch):
+    """In this process (TensorFlow), which keeps no compiled programs on disk."""
+    monkeypatch.setenv("VITKIT_COMPILE_CACHE", str(tmp_path / "compile_cache"))
+    printed = []
+    for args in session(photo_tree, tmp_path):
+        status, out, err = cli(*args)
+        assert status == 0, err
+        printed.append(out)
+    assert_session_outputs(printed, tmp_path)
+    if keras.backend.backend() == "tensorflow":
+        assert not (tmp_path / "compile_cache").exists() or not any((tmp_path / "compile_cache").iterdir())
+
+
+@pytest.mark.slow
+def test_manifest_train_evaluate_predict_on_jax(photo_tree, tmp_path, monkeypatch):
+    """The same commands in one JAX process, whose compiled programs outlive it."""
+    cache = tmp_path / "compile_cache"
+    monkeypatch.setenv("VITKIT_COMPILE_CACHE", str(cache))
+    results, stderr = run_commands(session(photo_tree, tmp_path), backend="jax")
+    assert [status for status, _ in results] == [0, 0, 0, 0], stderr[-3000:]
+    assert_session_outputs([printed for _, printed in results], tmp_path)
+    assert any(cache.iterdir())
 
 
 def test_errors_are_one_line_with_status_2(tmp_path, capsys):

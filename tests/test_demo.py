@@ -1,4 +1,4 @@
-"""``vitkit demo``: the whole path on a photo folder, through the command line."""
+"""``vitkit demo``: the whole path on a photo folder, through the command line (in this process)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,15 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import run_cli
-
 
 @pytest.mark.slow
-def test_demo_runs_every_step_and_writes_every_output(photo_tree, tmp_path):
+def test_demo_runs_every_step_and_writes_every_output(photo_tree, tmp_path, cli):
     out = tmp_path / "demo"
-    done = run_cli("demo", "--photos", str(photo_tree), "--out", str(out), "--epochs", "2",
-                   "--image-size", "32", env={"VITKIT_PROGRESS": "0"})
-    assert done.returncode == 0, done.stderr[-2000:]
+    status, stdout, stderr = cli("demo", "--photos", photo_tree, "--out", out, "--epochs", "2", "--image-size", "32")
+    assert status == 0, stderr[-2000:]
     for step in range(1, 7):
-        assert f"[{step}/6]" in done.stdout
-    assert "test accuracy" in done.stdout
+        assert f"[{step}/6]" in stdout
+    assert "test accuracy" in stdout
     for name in ("manifests/train.csv", "manifests/val.csv", "manifests/test.csv", "models/demo.weights.h5",
                  "predictions.csv", "predictions.png", "attention/grid.png", "attention/explanations.csv",
                  "report.html", "summary.json"):
@@ -29,6 +26,6 @@ def test_demo_runs_every_step_and_writes_every_output(photo_tree, tmp_path):
     assert len(pd.read_csv(out / "predictions.csv")) == test_rows
     assert len(pd.read_csv(out / "attention" / "explanations.csv")) == test_rows
 
-    again = run_cli("demo", "--photos", str(photo_tree), "--out", str(out), "--epochs", "1", "--image-size", "32")
-    errors = [line for line in again.stderr.splitlines() if line.startswith("vitkit:")]
-    assert again.returncode == 2 and len(errors) == 1 and "--overwrite" in errors[0]  # never replaced silently
+    status, _, stderr = cli("demo", "--photos", photo_tree, "--out", out, "--epochs", "1", "--image-size", "32")
+    errors = [line for line in stderr.splitlines() if line.startswith("vitkit:")]
+    assert status == 2 and len(errors) == 1 and "--overwrite" in errors[0]  # never replaced silently

@@ -28,7 +28,7 @@ from vitkit.models.foreign import backbone_shape
 from vitkit.models.legacy import read_weights
 from vitkit.models.modelfile import read_metadata
 
-from conftest import FIXTURES, run_cli, run_python
+from conftest import FIXTURES, run_python
 
 LEGACY = FIXTURES / "legacy_keras2"
 WEIGHTS = LEGACY / "seed_tiny.h5"
@@ -166,42 +166,24 @@ def test_explain_reads_the_old_file_and_predicts_as_keras2():
     assert maps.shape[0] == len(images) and maps.min() >= 0 and maps.max() <= 1
 
 
-def test_cli_predicts_and_converts_the_old_file(tmp_path):
+def test_cli_predicts_and_converts_the_old_file(tmp_path, cli):
     images = [str(path) for path in image_paths()]
-    predicted = run_cli("predict", str(WEIGHTS), *images, "--classes", ",".join(CLASSES), "--preprocess", "raw",
-                        "--heads", "4", "--out", str(tmp_path / "predictions.csv"))
-    assert predicted.returncode == 0, predicted.stderr
+    status, _, stderr = cli("predict", WEIGHTS, *images, "--classes", ",".join(CLASSES), "--preprocess", "raw",
+                            "--heads", "4", "--out", tmp_path / "predictions.csv")
+    assert status == 0, stderr
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "predictions.csv")
     assert np.abs(table[[f"p_{n}" for n in CLASSES]].to_numpy() - EXPECTED["raw"]).max() < 1e-5
-    missing = run_cli("predict", str(WEIGHTS), *images)
-    assert missing.returncode == 2
-    errors = [line for line in missing.stderr.splitlines() if line.startswith("vitkit: error:")]
+    status, _, stderr = cli("predict", WEIGHTS, *images)
+    assert status == 2
+    errors = [line for line in stderr.splitlines() if line.startswith("vitkit: error:")]
     assert len(errors) == 1 and "--preprocess tf" in errors[0]
     out = tmp_path / "models" / "old.weights.h5"
-    converted = run_cli("weights", "convert", str(WEIGHTS), "--classes", ",".join(CLASSES), "--preprocess", "tf",
-                        "--heads", "4", "--out", str(out))
-    assert converted.returncode == 0, converted.stderr
-    assert str(out) in converted.stdout and read_metadata(out)["spec"]["preprocess"] == "tf"
-
-
-@pytest.mark.slow
-def test_jax_backend_reproduces_keras2(tmp_path):
-    code = (
-        "import json, numpy as np, sys\n"
-        "import vitkit\n"
-        f"table = vitkit.predict({str(WEIGHTS)!r}, {[str(p) for p in image_paths()]!r}, classes={CLASSES!r},"
-        " preprocess='tf', num_heads=4)\n"
-        f"p = table[[f'p_{{n}}' for n in {CLASSES!r}]].to_numpy()\n"
-        f"print(float(np.abs(p - np.array({REFERENCE['pred']!r})).max()))\n"
-        "print('tensorflow' in sys.modules)\n"
-    )
-    result = run_python(code, backend="jax")
-    assert result.returncode == 0, result.stderr
-    difference, tensorflow_imported = result.stdout.split()[-2:]
-    assert float(difference) < TOLERANCE
-    assert tensorflow_imported == "False"
+    status, stdout, stderr = cli("weights", "convert", WEIGHTS, "--classes", ",".join(CLASSES), "--preprocess", "tf",
+                                 "--heads", "4", "--out", out)
+    assert status == 0, stderr
+    assert str(out) in stdout and read_metadata(out)["spec"]["preprocess"] == "tf"
 
 
 # vitkit files from before the fused augmentation -------------------------------------------
@@ -236,9 +218,14 @@ def test_the_earlier_augmentation_layer_configs_still_deserialize(name):
 
 
 @pytest.mark.slow
-def test_jax_loads_the_file_written_with_keras_layer_augmentation():
+def test_jax_backend_reproduces_keras2_and_loads_the_file_written_with_keras_layer_augmentation():
+    """Both earlier files in one JAX process; the Keras-2 file is read without importing TensorFlow."""
     code = (
-        "import json, numpy as np, keras, vitkit\n"
+        "import json, numpy as np, sys, keras, vitkit\n"
+        f"table = vitkit.predict({str(WEIGHTS)!r}, {[str(p) for p in image_paths()]!r}, classes={CLASSES!r},"
+        " preprocess='tf', num_heads=4)\n"
+        f"p = table[[f'p_{{n}}' for n in {CLASSES!r}]].to_numpy()\n"
+        f"print('KERAS2', float(np.abs(p - np.array({REFERENCE['pred']!r})).max()), 'tensorflow' in sys.modules)\n"
         f"folder = {str(KERAS_LAYER_AUGMENT)!r}\n"
         "images = np.load(folder + '/images.npy')\n"
         "model = vitkit.load_model(folder + '/model.weights.h5')\n"
@@ -250,4 +237,7 @@ def test_jax_loads_the_file_written_with_keras_layer_augmentation():
     )
     done = run_python(code, backend="jax")
     assert done.returncode == 0, done.stderr[-3000:]
+    difference, tensorflow_imported = next(line for line in done.stdout.splitlines() if line.startswith("KERAS2 ")).split()[1:]
+    assert float(difference) < TOLERANCE
+    assert tensorflow_imported == "False"
     assert "ok jax" in done.stdout

@@ -236,7 +236,12 @@ def run_one_host(setup: str, devices: list, resume_devices, bad_cases: list, sha
 @pytest.mark.slow
 def test_jax_on_two_and_four_devices_trains_as_on_one_and_resumes(shape_arrays, tmp_path):
     """Straight on 2 devices; on 4, interrupted after the first epoch and resumed."""
-    setup = 'import os; os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"'
+    setup = textwrap.dedent("""
+        import os
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+        from vitkit.device import configure_compilation_cache
+        configure_compilation_cache()  # as the command line does: the resumed run reuses the programs
+    """)
     result = run_one_host(setup, [1, 2], 4, [(8, 8), (4, 6)], shape_arrays, tmp_path, backend="jax")
     histories = result["histories"]
     for run in ("2", "resumed"):

@@ -8,35 +8,21 @@ printing are all exercised); one runs the real ``vitkit`` process to check what 
 from __future__ import annotations
 
 import csv
-import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from conftest import make_photo_tree, run_cli, run_python
-from vitkit.cli import main
+from conftest import TINY_BACKBONE, TINY_CLASSES, make_photo_tree, run_cli, run_python
+from vitkit.models.classifier import build_model
 from vitkit.models.modelfile import save_model
 
-TINY_TRAIN = [
-    "--backbone", "vit_micro", "--weights", "none", "--image-size", "32", "--patch-size", "8",
+TINY_TRAIN = [  # the plain recipe: these tests are about bad inputs, not the small-data recipe's options
+    "--recipe", "plain", "--backbone", "vit_micro", "--weights", "none", "--image-size", "32", "--patch-size", "8",
     "--layers", "2", "--hidden-size", "32", "--heads", "4", "--mlp-dim", "64", "--epochs", "1",
     "--batch-size", "8", "--no-augment",
 ]
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """``cli(*args) -> (status, stdout, stderr)``; warnings appear in stderr as the CLI prints them."""
-    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
-
-    def run(*args):
-        status = main([str(arg) for arg in args])
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
-    return run
 
 
 @pytest.fixture
@@ -56,9 +42,11 @@ def data(tmp_path) -> dict[str, Path]:
     return {"good": good, "bad": bad, "root": tmp_path}
 
 
-@pytest.fixture
-def model_path(tmp_path, tiny_model) -> Path:
-    return save_model(tiny_model(), tmp_path / "models" / "shapes.weights.h5")
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    """An untrained tiny model file, made once: the tests only read it."""
+    model = build_model(list(TINY_CLASSES), backbone=dict(TINY_BACKBONE), image_size=32, augment=False, seed=0)
+    return save_model(model, tmp_path_factory.mktemp("models") / "shapes.weights.h5")
 
 
 def skipped_rows(path: Path) -> list[dict[str, str]]:

@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 
 import vitkit
 from badfiles import marker_pickle
-from conftest import FIXTURES, TINY_BACKBONE, make_photo_tree, run_cli, run_python
+from conftest import FIXTURES, TINY_BACKBONE, make_photo_tree, run_cli, run_commands, run_python
 from vitkit.cli import main
 from vitkit.errors import ConfigError, WeightsError
 from vitkit.models.augreg import AUGREG
@@ -143,13 +143,14 @@ def hub_cache(home, repo: str, family: str, revision: str = "0123456789abcdef012
 def test_a_hub_checkpoint_comes_from_the_hugging_face_cache_offline(tmp_path):
     home = tmp_path / "hf"
     snapshot = hub_cache(home, HUB_NAME, "dinov2_reg")
-    env = {**NO_NETWORK, "HF_HOME": str(home)}
-    listed = run_cli("weights", "download", f"hf-hub:{HUB_NAME}", env=env)
-    assert listed.returncode == 0, listed.stderr
-    assert str(snapshot / "model.safetensors") in listed.stdout
     out = tmp_path / "dinov2.weights.h5"
-    done = run_cli("weights", "convert", f"hf-hub:{HUB_NAME}", "--classes", ",".join(CLASSES), "--out", str(out), env=env)
-    assert done.returncode == 0, done.stderr
+    # Both commands in one new process: huggingface_hub reads HF_HOME when it is imported.
+    results, stderr = run_commands([
+        ["weights", "download", f"hf-hub:{HUB_NAME}"],
+        ["weights", "convert", f"hf-hub:{HUB_NAME}", "--classes", ",".join(CLASSES), "--out", out],
+    ], env={**NO_NETWORK, "HF_HOME": str(home)})
+    assert [status for status, _ in results] == [0, 0], stderr
+    assert str(snapshot / "model.safetensors") in results[0][1]
     model = vitkit.load_model(out)
     assert (model.spec.image_size, model.spec.preprocess, model.spec.interpolation) == ((42, 42), "normalize", "bicubic")
     assert model.spec.mean == (0.485, 0.456, 0.406) and model.spec.backbone.register_tokens == 4
@@ -244,20 +245,20 @@ def test_a_checkpoint_file_and_its_folder_give_the_same_model():
 # Training from a timm checkpoint ------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_train_explain_and_reload_from_a_timm_checkpoint(tmp_path):
+def test_train_explain_and_reload_from_a_timm_checkpoint(tmp_path, cli):
+    """Trained and explained through the command line in this process, reloaded in a new one."""
     photos = make_photo_tree(tmp_path / "photos", per_class=6, size=48)
     out = tmp_path / "models" / "dinov2.weights.h5"
-    trained = run_cli("train", str(photos), "--weights", str(TIMM / "dinov2_reg" / "model.safetensors"),
-                      "--epochs", "2", "--batch-size", "6", "--val-fraction", "0.25", "--out", str(out),
-                      env={"TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert trained.returncode == 0, trained.stderr[-3000:]
+    status, _, stderr = cli("train", photos, "--weights", TIMM / "dinov2_reg" / "model.safetensors",
+                            "--epochs", "2", "--batch-size", "6", "--val-fraction", "0.25", "--out", out)
+    assert status == 0, stderr[-3000:]
     spec = vitkit.load_model(out).spec
     assert (spec.image_size, spec.preprocess, spec.interpolation, spec.backbone.register_tokens) == \
         ((42, 42), "normalize", "bicubic", 4)
 
     explained = tmp_path / "explained"
-    done = run_cli("explain", str(out), str(photos), "--out", str(explained), "--report", str(tmp_path / "r.html"))
-    assert done.returncode == 0, done.stderr[-3000:]
+    status, _, stderr = cli("explain", out, photos, "--out", explained, "--report", tmp_path / "r.html")
+    assert status == 0, stderr[-3000:]
     assert "left out: the class token and 4 register tokens" in (tmp_path / "r.html").read_text()
     table = pd.read_csv(explained / "explanations.csv").sort_values("image")
 
