@@ -6,6 +6,8 @@ anything else escaping is a bug in vitkit.
 
 from __future__ import annotations
 
+import dataclasses
+
 
 class VitkitError(Exception):
     """Base class of every error vitkit raises on purpose."""
@@ -25,6 +27,15 @@ class WeightsError(VitkitError):
 
 class ConfigError(VitkitError):
     """A model or training option is out of range or inconsistent with another one."""
+
+
+def dataclass_from_dict(cls, values: dict, what: str):
+    """``cls(**values)`` for a dataclass, refusing keys it has no field for with a :class:`ConfigError`."""
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} option(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
 
 
 class OutputError(VitkitError):

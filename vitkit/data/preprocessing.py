@@ -15,7 +15,7 @@ import keras
 from keras import ops
 
 from vitkit.data import colour, warp
-from vitkit.errors import ConfigError
+from vitkit.errors import ConfigError, dataclass_from_dict
 
 PREPROCESS_MODES = ("tf", "raw", "normalize")
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
@@ -134,11 +134,7 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "AugmentConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown augmentation option(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values, "augmentation")
 
     @classmethod
     def off(cls) -> "AugmentConfig":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from vitkit.errors import ConfigError
+from vitkit.errors import ConfigError, dataclass_from_dict
 
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
@@ -82,11 +82,7 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ViTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown backbone option(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values, "backbone")
 
 
 # Options added after the first model-file format, with the values that mean "off".
