@@ -1,5 +1,5 @@
 """The backbone options of later checkpoints (LayerScale, register tokens, ``no_embed_class``, mean
-pooling, ``fc_norm``), mean/std normalisation and bicubic resizing: against a NumPy forward pass,
+pooling, ``fc_norm``, DeiT's distillation token), mean/std normalisation and bicubic resizing: against a NumPy forward pass,
 and off by default so earlier models and files are unchanged."""
 
 from __future__ import annotations
@@ -32,17 +32,24 @@ OPTIONS = {
     "mean pooling with fc_norm": dict(pooling="mean", fc_norm=True),
     "mean pooling, final norm on tokens": dict(pooling="mean", register_tokens=1),
     "class token with fc_norm": dict(fc_norm=True),
+    "deit distillation token": dict(distillation_token=True),
+    "distillation token, registers, positions on patches": dict(distillation_token=True, register_tokens=2,
+                                                                 no_embed_class=True, fc_norm=True),
 }
 
 
-def numpy_forward(weights: dict[str, np.ndarray], images: np.ndarray, config: ViTConfig) -> np.ndarray:
-    """Pooled features in float64 from the variables by name, every option written out."""
+def numpy_forward(weights: dict[str, np.ndarray], images: np.ndarray, config: ViTConfig,
+                  distillation: bool = False) -> np.ndarray:
+    """Pooled features (the distillation token's with ``distillation``) in float64 from the variables
+    by name, every option written out."""
     p, d, heads = config.patch_size, config.hidden_size, config.num_heads
     batch, height, width, _ = images.shape
     patches = images.reshape(batch, height // p, p, width // p, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(batch, -1, p * p * 3)
     x = patches @ weights["embedding/kernel"].reshape(-1, d) + weights["embedding/bias"]
     position = weights["posembed_input/pos_embedding"]
     prefix = [np.broadcast_to(weights["class_token/cls"], (batch, 1, d))]
+    if config.distillation_token:
+        prefix.append(np.broadcast_to(weights["dist_token/tokens"], (batch, 1, d)))
     if config.register_tokens:
         prefix.append(np.broadcast_to(weights["registers/tokens"], (batch, config.register_tokens, d)))
     x = np.concatenate(prefix + [x + position if config.no_embed_class else x], axis=1)
@@ -66,6 +73,8 @@ def numpy_forward(weights: dict[str, np.ndarray], images: np.ndarray, config: Vi
     if not config.fc_norm:
         x = _layer_norm(x, weights["encoder_norm/gamma"], weights["encoder_norm/beta"])
     pooled = x[:, config.prefix_tokens:].mean(axis=1) if config.pooling == "mean" else x[:, 0]
+    if distillation:
+        pooled = x[:, 1]
     return _layer_norm(pooled, weights["fc_norm/gamma"], weights["fc_norm/beta"]) if config.fc_norm else pooled
 
 
@@ -84,6 +93,29 @@ def test_options_match_numpy(options):
     features, attention = backbone(images, return_attention=True)
     assert attention.shape[-1] == backbone.token_count((32, 32)) == config.prefix_tokens + 16
     np.testing.assert_allclose(keras.ops.convert_to_numpy(features), expected, atol=2e-4)
+    if config.distillation_token:
+        features, distilled = backbone(images, distillation=True)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(features), expected, atol=2e-4)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(distilled),
+                                   numpy_forward(named, images.astype(np.float64), config, distillation=True), atol=2e-4)
+
+
+def test_the_distillation_token_follows_the_class_token_and_has_a_position():
+    for no_embed_class, positions in ((False, 1 + 1 + 3 + 16), (True, 16)):
+        backbone = VisionTransformer(**TINY_BACKBONE, distillation_token=True, register_tokens=3,
+                                     no_embed_class=no_embed_class, name="vit")
+        backbone.build((None, 32, 32, 3))
+        shapes = {v.path: tuple(v.shape) for v in backbone.weights}
+        assert shapes["vit/posembed_input/pos_embedding"] == (1, positions, 32)
+        assert shapes["vit/dist_token/tokens"] == (1, 1, 32)
+        assert backbone.token_count((32, 32)) == backbone.config.prefix_tokens + 16 == 21
+    sequence = keras.ops.convert_to_numpy(backbone._sequence(np.zeros((1, 32, 32, 3), "float32")))
+    weights = {v.path: keras.ops.convert_to_numpy(v) for v in backbone.weights}
+    np.testing.assert_array_equal(sequence[0, 0], weights["vit/class_token/cls"][0, 0])
+    np.testing.assert_array_equal(sequence[0, 1], weights["vit/dist_token/tokens"][0, 0])
+    np.testing.assert_array_equal(sequence[0, 2:5], weights["vit/registers/tokens"][0])
+    with pytest.raises(ConfigError, match="distillation token"):
+        VisionTransformer(**TINY_BACKBONE, name="vit")(np.zeros((1, 32, 32, 3), "float32"), distillation=True)
 
 
 def test_position_embedding_shape_follows_no_embed_class():
@@ -123,7 +155,8 @@ def test_a_file_of_the_first_format_loads_and_predicts_the_same():
 
 
 def test_every_option_is_recorded_and_rebuilt_from_the_file(tmp_path):
-    options = dict(layer_scale=0.1, register_tokens=2, no_embed_class=True, pooling="mean", fc_norm=True)
+    options = dict(layer_scale=0.1, register_tokens=2, no_embed_class=True, pooling="mean", fc_norm=True,
+                   distillation_token=True)
     model = vitkit.build_model(["a", "b"], backbone={**TINY_BACKBONE, **options}, image_size=32, augment=False)
     spec = ModelSpec(model.spec.class_names, (32, 32), model.spec.backbone, preprocess="normalize",
                      mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), interpolation="bicubic")

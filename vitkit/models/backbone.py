@@ -5,8 +5,9 @@ model by name::
 
     vit/embedding/kernel                                       (P, P, 3, D)
     vit/class_token/cls                                        (1, 1, D)
+    vit/dist_token/tokens                                      (1, 1, D)   (distillation token)
     vit/registers/tokens                                       (1, R, D)   (register tokens)
-    vit/posembed_input/pos_embedding                           (1, 1 + R + N, D), or (1, N, D)
+    vit/posembed_input/pos_embedding                           (1, 1 [+ 1] + R + N, D), or (1, N, D)
     vit/encoderblock_{i}/LayerNorm_0/{gamma,beta}
     vit/encoderblock_{i}/MultiHeadDotProductAttention_1/{query,key,value,out}/{kernel,bias}
     vit/encoderblock_{i}/LayerScale_attention/gamma                        (LayerScale)
@@ -16,10 +17,11 @@ model by name::
     vit/encoder_norm/{gamma,beta}                              (fc_norm/{gamma,beta} with fc_norm)
     vit/pre_logits/{kernel,bias}                               (only with a representation layer)
 
-The sequence is the class token, the register tokens, then the patch grid row by row. The
-options of later checkpoints (LayerScale, registers, ``no_embed_class``, mean pooling,
-``fc_norm``; see :class:`~vitkit.models.config.ViTConfig`) are off by default, and a backbone
-without them has exactly the variables above without the marked ones.
+The sequence is the class token, the distillation token (DeiT), the register tokens, then the
+patch grid row by row. The options of later checkpoints (LayerScale, registers,
+``no_embed_class``, mean pooling, ``fc_norm``, the distillation token; see
+:class:`~vitkit.models.config.ViTConfig`) are off by default, and a backbone without them has
+exactly the variables above without the marked ones.
 
 Attention runs through ``keras.ops.dot_product_attention`` (fused kernels where the backend has
 them) unless the caller asks for the attention weights, which takes the explicit softmax path in
@@ -40,15 +42,16 @@ from keras import ops
 
 from vitkit.models.attention import MultiHeadSelfAttention, _cudnn_attention, fused_attention
 from vitkit.models.blocks import EncoderBlock, LayerScale, MlpBlock, _erf, _gelu_exact, gelu_tanh
+from vitkit.errors import ConfigError
 from vitkit.models.config import ViTConfig
 from vitkit.models.tokens import (
-    ClassToken, ConvStem, PatchEmbedding, PatchTokenizer, PositionEmbedding, RegisterTokens,
+    ClassToken, ConvStem, DistillationToken, PatchEmbedding, PatchTokenizer, PositionEmbedding, RegisterTokens,
     ShiftedPatchTokenizer, patch_tokenizer,
 )
 
 # The layers live in attention, tokens and blocks; their names stay importable from here.
 __all__ = [
-    "ClassToken", "ConvStem", "EncoderBlock", "LayerScale", "MlpBlock", "MultiHeadSelfAttention",
+    "ClassToken", "ConvStem", "DistillationToken", "EncoderBlock", "LayerScale", "MlpBlock", "MultiHeadSelfAttention",
     "PatchEmbedding", "PatchTokenizer", "PositionEmbedding", "RegisterTokens", "ShiftedPatchTokenizer",
     "VisionTransformer", "_cudnn_attention", "_erf", "_gelu_exact", "fused_attention", "gelu_tanh",
     "patch_tokenizer",
@@ -64,7 +67,8 @@ class VisionTransformer(keras.layers.Layer):
     ``(batch, D)``: the class token's, or the mean of the patch tokens with ``pooling="mean"``
     (after ``fc_norm`` and ``pre_logits`` when configured). With ``return_attention=True`` it
     also returns every block's attention weights stacked as ``(batch, layers, heads, tokens,
-    tokens)``. ``attention_offset`` of that shape is added to each block's attention weights
+    tokens)``; with ``distillation=True`` (a backbone with the distillation token) the pooled
+    features are followed by the distillation token's (see :meth:`pool_distillation`). ``attention_offset`` of that shape is added to each block's attention weights
     (see :class:`MultiHeadSelfAttention`). :meth:`encode` and :meth:`pool` are the two halves.
 
     Example:
@@ -93,6 +97,7 @@ class VisionTransformer(keras.layers.Layer):
         no_embed_class: bool = False,
         pooling: str = "token",
         fc_norm: bool = False,
+        distillation_token: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -100,10 +105,13 @@ class VisionTransformer(keras.layers.Layer):
             patch_size, num_layers, hidden_size, num_heads, mlp_dim,
             dropout, attention_dropout, drop_path, representation_size,
             tokenizer, locality_attention, layer_scale, register_tokens, no_embed_class, pooling, fc_norm,
+            distillation_token,
         )
         self.seed = seed
         self.embedding = patch_tokenizer(tokenizer, patch_size, hidden_size)
         self.class_token = ClassToken(name="class_token")
+        if distillation_token:
+            self.dist_token = DistillationToken(name="dist_token")
         if register_tokens:
             self.registers = RegisterTokens(register_tokens, name="registers")
         self.position_embedding = PositionEmbedding(name="posembed_input")
@@ -135,7 +143,7 @@ class VisionTransformer(keras.layers.Layer):
         return image_size[0] // patch, image_size[1] // patch
 
     def token_count(self, image_size: tuple[int, int]) -> int:
-        """Tokens in the sequence for an image size: class token, registers, patches."""
+        """Tokens in the sequence for an image size: class token, distillation token, registers, patches."""
         rows, cols = self.grid_shape(image_size)
         return self.config.prefix_tokens + rows * cols
 
@@ -146,6 +154,8 @@ class VisionTransformer(keras.layers.Layer):
         patches_shape = (input_shape[0], rows * cols, config.hidden_size)
         sequence_shape = (input_shape[0], rows * cols + config.prefix_tokens, config.hidden_size)
         self.class_token.build(patches_shape)
+        if config.distillation_token:
+            self.dist_token.build(patches_shape)
         if config.register_tokens:
             self.registers.build(patches_shape)
         self.position_embedding.build(patches_shape if config.no_embed_class else sequence_shape)
@@ -159,12 +169,14 @@ class VisionTransformer(keras.layers.Layer):
             self.pre_logits.build((input_shape[0], config.hidden_size))
 
     def _sequence(self, images, training=None):
-        """Patch tokens with the class and register tokens in front and positions added."""
+        """Patch tokens with the class, distillation and register tokens in front and positions added."""
         tokens = self.embedding(images, training=training)
         if self.config.no_embed_class:
             tokens = self.position_embedding(tokens)
         if self.config.register_tokens:
             tokens = self.registers(tokens)
+        if self.config.distillation_token:
+            tokens = self.dist_token(tokens)
         tokens = self.class_token(tokens)
         if not self.config.no_embed_class:
             tokens = self.position_embedding(tokens)
@@ -186,7 +198,7 @@ class VisionTransformer(keras.layers.Layer):
 
     def encode(self, images, training=None):
         """Every token after the last block and the final norm, ``(batch, tokens, D)``: class
-        token, registers, then patches (timm's ``forward_features``; without the norm when
+        token, distillation token, registers, then patches (timm's ``forward_features``; without the norm when
         the model has ``fc_norm``)."""
         return self._encode(images, training=training)[0]
 
@@ -197,16 +209,31 @@ class VisionTransformer(keras.layers.Layer):
             features = ops.mean(tokens[:, self.config.prefix_tokens:], axis=1)
         else:
             features = tokens[:, 0]
+        return self._finish(features)
+
+    def pool_distillation(self, tokens):
+        """The distillation token's features ``(batch, D)`` of :meth:`encode`'s tokens, through
+        the same ``fc_norm`` and ``pre_logits`` as the pooled features."""
+        return self._finish(tokens[:, 1])
+
+    def _finish(self, features):
         if self.config.fc_norm:
             features = self.fc_norm(features)
         if self.pre_logits is not None:
             features = self.pre_logits(features)
         return features
 
-    def call(self, images, training=None, return_attention: bool = False, attention_offset=None):
+    def call(self, images, training=None, return_attention: bool = False, attention_offset=None,
+             distillation: bool = False):
+        if distillation and not self.config.distillation_token:
+            raise ConfigError("distillation=True needs a backbone with the distillation token")
         tokens, attention = self._encode(images, training, return_attention, attention_offset)
-        features = self.pool(tokens)
-        return (features, ops.stack(attention, axis=1)) if return_attention else features
+        outputs = [self.pool(tokens)]
+        if distillation:
+            outputs.append(self.pool_distillation(tokens))
+        if return_attention:
+            outputs.append(ops.stack(attention, axis=1))
+        return tuple(outputs) if len(outputs) > 1 else outputs[0]
 
     def get_config(self):
         return {**super().get_config(), **self.config.to_dict(), "seed": self.seed}

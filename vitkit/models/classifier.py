@@ -1,5 +1,8 @@
 """The image classifier: uint8 image -> scaling and augmentation -> ViT -> head -> class probabilities.
 
+A backbone with the distillation token (DeiT) feeds a second head of the same structure from that
+token; the model's output is then the mean of the two heads' probabilities.
+
 A model is fully described by a :class:`ModelSpec`; the weights file stores that spec beside the
 weights, so :func:`vitkit.load_model` rebuilds the model from the file alone.
 """
@@ -12,11 +15,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 import keras
 from keras import ops
 
-from vitkit.models.backbone import VisionTransformer, gelu_tanh
+from vitkit.models.backbone import VisionTransformer
 from vitkit.models.config import ViTConfig, resolve_config
 from vitkit.errors import ConfigError
 from vitkit.data.images import INTERPOLATIONS
 from vitkit.data.preprocessing import Augment, AugmentConfig, ScaleImages, check_normalization
+from vitkit.models.heads import apply_layers, combined_logits, head_layers, head_logits
 
 if TYPE_CHECKING:
     from vitkit.models.sources import Pretrained
@@ -34,7 +38,8 @@ class ModelSpec:
         image_size: model input (height, width) in pixels.
         backbone: backbone dimensions.
         head_width: width of the head's hidden GELU layer (21 in the original recipe);
-            0 for a linear head.
+            0 for a linear head. A backbone with the distillation token has a second head of
+            the same structure.
         head_norm: BatchNormalization before each Dense layer of the head (the recipe's);
             False for plain Dense layers, such as a checkpoint's pretrained classification top.
         preprocess: ``"tf"`` (scale to [-1, 1]), ``"normalize"`` (``(x / 255 - mean) / std``)
@@ -129,7 +134,9 @@ def image_size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
 class ImageClassifier(keras.Model):
     """A ViT classifier taking uint8 images ``(batch, H, W, 3)`` and returning probabilities.
 
-    Build it with :func:`build_model` or :func:`vitkit.load_model`; ``spec`` describes it and
+    With the distillation token (``spec.backbone.distillation_token``) the probabilities are the
+    mean of the class head's and the distillation head's (DeiT's prediction); each head's own are
+    :meth:`head_probabilities`. Build it with :func:`build_model` or :func:`vitkit.load_model`; ``spec`` describes it and
     ``class_names`` maps output columns to names.
     """
 
@@ -141,14 +148,19 @@ class ImageClassifier(keras.Model):
         augment = Augment(spec.augment, seed=spec.seed, name="augment", dtype="float32")
         scale = ScaleImages(spec.preprocess, spec.mean, spec.std, name="scale")
         backbone = VisionTransformer(**spec.backbone.to_dict(), seed=spec.seed, name=BACKBONE_LAYER)
-        head = _head_layers(spec)
+        heads = [head_layers(spec.num_classes, spec.head_width, spec.head_norm)]
+        if spec.backbone.distillation_token:
+            heads.append(head_layers(spec.num_classes, spec.head_width, spec.head_norm, prefix="dist_"))
         pixels = ops.cast(images, "float32")
-        features = backbone(scale(augment(pixels)))
-        probabilities = _apply(head, features)
+        features = backbone(scale(augment(pixels)), distillation=len(heads) > 1)
+        head_outputs = [apply_layers(head, each) for head, each in zip(heads, _as_tuple(features))]
+        probabilities = (keras.layers.Average(name="heads_mean", dtype="float32")(head_outputs)
+                         if len(heads) > 1 else head_outputs[0])
         kwargs.setdefault("name", "vitkit_classifier")
         super().__init__(inputs=images, outputs=probabilities, **kwargs)
         self.spec = spec
-        self._parts = (augment, scale, backbone, head)
+        self._parts = (augment, scale, backbone, heads[0])
+        self._heads = heads
 
     @property
     def class_names(self) -> list[str]:
@@ -179,14 +191,25 @@ class ImageClassifier(keras.Model):
             ``(logits (batch, classes), attention (batch, layers, heads, tokens, tokens))``;
             ``softmax(logits)`` equals the model's output.
         """
-        augment, scale, backbone, head = self._parts
-        pixels = augment(ops.cast(images, "float32"), training=False)
-        features, attention = backbone(
-            scale(pixels), training=False, return_attention=True, attention_offset=attention_offset
-        )
-        *hidden_layers, output = head
-        hidden = ops.cast(_apply(hidden_layers, features), output.compute_dtype)
-        return ops.add(ops.matmul(hidden, output.kernel), output.bias), attention
+        *features, attention = self._forward(images, training=False, return_attention=True,
+                                             attention_offset=attention_offset)
+        logits = [head_logits(head, each, training=False) for head, each in zip(self._heads, features)]
+        return combined_logits(logits), attention
+
+    def head_probabilities(self, images, training=None) -> list:
+        """Each head's class probabilities ``(batch, classes)``: the class head's, then the
+        distillation head's where the backbone has the token. In training mode the images are
+        augmented, once for both heads."""
+        features = self._forward(images, training=training)
+        return [apply_layers(head, each, training) for head, each in zip(self._heads, features)]
+
+    def _forward(self, images, training=None, **backbone_options) -> tuple:
+        """Pixels 0-255 -> augmentation -> scaling -> the backbone's outputs, as a tuple: the
+        pooled features, the distillation token's (with that token), the attention (if asked)."""
+        augment, scale, backbone, _ = self._parts
+        pixels = augment(ops.cast(images, "float32"), training=training)
+        return _as_tuple(backbone(scale(pixels), training=training, distillation=len(self._heads) > 1,
+                                  **backbone_options))
 
     def get_config(self):
         return {"spec": self.spec.to_dict(), "name": self.name, "trainable": self.trainable}
@@ -208,33 +231,13 @@ class _WithAttention(keras.Model):
         self.classifier = classifier
 
     def call(self, images):
-        augment, scale, backbone, head = self.classifier._parts
-        pixels = augment(ops.cast(images, "float32"))
-        features, attention = backbone(scale(pixels), return_attention=True)
-        return _apply(head, features), attention
+        *features, attention = self.classifier._forward(images, return_attention=True)
+        probabilities = [apply_layers(head, each) for head, each in zip(self.classifier._heads, features)]
+        return (probabilities[0] if len(probabilities) == 1 else ops.mean(ops.stack(probabilities), axis=0)), attention
 
 
-def _head_layers(spec: ModelSpec) -> list[keras.layers.Layer]:
-    """``BatchNorm -> Dense(head_width, gelu tanh) -> BatchNorm -> Dense(n, softmax)`` (no BatchNorm without ``head_norm``)."""
-    def norm(name: str) -> list[keras.layers.Layer]:
-        return [keras.layers.BatchNormalization(name=name)] if spec.head_norm else []
-
-    layers = norm("head_norm_0")
-    if spec.head_width:
-        layers += [
-            keras.layers.Dense(spec.head_width, activation=gelu_tanh, name="head_hidden"),
-            *norm("head_norm_1"),
-        ]
-    layers.append(
-        keras.layers.Dense(spec.num_classes, activation="softmax", dtype="float32", name="head_output")
-    )
-    return layers
-
-
-def _apply(layers: Sequence[keras.layers.Layer], x):
-    for layer in layers:
-        x = layer(x)
-    return x
+def _as_tuple(outputs) -> tuple:
+    return outputs if isinstance(outputs, tuple) else (outputs,)
 
 
 def build_model(
@@ -279,7 +282,8 @@ def build_model(
         **backbone_overrides: ``patch_size``, ``num_layers``, ``hidden_size``, ``num_heads``,
             ``mlp_dim``, ``dropout``, ``attention_dropout``, ``drop_path``,
             ``representation_size``, and for training from scratch ``tokenizer`` (``patch``,
-            ``conv``, ``shifted``) and ``locality_attention``.
+            ``conv``, ``shifted``), ``locality_attention`` and ``distillation_token`` (DeiT: a
+            second head, see :class:`ImageClassifier`).
 
     Returns:
         An :class:`ImageClassifier` (a ``keras.Model``) taking uint8 images.
@@ -307,6 +311,11 @@ def build_model(
             f"tokenizer and attention, but this backbone has tokenizer={config.tokenizer!r}, locality_attention="
             f"{config.locality_attention} (options for training from scratch, set by the small-data recipe): "
             f"use --weights none, or --recipe plain for fine-tuning"
+        )
+    if weights is not None and config.distillation_token:
+        raise ConfigError(
+            f"pretrained weights ({weights if pretrained is None else pretrained.label}) have no distillation token "
+            f"(--teacher adds one): distil into a model trained from random weights (--weights none)"
         )
     if weights is not None and config.representation_size is None:  # the checkpoint's pre_logits layer, if any
         from vitkit.models.weights import checkpoint_representation_size

@@ -44,6 +44,9 @@ class ViTConfig:
             of the patch tokens).
         fc_norm: the final LayerNorm is applied to the pooled features (``fc_norm``) instead
             of to every token (``encoder_norm``), as timm does for mean pooling.
+        distillation_token: a learned token right after the class token whose output feeds a
+            second head trained on a teacher's labels (DeiT, Touvron et al. 2021); the
+            position embedding covers it as it covers the class token.
     """
 
     patch_size: int | None
@@ -62,6 +65,7 @@ class ViTConfig:
     no_embed_class: bool = False
     pooling: str = "token"
     fc_norm: bool = False
+    distillation_token: bool = False
 
     @property
     def checkpoint_compatible(self) -> bool:
@@ -70,8 +74,8 @@ class ViTConfig:
 
     @property
     def prefix_tokens(self) -> int:
-        """Tokens before the patches: the class token and the registers."""
-        return 1 + self.register_tokens
+        """Tokens before the patches: the class token, the distillation token and the registers."""
+        return 1 + int(self.distillation_token) + self.register_tokens
 
     def to_dict(self) -> dict[str, Any]:
         """The fields, leaving out those of :data:`LATER_OPTIONS` at their defaults, so a model
@@ -88,6 +92,7 @@ class ViTConfig:
 # Options added after the first model-file format, with the values that mean "off".
 LATER_OPTIONS: dict[str, Any] = {
     "layer_scale": None, "register_tokens": 0, "no_embed_class": False, "pooling": "token", "fc_norm": False,
+    "distillation_token": False,
 }
 POOLINGS = ("token", "mean")
 

@@ -1,5 +1,5 @@
 """Images to tokens: patch tokenizers (linear patches, convolutional stem, shifted patches), the
-class token, register tokens and the learned position embedding."""
+class token, the distillation token, register tokens and the learned position embedding."""
 
 from __future__ import annotations
 
@@ -102,6 +102,16 @@ class RegisterTokens(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "count": self.count}
+
+
+@keras.saving.register_keras_serializable(package="vitkit")
+class DistillationToken(RegisterTokens):
+    """Prepends the learned distillation token (DeiT, Touvron et al. 2021) to a token sequence:
+    one token, drawn at random like the registers, whose output a second head reads."""
+
+    def __init__(self, **kwargs):
+        kwargs.pop("count", None)  # always one; get_config writes it
+        super().__init__(1, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="vitkit")
