@@ -16,7 +16,8 @@ validation loss, then scored on the test split:
   input size, no early stopping;
 - ``cnn``: the reference peer, a plain Keras Conv2D stack (three conv-BN-ReLU-pool stages with
   32/64/128 filters, global pooling, about the ViT's parameter count) with Adam 1e-3 and
-  flip/translation/zoom augmentation; it exists only here.
+  flip/translation/zoom augmentation: ``vitkit.models.cnn.small_cnn``, the teacher of
+  ``vitkit train --teacher cnn``.
 
 Runs are sequential in this process; wall times are approximate on a shared CPU, compare them
 within one run. Writes ``bench/results/photos.json``.
@@ -39,28 +40,12 @@ GENERATOR = ROOT / "examples" / "make_sample_photos.py"
 SAMPLE_PHOTOS = ROOT / "examples" / "photos"
 
 
-def small_cnn(num_classes: int, image_size: tuple[int, int], seed: int = 0):
-    """The reference CNN: uint8 images -> [-1, 1] -> light augmentation -> 3 conv stages -> softmax."""
-    import keras
-
-    layers = keras.layers
-    inputs = keras.Input((*image_size, 3), dtype="uint8")
-    x = layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
-    x = layers.RandomFlip("horizontal", seed=seed)(x)
-    x = layers.RandomTranslation(0.1, 0.1, seed=seed + 1)(x)
-    x = layers.RandomZoom(0.1, 0.1, seed=seed + 2)(x)
-    for filters in (32, 64, 128):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = layers.MaxPooling2D()(layers.ReLU()(layers.BatchNormalization()(x)))
-    x = layers.Dropout(0.2, seed=seed + 3)(layers.GlobalAveragePooling2D()(x))
-    return keras.Model(inputs, layers.Dense(num_classes, activation="softmax")(x), name="small_cnn")
-
-
 def train_cnn(manifests: Path, image_size: tuple[int, int], epochs: int, batch_size: int) -> dict:
     import keras
     import numpy as np
 
     from vitkit.data.batches import load_images
+    from vitkit.models.cnn import small_cnn
 
     keras.utils.set_random_seed(0)
     sets = {split: load_images(str(manifests / f"{split}.csv"), image_size, progress=False)

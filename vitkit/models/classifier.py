@@ -191,23 +191,28 @@ class ImageClassifier(keras.Model):
             ``(logits (batch, classes), attention (batch, layers, heads, tokens, tokens))``;
             ``softmax(logits)`` equals the model's output.
         """
-        *features, attention = self._forward(images, training=False, return_attention=True,
-                                             attention_offset=attention_offset)
+        pixels = self.augment_pixels(images, training=False)
+        *features, attention = self._features(pixels, training=False, return_attention=True,
+                                              attention_offset=attention_offset)
         logits = [head_logits(head, each, training=False) for head, each in zip(self._heads, features)]
         return combined_logits(logits), attention
 
-    def head_probabilities(self, images, training=None) -> list:
-        """Each head's class probabilities ``(batch, classes)``: the class head's, then the
-        distillation head's where the backbone has the token. In training mode the images are
-        augmented, once for both heads."""
-        features = self._forward(images, training=training)
+    def augment_pixels(self, images, training=None):
+        """Images 0-255 as the backbone's scaling receives them: float32, augmented in training
+        mode (the model's own augmentation), unchanged otherwise."""
+        augment = self._parts[0]
+        return augment(ops.cast(images, "float32"), training=training)
+
+    def head_probabilities(self, pixels, training=None) -> list:
+        """Each head's class probabilities ``(batch, classes)`` for :meth:`augment_pixels`' pixels:
+        the class head's, then the distillation head's where the backbone has the token."""
+        features = self._features(pixels, training=training)
         return [apply_layers(head, each, training) for head, each in zip(self._heads, features)]
 
-    def _forward(self, images, training=None, **backbone_options) -> tuple:
-        """Pixels 0-255 -> augmentation -> scaling -> the backbone's outputs, as a tuple: the
-        pooled features, the distillation token's (with that token), the attention (if asked)."""
-        augment, scale, backbone, _ = self._parts
-        pixels = augment(ops.cast(images, "float32"), training=training)
+    def _features(self, pixels, training=None, **backbone_options) -> tuple:
+        """Augmented pixels -> scaling -> the backbone's outputs, as a tuple: the pooled features,
+        the distillation token's (with that token), the attention (if asked)."""
+        _, scale, backbone, _ = self._parts
         return _as_tuple(backbone(scale(pixels), training=training, distillation=len(self._heads) > 1,
                                   **backbone_options))
 
@@ -231,7 +236,8 @@ class _WithAttention(keras.Model):
         self.classifier = classifier
 
     def call(self, images):
-        *features, attention = self.classifier._forward(images, return_attention=True)
+        pixels = self.classifier.augment_pixels(images)
+        *features, attention = self.classifier._features(pixels, return_attention=True)
         probabilities = [apply_layers(head, each) for head, each in zip(self.classifier._heads, features)]
         return (probabilities[0] if len(probabilities) == 1 else ops.mean(ops.stack(probabilities), axis=0)), attention
 

@@ -43,16 +43,16 @@ def build_run_model(settings: RunSettings, class_names: Sequence[str], precision
     ``pretrained``: the checkpoint ``settings.weights`` names, already opened (see
     :func:`~vitkit.models.sources.open_checkpoint`), so that it is not read again.
     """
-    return _under_policy(precision, build_model, list(class_names), settings.backbone, pretrained or settings.weights,
+    return under_policy(precision, build_model, list(class_names), settings.backbone, pretrained or settings.weights,
                          settings.image_size, **settings.model_options())
 
 
 def rebuild_model(model: ImageClassifier, precision: str) -> ImageClassifier:
     """A new classifier of ``model``'s spec, in ``precision``'s dtype policy, for weights loaded next."""
-    return _under_policy(precision, ImageClassifier, model.spec)
+    return under_policy(precision, ImageClassifier, model.spec)
 
 
-def _under_policy(precision: str, make: Callable[..., ImageClassifier], *args: Any, **kwargs: Any) -> ImageClassifier:
+def under_policy(precision: str, make: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``make(*args, **kwargs)``, a model built under the training precision's dtype policy."""
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)

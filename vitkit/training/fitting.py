@@ -1,6 +1,7 @@
 """Fitting a run's model: compiled for each training phase (frozen backbone, then all) and fit
 with the callbacks that stop early, lower the learning rate on plateaus and keep the run's
-state (best model, history, resume state)."""
+state (best model, history, resume state). The model fit is the classifier, or the
+:class:`~vitkit.training.distill.Distiller` that trains it from a teacher."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from vitkit.data.batches import follow_epochs
 from vitkit.device import is_out_of_memory, out_of_memory_error
 from vitkit.errors import ConfigError
 from vitkit.models.classifier import ImageClassifier
+from vitkit.training.distill import Distiller, MeanHeadAccuracy
 from vitkit.training.outputs import OutputPaths
 from vitkit.training.parallel import Parallel
 from vitkit.training.runstate import RunKeeper
@@ -67,11 +69,16 @@ def make_callbacks(settings: RunSettings, paths: OutputPaths, model_path: Path, 
     return Callbacks(early_stopping, stateful, keeper)
 
 
-def compile_phase(model: ImageClassifier, settings: RunSettings, phase: Phase, steps_per_epoch: int) -> None:
+def compile_phase(model: ImageClassifier | Distiller, settings: RunSettings, phase: Phase,
+                  steps_per_epoch: int) -> None:
     """Freeze or unfreeze the backbone and compile with a fresh optimizer for ``phase``."""
     model.backbone.trainable = phase.backbone_trainable
+    optimizer = make_optimizer(settings, settings.epochs - phase.start, steps_per_epoch)
+    if isinstance(model, Distiller):  # its own loss (compute_loss)
+        model.compile(optimizer=optimizer, metrics=[MeanHeadAccuracy(model.num_classes)])
+        return
     model.compile(
-        optimizer=make_optimizer(settings, settings.epochs - phase.start, steps_per_epoch),
+        optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
@@ -93,7 +100,7 @@ def make_optimizer(settings: RunSettings, epochs: int, steps_per_epoch: int) -> 
     return keras.optimizers.Adam(learning_rate=rate)
 
 
-def fit(model: ImageClassifier, batches: keras.utils.PyDataset, val_batches: keras.utils.PyDataset | None,
+def fit(model: ImageClassifier | Distiller, batches: keras.utils.PyDataset, val_batches: keras.utils.PyDataset | None,
         settings: RunSettings, callbacks: Callbacks, *, paths: OutputPaths, parallel: Parallel, resuming: bool,
         precision: str, verbose: int | None = None) -> RunKeeper:
     """Train ``model`` phase by phase, continuing the interrupted run when ``resuming``.
@@ -119,7 +126,7 @@ def fit(model: ImageClassifier, batches: keras.utils.PyDataset, val_batches: ker
     try:
         try:
             _fit_phases(model, batches, val_batches, settings, callbacks, state, done,
-                        verbose=_verbosity(verbose) if parallel.is_chief else 0)
+                        verbose=verbosity(verbose) if parallel.is_chief else 0)
         finally:
             keeper.wait()  # however the fit ended, the best model in flight is on disk (or its error raised)
     except KeyboardInterrupt:
@@ -135,7 +142,7 @@ def fit(model: ImageClassifier, batches: keras.utils.PyDataset, val_batches: ker
     return keeper
 
 
-def _fit_phases(model: ImageClassifier, batches: keras.utils.PyDataset, val_batches: keras.utils.PyDataset | None,
+def _fit_phases(model: ImageClassifier | Distiller, batches: keras.utils.PyDataset, val_batches: keras.utils.PyDataset | None,
                 settings: RunSettings, callbacks: Callbacks, state: dict | None, done: int, verbose: int) -> None:
     """The phases not yet done: compiled afresh, restored from ``state`` where it left off, fit."""
     for phase in phases(settings):
@@ -155,7 +162,8 @@ def _fit_phases(model: ImageClassifier, batches: keras.utils.PyDataset, val_batc
             break
 
 
-def _verbosity(verbose: int | None) -> int:
+def verbosity(verbose: int | None) -> int:
+    """Keras verbosity: as given, else a progress bar on a terminal and a line per epoch otherwise."""
     if verbose is not None:
         return verbose
     return 1 if sys.stdout.isatty() else 2

@@ -1,6 +1,7 @@
 """The files of a training run, for ``--out models/NAME.weights.h5``: the best model,
-``NAME.history.csv``, ``NAME.curves.png``, ``NAME.skipped.csv`` and, while the run is going,
-``NAME.run/`` from which ``resume=True`` continues an interrupted run.
+``NAME.history.csv``, ``NAME.curves.png``, ``NAME.skipped.csv``, ``NAME.teacher.keras`` (the
+teacher CNN of a distilled run) and, while the run is going, ``NAME.run/`` from which
+``resume=True`` continues an interrupted run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class OutputPaths:
     curves: Path
     skipped: Path
     run: Path
+    teacher: Path
 
     def resume_note(self) -> str:
         """The sentence an error adds when the run has finished epochs to resume from, else ``""``."""
@@ -53,14 +55,17 @@ def output_paths(out: str | Path) -> OutputPaths:
         curves=out.with_name(f"{stem}.curves.png"),
         skipped=out.with_name(f"{stem}.skipped.csv"),
         run=out.with_name(f"{stem}.run"),
+        teacher=out.with_name(f"{stem}.teacher.keras"),
     )
 
 
-def prepare_outputs(paths: OutputPaths, resume: bool, overwrite: bool, writer: bool = True) -> bool:
+def prepare_outputs(paths: OutputPaths, resume: bool, overwrite: bool, writer: bool = True,
+                    trains_teacher: bool = False) -> bool:
     """Check the outputs may be written; returns whether an interrupted run is continued.
 
     ``writer``: this process writes the outputs and clears what an earlier run left; the other
     processes of a multi-host run make the same checks (so that all stop alike) and only read.
+    ``trains_teacher``: the run trains a teacher into ``paths.teacher``, which ``resume`` reuses.
 
     Raises:
         ConfigError: an interrupted run is there, and neither ``resume`` nor ``overwrite``.
@@ -68,7 +73,7 @@ def prepare_outputs(paths: OutputPaths, resume: bool, overwrite: bool, writer: b
     """
     has_state = (paths.run / STATE_FILE).is_file()
     if writer:
-        for path in (paths.model, paths.history, paths.curves):
+        for path in (paths.model, paths.history, paths.curves, paths.teacher):
             remove_temporaries(path)
     if resume and has_state:
         if writer:
@@ -82,7 +87,8 @@ def prepare_outputs(paths: OutputPaths, resume: bool, overwrite: bool, writer: b
             f"{paths.run} holds an interrupted run; continue it with --resume, or pass "
             f"--overwrite to start again"
         )
-    checked = (paths.model, paths.history, paths.curves) + ((paths.skipped,) if writer else ())
+    checked = ((paths.model, paths.history, paths.curves) + ((paths.skipped,) if writer else ())
+               + ((paths.teacher,) if trains_teacher and not resume else ()))
     for path in checked:
         check_writable(path, overwrite)
     if writer:

@@ -10,6 +10,10 @@ The best model is written in the background (:mod:`~vitkit.training.checkpoints`
 epoch's state. The write of an earlier epoch is always finished before a state is saved, so the
 only best model a saved state may name without it being on disk yet is that of its own epoch,
 whose weights the run folder holds: a resumed run writes it from there.
+
+A model trained through a wrapper (distillation's, whose ``student`` is the classifier) is saved
+as its classifier alone: the best model and the epochs' weights are the student's; the
+optimizer and random-generator variables are the wrapper's (the student's and the teacher's).
 """
 
 from __future__ import annotations
@@ -62,6 +66,11 @@ def load_variables(groups: dict[str, list], path: Path) -> None:
                 if tuple(value.shape) != tuple(variable.shape):
                     raise ConfigError(f"{path}: {group_name} variable {variable.path} has another shape; options differ")
                 variable.assign(value)
+
+
+def saved_model(model: keras.Model) -> keras.Model:
+    """The classifier whose weights a run saves: ``model``, or the ``student`` of a training wrapper."""
+    return getattr(model, "student", model)
 
 
 def random_state_variables(model: keras.Model) -> list:
@@ -183,7 +192,7 @@ class RunKeeper(keras.callbacks.Callback):
                 model.optimizer.build(model.trainable_variables)
             groups["optimizer"] = model.optimizer.variables
         try:
-            load_weights_only(model, self.run_dir / state["weights"])
+            load_weights_only(saved_model(model), self.run_dir / state["weights"])
             load_variables(groups, self.run_dir / state["variables"])
         except (OSError, KeyError, ValueError) as error:
             raise self._damaged(error) from None
@@ -214,7 +223,7 @@ class RunKeeper(keras.callbacks.Callback):
         improved = value is not None and np.isfinite(value) and value < self.best
         if improved:
             self.best, self.best_epoch = float(value), epoch + 1
-        snapshot = snapshot_model(self.model) if improved or self.writes_run else None
+        snapshot = snapshot_model(saved_model(self.model)) if improved or self.writes_run else None
         if self.writes_run:
             self._save_state(epoch + 1, snapshot)
             write_text_atomic(self.history_path, history_csv(self.history), overwrite=True)

@@ -22,6 +22,7 @@ from vitkit.training.recipes import choose_recipe, resolve_options
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+CNN_TEACHER = "cnn"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +33,8 @@ class RunSettings:
     :class:`~vitkit.models.config.ViTConfig` overrides) follow them there, inline. When ``weights``
     is a checkpoint that tells its own architecture, ``backbone`` is the one given (None: the
     checkpoint's), and ``mean``, ``std`` and ``interpolation`` are recorded; other runs' model
-    files never had those three.
+    files never had those three. ``teacher`` (``cnn`` or a model file, see
+    :mod:`~vitkit.training.teacher`) is recorded only when there is one.
     """
 
     recipe: str
@@ -65,6 +67,7 @@ class RunSettings:
     precision: str
     classes: tuple[str, ...] | None
     backbone_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    teacher: str | None = None
 
     def __post_init__(self):
         # Frozen all the way down: the mappings a caller passed become read-only views of copies.
@@ -75,7 +78,7 @@ class RunSettings:
 
     def record(self) -> dict[str, Any]:
         """The settings as plain JSON values, as the model file and the resume state keep them."""
-        left_out = {"backbone_options"}
+        left_out = {"backbone_options"} | ({"teacher"} if self.teacher is None else set())
         if weights_kind(self.weights) != "checkpoint":
             left_out |= {"mean", "std", "interpolation"}
         recorded = {field.name: _json(getattr(self, field.name))
@@ -118,6 +121,7 @@ def resolve_settings(
     precision: str = "auto",
     classes: Sequence[str] | None = None,
     pretrained: Pretrained | None = None,
+    teacher: str | Path | None = None,
     **backbone_overrides: Any,
 ) -> RunSettings:
     """:func:`vitkit.train`'s options (same names and defaults) resolved into the run's settings.
@@ -128,7 +132,7 @@ def resolve_settings(
     (:func:`~vitkit.models.sources.open_checkpoint`): its image size and architecture come before
     the recipe's, and its preparation (``preprocess`` unless given, ``mean``, ``std``,
     ``interpolation``) is the run's; without one, ``preprocess`` is ``tf`` unless given and the
-    recipe's image size applies.
+    recipe's image size applies. A ``teacher`` turns on the backbone's distillation token.
 
     Raises:
         ConfigError: an unknown recipe, optimizer or schedule, no epochs, a negative
@@ -140,6 +144,9 @@ def resolve_settings(
         ('small-data', 5, 1, 'conv')
     """
     chosen = choose_recipe(recipe, weights, backbone)
+    teacher = check_teacher(teacher)
+    if teacher is not None:
+        backbone_overrides = {**backbone_overrides, "distillation_token": True}
     if pretrained is not None:
         # The checkpoint's size and architecture, so the recipe's defaults do not replace them.
         image_size = image_size or pretrained.image_size
@@ -160,7 +167,7 @@ def resolve_settings(
         class_weights=class_weights, freeze_backbone_epochs=freeze_backbone_epochs, head_width=head_width,
         resize_mode=resize_mode, **preparation, reduce_lr_patience=reduce_lr_patience,
         val_fraction=val_fraction, seed=seed, precision=precision,
-        classes=tuple(classes) if classes else None, backbone_options=backbone_options,
+        classes=tuple(classes) if classes else None, backbone_options=backbone_options, teacher=teacher,
     )
     check_settings(settings)
     return settings
@@ -185,6 +192,25 @@ def check_settings(settings: RunSettings) -> None:
     if settings.class_weights is not None and not (
             settings.class_weights == "balanced" or isinstance(settings.class_weights, Mapping)):
         raise ConfigError(f"class_weights must be 'balanced' or a dict, got {settings.class_weights!r}")
+    if settings.teacher is not None and settings.weights is not None:
+        raise ConfigError(f"--teacher distils into a model trained from random weights; the pretrained weights "
+                          f"({settings.weights}) have no distillation token: add --weights none")
+
+
+def check_teacher(teacher: str | Path | None) -> str | None:
+    """``teacher`` as the run records it: None, ``cnn`` or the path of an existing ``.keras`` file.
+
+    Raises:
+        ConfigError: a path that is not there or is not a ``.keras`` file.
+    """
+    if teacher is None or str(teacher) == CNN_TEACHER:
+        return None if teacher is None else CNN_TEACHER
+    path = Path(teacher)
+    if path.suffix != ".keras":
+        raise ConfigError(f"teacher {path} is not a .keras model file; give one, or --teacher cnn to train the small CNN")
+    if not path.is_file():
+        raise ConfigError(f"teacher model {path} not found; give a .keras model file, or --teacher cnn")
+    return str(path)
 
 
 def _resolve_weights(weights: str | Path | None, backbone: str) -> str | None:

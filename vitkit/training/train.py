@@ -5,8 +5,12 @@ built (:mod:`~vitkit.training.building`), compiled and fit with its callbacks
 (:mod:`~vitkit.training.fitting`), and the outputs written.
 
 Outputs, for ``--out models/NAME.weights.h5``: the best model (by validation loss) written
-atomically whenever it improves, ``NAME.history.csv``, ``NAME.curves.png`` and, while the run
-is going, ``NAME.run/`` from which ``resume=True`` continues an interrupted run.
+atomically whenever it improves, ``NAME.history.csv``, ``NAME.curves.png``, ``NAME.teacher.keras``
+(``teacher="cnn"``) and, while the run is going, ``NAME.run/`` from which ``resume=True``
+continues an interrupted run.
+
+With a ``teacher`` the classifier is trained by hard distillation (DeiT): see
+:mod:`~vitkit.training.distill` for the loss and :mod:`~vitkit.training.teacher` for the teacher.
 """
 
 from __future__ import annotations
@@ -16,16 +20,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vitkit.device import out_of_memory_hint, resolve_precision
+from vitkit.errors import ConfigError
 from vitkit.models.classifier import ImageClassifier
 from vitkit.models.modelfile import load_weights_only
 from vitkit.models.sources import open_checkpoint
 from vitkit.training.building import build_run_model, rebuild_model, seed_everything
-from vitkit.training.datasets import DataSource, batch_streams, load_training_data
-from vitkit.training.fitting import fit, make_callbacks
+from vitkit.training.datasets import DataSource, TrainingData, batch_streams, load_training_data
+from vitkit.training.distill import Distiller
+from vitkit.training.fitting import fit, make_callbacks, verbosity
 from vitkit.training.outputs import (checkpoint_path, output_paths, prepare_outputs, write_outputs,
                                      write_skipped_images)
 from vitkit.training.parallel import plan
-from vitkit.training.settings import resolve_settings
+from vitkit.training.settings import CNN_TEACHER, RunSettings, resolve_settings
+from vitkit.training.teacher import Teacher, prepare_teacher
 
 
 @dataclasses.dataclass
@@ -40,6 +47,8 @@ class TrainResult:
     best_epoch: int | None
     skipped_path: Path | None = None
     recipe: str = "plain"
+    teacher_path: Path | None = None
+    teacher_seconds: float | None = None
 
 
 def train(
@@ -82,6 +91,7 @@ def train(
     verbose: int | None = None,
     devices: int | str = 1,
     architecture: str | None = None,
+    teacher: str | Path | None = None,
     **backbone_overrides: Any,
 ) -> TrainResult:
     """Train a ViT classifier and save the best epoch to ``out``.
@@ -140,6 +150,16 @@ def train(
             else every CPU device); data-parallel over them (see :mod:`vitkit.training.parallel`, also for
             several hosts). Only the first process writes the outputs.
         architecture: timm architecture name, for a ``.safetensors`` checkpoint without ``config.json``.
+        teacher: distil from a teacher (DeiT's hard distillation; turns on the backbone's
+            distillation token, needs random weights and one device): ``"cnn"`` trains
+            :func:`~vitkit.models.cnn.small_cnn` first on the same training images and classes
+            (its own augmentation, Adam 1e-3, the run's epochs, batch size and seed, the epoch
+            of lowest validation loss) and saves it as ``NAME.teacher.keras`` (reused by
+            ``resume``); a path names a ``.keras`` model taking uint8 ``(batch, H, W, 3)`` images
+            of the run's size and returning the probabilities of the run's classes. The loss is
+            ``0.5 * CE(class head, labels) + 0.5 * CE(distillation head, teacher's argmax)``,
+            the teacher seeing the same augmented images; the saved model predicts the mean of
+            its two heads. ``TrainResult.teacher_seconds`` is the teacher's training time.
         **backbone_overrides: backbone options (``patch_size``, ``num_layers``, ``tokenizer``,
             ``locality_attention``, ``drop_path``, ...; see :class:`~vitkit.models.config.ViTConfig`).
 
@@ -161,17 +181,21 @@ def train(
         cutmix=cutmix, class_weights=class_weights, freeze_backbone_epochs=freeze_backbone_epochs,
         augment=augment, head_width=head_width, preprocess=preprocess, resize_mode=resize_mode,
         patience=patience, reduce_lr_patience=reduce_lr_patience, val_fraction=val_fraction, seed=seed,
-        precision=precision, classes=classes, pretrained=pretrained, **backbone_overrides,
+        precision=precision, classes=classes, pretrained=pretrained, teacher=teacher, **backbone_overrides,
     )
     paths = output_paths(out)
     parallel = plan(devices)  # first: joining several hosts must precede any backend work
     parallel.local_batch_size(settings.batch_size)  # refuses a batch the devices cannot split, before any reading
-    resuming = prepare_outputs(paths, resume, overwrite, writer=parallel.is_chief)
+    if settings.teacher is not None and not parallel.is_single:
+        raise ConfigError("--teacher trains on one device; drop --devices")
+    resuming = prepare_outputs(paths, resume, overwrite, writer=parallel.is_chief,
+                               trains_teacher=settings.teacher == CNN_TEACHER)
     seed_everything(settings.seed)
 
     data = load_training_data(train_data, val_data, settings, DataSource(label_from, root, cache_dir, on_bad_image))
     skipped_path = write_skipped_images(paths.skipped, data.train, data.val) if parallel.is_chief else None
     precision = resolve_precision(settings.precision)
+    taught = _teacher(settings, data, paths.teacher, resume, precision, verbose) if settings.teacher else None
 
     with checkpoint_path(paths, writer=parallel.is_chief) as model_path:
         with parallel.scope():
@@ -181,7 +205,8 @@ def train(
             batches, val_batches = batch_streams(data, settings, parallel)
             callbacks = make_callbacks(settings, paths, model_path, validated=val_batches is not None,
                                        writes_run=parallel.is_chief)
-            keeper = fit(model, batches, val_batches, settings, callbacks, paths=paths, parallel=parallel,
+            trained = model if taught is None else Distiller(model, taught.model, settings.label_smoothing)
+            keeper = fit(trained, batches, val_batches, settings, callbacks, paths=paths, parallel=parallel,
                          resuming=resuming, precision=precision, verbose=verbose)
             load_weights_only(model, model_path)
         if not parallel.is_single:
@@ -191,4 +216,16 @@ def train(
 
     write_outputs(keeper, paths, writer=parallel.is_chief)
     return TrainResult(model, paths.model, keeper.history, paths.history, paths.curves,
-                       keeper.best_epoch, skipped_path, settings.recipe)
+                       keeper.best_epoch, skipped_path, settings.recipe,
+                       taught.path if taught else None, taught.seconds if taught else None)
+
+
+def _teacher(settings: RunSettings, data: TrainingData, path: Path, resume: bool, precision: str,
+             verbose: int | None) -> Teacher:
+    """The run's teacher (see :func:`~vitkit.training.teacher.prepare_teacher`), then the random
+    streams seeded again: the student starts alike whether the teacher was trained or reused."""
+    teacher = prepare_teacher(settings.teacher, data.train, data.val, data.class_names, settings.image_size,
+                              epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed, path=path,
+                              reuse=resume, overwrite=True, precision=precision, verbose=verbosity(verbose))
+    seed_everything(settings.seed)
+    return teacher

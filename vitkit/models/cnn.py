@@ -1,0 +1,23 @@
+"""The small reference CNN: the convolutional peer the benchmarks compare ViTs with, and the
+teacher that ``vitkit train --teacher cnn`` trains for distillation."""
+
+from __future__ import annotations
+
+import keras
+
+
+def small_cnn(num_classes: int, image_size: tuple[int, int], seed: int = 0) -> keras.Model:
+    """uint8 images ``(batch, H, W, 3)`` -> [-1, 1] -> light augmentation (horizontal flip,
+    10 % translation and zoom; training only) -> three conv-BN-ReLU-pool stages of 32/64/128
+    filters -> global average pooling -> dropout 0.2 -> softmax over ``num_classes``."""
+    layers = keras.layers
+    inputs = keras.Input((*image_size, 3), dtype="uint8", name="images")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    x = layers.RandomFlip("horizontal", seed=seed)(x)
+    x = layers.RandomTranslation(0.1, 0.1, seed=seed + 1)(x)
+    x = layers.RandomZoom(0.1, 0.1, seed=seed + 2)(x)
+    for filters in (32, 64, 128):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.MaxPooling2D()(layers.ReLU()(layers.BatchNormalization()(x)))
+    x = layers.Dropout(0.2, seed=seed + 3)(layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, layers.Dense(num_classes, activation="softmax", dtype="float32")(x), name="small_cnn")
