@@ -188,6 +188,7 @@ def explain_images(
         discard_ratio=float(discard_ratio),
         layer=layer % layers,
         register_tokens=model.backbone.config.register_tokens,
+        distillation_token=model.backbone.config.distillation_token,
         pooling=model.backbone.config.pooling,
     )
 

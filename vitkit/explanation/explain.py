@@ -16,8 +16,9 @@ Methods (``method=``):
     The class token's attention over the patches in one layer, heads fused (layer 0, the first,
     by default; ``-1`` is the last).
 
-Maps cover the patch tokens only: register tokens (DINOv2 with registers) and the class token are
-left out, and the report says so. A model that pools by the mean of its patch tokens (timm's
+Maps cover the patch tokens only: register tokens (DINOv2 with registers), the distillation token
+(DeiT) and the class token are left out, and the report says so; a distilled model's maps read
+the class token's row (its prediction also averages the distillation head's). A model that pools by the mean of its patch tokens (timm's
 ``global_pool="avg"``) has no class token to read: its maps read the mean of the patch tokens'
 rows instead of the class token's row (see :mod:`vitkit.explanation.rollout`).
 

@@ -90,14 +90,15 @@ def save_maps_file(explanation: "Explanation", path: str | os.PathLike, overwrit
     return Path(path)
 
 
-def token_names(grid: tuple[int, int], registers: int = 0) -> list[str]:
-    """``["CLS", "REG_0", ..., "patch_0_0", "patch_0_1", ...]``: the tokens in the order the backbone uses."""
-    return (["CLS"] + [f"REG_{i}" for i in range(registers)]
+def token_names(grid: tuple[int, int], registers: int = 0, distillation: bool = False) -> list[str]:
+    """``["CLS", "DIST", "REG_0", ..., "patch_0_0", "patch_0_1", ...]``: the tokens in the order the
+    backbone uses (``DIST``, the distillation token, only with ``distillation``)."""
+    return (["CLS"] + (["DIST"] if distillation else []) + [f"REG_{i}" for i in range(registers)]
             + [f"patch_{row}_{col}" for row in range(grid[0]) for col in range(grid[1])])
 
 
 def bertviz_attention(attention: np.ndarray, grid: tuple[int, int], decimals: int = 5,
-                      registers: int = 0) -> dict[str, Any]:
+                      registers: int = 0, distillation: bool = False) -> dict[str, Any]:
     """One image's attention ``(layers, heads, tokens, tokens)`` in the layout BertViz's views read.
 
     The result is the parameter object of BertViz's ``head_view`` / ``model_view`` scripts
@@ -109,10 +110,10 @@ def bertviz_attention(attention: np.ndarray, grid: tuple[int, int], decimals: in
     """
     attention = np.asarray(attention, dtype=np.float32)
     layers, heads, tokens = attention.shape[0], attention.shape[1], attention.shape[-1]
-    names = token_names(grid, registers)
+    names = token_names(grid, registers, distillation)
     if tokens != len(names):
         raise ConfigError(f"attention has {tokens} tokens, a {grid[0]}x{grid[1]} grid with {registers} registers "
-                          f"has {len(names)}")
+                          f"{'and a distillation token ' if distillation else ''}has {len(names)}")
     return {
         "attention": [{"name": None, "attn": np.round(attention, decimals).tolist(),
                        "left_text": names, "right_text": names}],
@@ -138,7 +139,9 @@ def write_attention_json(model: "ImageClassifier", images: ImageSet, path: str |
     probabilities, attention = attention_weights(model, images.read(np.array([index])))
     grid = model.backbone.grid_shape(model.spec.image_size)
     best = int(probabilities[0].argmax())
-    data = bertviz_attention(attention[0], grid, registers=model.backbone.config.register_tokens)
+    config = model.backbone.config
+    data = bertviz_attention(attention[0], grid, registers=config.register_tokens,
+                             distillation=config.distillation_token)
     data.update({
         "image": images.names[index],
         "predicted": model.class_names[best],

@@ -27,6 +27,8 @@ class Explanation:
         layer_maps: ``(n, layers, rows, cols)`` class-token attention of every layer, heads fused
             with ``head_fusion`` (raw attention weights, not normalised).
         method, head_fusion, discard_ratio, layer: how the maps were made.
+        distillation_token: whether the model has DeiT's distillation token (left out of every
+            map, like the class token itself).
         register_tokens, pooling: the model's register tokens (left out of every map) and
             pooling (``token``: maps read the class token's row; ``mean``: the mean of the
             patch tokens' rows).
@@ -43,6 +45,7 @@ class Explanation:
     discard_ratio: float
     layer: int
     register_tokens: int = 0
+    distillation_token: bool = False
     pooling: str = "token"
 
     def __len__(self) -> int:
@@ -100,8 +103,10 @@ class Explanation:
         patches = self.grid_maps.shape[1] * self.grid_maps.shape[2]
         row = ("the mean of the patch tokens' rows (the model pools by the mean)" if self.pooling == "mean"
                else "the class token's row")
-        registers = f" and {self.register_tokens} register tokens" if self.register_tokens else ""
-        return f"{row} over the {patches} patch tokens; left out: the class token{registers}"
+        left_out = ["the class token"] + (["the distillation token"] if self.distillation_token else [])
+        left_out += [f"{self.register_tokens} register tokens"] if self.register_tokens else []
+        listed = ", ".join(left_out[:-1]) + " and " + left_out[-1] if len(left_out) > 1 else left_out[0]
+        return f"{row} over the {patches} patch tokens; left out: {listed}"
 
     def table(self) -> pd.DataFrame:
         """One row per image: the prediction table plus ``explained`` (the class each map explains)."""

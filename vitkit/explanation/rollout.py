@@ -2,7 +2,8 @@
 step and on NumPy arrays alike.
 
 Every map is one row of a ``(tokens, tokens)`` matrix read over the patch tokens only: the
-class token and the register tokens (the first ``prefix_tokens``) are never part of a map.
+class token, the distillation token and the register tokens (the first ``prefix_tokens``) are
+never part of a map.
 Which row depends on how the model pools: with ``pooling="token"`` the class token's row (what
 the classifier reads), with ``pooling="mean"`` the mean of the patch tokens' rows (the classifier
 reads the mean of the patch tokens, so the map is how much that mean draws from each patch).
@@ -53,10 +54,10 @@ def attention_rollout(attention, head_fusion: str = "mean", discard_ratio: float
 
     Args:
         attention: ``(batch, layers, heads, tokens, tokens)`` attention weights: class token,
-            then ``prefix_tokens - 1`` register tokens, then the patches.
+            then ``prefix_tokens - 1`` distillation and register tokens, then the patches.
         head_fusion: ``mean``, ``max`` or ``min`` over the heads.
         discard_ratio: share of the lowest fused weights per layer set to zero (0 keeps all).
-        prefix_tokens: tokens before the patches (1 + registers), left out of the map.
+        prefix_tokens: tokens before the patches (1 + distillation token + registers), left out of the map.
         pooling: ``token`` reads the class token's row, ``mean`` the mean of the patch rows.
 
     Returns:
