@@ -88,7 +88,7 @@ def pretrain(
         data: the photos: a folder (searched recursively; sub-folders need not be classes), a
             manifest CSV (its ``test`` rows left out; classes not needed), a pixel CSV, image
             files, or a uint8 array ``x`` (or ``(x, y)``, ``y`` unused).
-        out: the backbone file, ``models/NAME.backbone.weights.h5``; ``NAME.history.csv`` (the
+        out: the backbone file, ``models/NAME.backbone.weights.h5``; ``NAME.backbone.history.csv`` (the
             loss per epoch) goes beside it.
         unlabeled: more photos added to ``data``: a folder, or a list of folders or files.
         backbone: preset name (default the small-data recipe's, ``vit_micro``).

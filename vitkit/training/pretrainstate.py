@@ -1,8 +1,10 @@
 """The files of a pre-training run and the callback that writes them.
 
 For ``--out models/NAME.backbone.weights.h5``: the backbone file (written after every epoch, so
-the latest epoch's backbone is always on disk), ``NAME.history.csv`` (the loss per epoch),
-``NAME.skipped.csv`` (unreadable images) and, while the run is going, ``NAME.run/``: after every
+the latest epoch's backbone is always on disk), ``NAME.backbone.history.csv`` (the loss per
+epoch), ``NAME.backbone.skipped.csv`` (unreadable images) and, while the run is going,
+``NAME.backbone.run/`` (named apart from the files of ``vitkit train --out models/NAME.weights.h5``,
+the usual next step): after every
 epoch the model's variables (backbone, decoder, random-generator states) and the optimizer's
 in one H5 file, then, atomically, ``state.json`` naming it. A run killed at any instant resumes
 from its last completed epoch with the same optimizer moments and random streams.
@@ -44,7 +46,7 @@ class PretrainPaths:
 
 
 def pretrain_paths(out: str | Path) -> PretrainPaths:
-    """The files written beside ``models/NAME.backbone.weights.h5``.
+    """The files written beside ``models/NAME.backbone.weights.h5``: ``NAME.backbone.history.csv``...
 
     Raises:
         ConfigError: ``out`` does not end in ``.backbone.weights.h5``.
@@ -52,7 +54,7 @@ def pretrain_paths(out: str | Path) -> PretrainPaths:
     out = Path(out)
     if not out.name.endswith(BACKBONE_SUFFIX):
         raise ConfigError(f"--out must end in {BACKBONE_SUFFIX} (e.g. models/photos{BACKBONE_SUFFIX}), got {out}")
-    stem = out.name[: -len(BACKBONE_SUFFIX)]
+    stem = out.name[: -len(".weights.h5")]
     return PretrainPaths(out, out.with_name(f"{stem}.history.csv"), out.with_name(f"{stem}.skipped.csv"),
                          out.with_name(f"{stem}.run"))
 
