@@ -10,9 +10,9 @@ from vitkit.cli.train import _devices
 
 _DESCRIPTION = """\
 Pre-train a ViT backbone on your own photos, without classes, and write it to --out
-(NAME.backbone.weights.h5); NAME.backbone.history.csv (the loss per epoch) goes beside it. Then
-fine-tune a classifier from it with `vitkit train --weights NAME.backbone.weights.h5`: the file sets the
-architecture (convolutional stem, locality attention), image size and pixel scaling.
+(NAME.backbone.weights.h5); NAME.backbone.history.csv (the loss per epoch) goes beside it.
+Then fine-tune a classifier from it with `vitkit train --weights NAME.backbone.weights.h5`: the
+file sets the architecture (convolutional stem, locality attention), image size and scaling.
 
 How: masked image modelling (SimMIM): each photo has --mask-ratio of its patches set to zero and
 the backbone learns to predict their pixels from the rest. No labels are read, so every photo you
@@ -29,14 +29,14 @@ examples:
         --weights models/photos.backbone.weights.h5 --recipe small-data --out models/products.weights.h5
   vitkit pretrain data_manifests/products/train.csv --out models/photos.backbone.weights.h5 --resume
 
-wall time (2-core CPU, shared): the default backbone (vit_micro, conv stem, locality attention)
-pre-trains at about {PRETRAIN_RATE} at 64 px, batch 32 (its supervised training
-step: about {TRAIN_RATE}); e.g. 1,000 photos x 100 epochs at 64 px take {EXAMPLE_TIME}.
-A GPU is 10-100 times faster.
+wall time: on a shared 2-core CPU (TensorFlow) the default backbone (vit_micro, conv stem,
+locality attention) pre-trains at about {PRETRAIN_RATE} at 64 px, batch 32, a little faster than
+its supervised training step (about {TRAIN_RATE}, with RandAugment); 1,000 photos x 100 epochs
+at 64 px take {EXAMPLE_TIME}.
 """
 
 # Measured with bench/pretrain_speed.py (see bench/README.md).
-_RATES = {"PRETRAIN_RATE": "190 images/s", "TRAIN_RATE": "200 images/s", "EXAMPLE_TIME": "about 9 minutes"}
+_RATES = {"PRETRAIN_RATE": "450 images/s", "TRAIN_RATE": "400 images/s", "EXAMPLE_TIME": "about 4 minutes"}
 
 
 def add_pretrain(commands) -> None:

@@ -42,7 +42,8 @@ def add_train(commands) -> None:
                        help="auto (imagenet21k for vit_b/l presets, none for small ones), none, "
                             "imagenet21k, imagenet21k+imagenet2012 (2020 checkpoints of --backbone), an AugReg "
                             "name (vit_base_patch16_224.augreg_in21k), hf-hub:ORG/NAME (a timm checkpoint on "
-                            "the Hugging Face Hub), or a .safetensors / .npz file or checkpoint folder; a "
+                            "the Hugging Face Hub), a .safetensors / .npz file or checkpoint folder, or a "
+                            "NAME.backbone.weights.h5 of `vitkit pretrain`; a "
                             "checkpoint sets the architecture, size, mean/std and interpolation "
                             "(`vitkit weights list`)")
     model.add_argument("--architecture", metavar="TIMM_NAME",
@@ -63,7 +64,7 @@ def add_train(commands) -> None:
         model.add_argument(flag, dest=key, type=kind, help=f"override the preset's {key.replace('_', ' ')}")
     model.add_argument("--tokenizer", choices=sorted(TOKENIZERS),
                        help="how images become tokens: " + "; ".join(f"{k} = {v}" for k, v in TOKENIZERS.items())
-                            + " (small-data: conv; only patch loads pretrained weights)")
+                            + " (small-data: conv; only patch loads published checkpoints)")
     model.add_argument("--locality-attention", action=argparse.BooleanOptionalAction, default=None,
                        help="locality self-attention: learned temperature, no attention to itself (small-data: on)")
 
