@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import textwrap
 
 import h5py
 import keras
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 
 import vitkit
-from conftest import TINY_BACKBONE, make_photo_tree, run_commands
+from conftest import TINY_BACKBONE, make_photo_tree, run_commands, run_python
 from vitkit.errors import ConfigError, OutputExistsError, WeightsError
 from vitkit.models.backbone import VisionTransformer
 from vitkit.models.backbonefile import write_backbone_file
@@ -267,3 +268,23 @@ def test_pretrain_then_train_on_jax(photo_tree, tmp_path):
     assert "pre-trained on 24 images, 2 epochs" in results[0][1] and "next:     vitkit train" in results[0][1]
     model = vitkit.load_model(tmp_path / "m.weights.h5")
     assert model.spec.backbone.tokenizer == "conv" and model.spec.backbone.locality_attention
+
+
+@pytest.mark.slow
+def test_pretraining_on_two_devices_writes_a_backbone_file():
+    code = textwrap.dedent(f"""
+        import os
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        import pathlib, tempfile
+        import numpy as np
+        import vitkit
+        x = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+        out = pathlib.Path(tempfile.mkdtemp()) / "m.backbone.weights.h5"
+        result = vitkit.pretrain(x, out=out, epochs=2, batch_size=8, image_size=32, verbose=0, devices=2,
+                                 **{TINY_BACKBONE!r})
+        model = vitkit.build_model(["a", "b"], weights=str(out))
+        print("RESULT", len(result.history), np.isfinite(result.history[-1]["loss"]), model.backbone.config.tokenizer)
+    """)
+    done = run_python(code, backend="jax")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "RESULT 2 True conv" in done.stdout
