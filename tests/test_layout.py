@@ -27,10 +27,11 @@ LAYERS = (
 MAX_MODULE_LINES = 400
 PUBLIC_NAMES = {
     "AugmentConfig", "ConfigError", "Explanation", "ImageClassifier", "ImageError", "ManifestError",
-    "MixConfig", "ModelSpec", "OutputError", "OutputExistsError", "PRESETS", "RECIPES", "ResourceError",
-    "TrainResult", "ViTConfig", "VitkitError", "WeightsError", "attention_rollout", "build_manifests",
-    "build_model", "check_manifest", "convert_weights", "evaluate", "explain", "export_model",
-    "gradient_rollout", "load_images", "load_model", "predict", "read_manifest", "save_model", "train",
+    "MixConfig", "ModelSpec", "OutputError", "OutputExistsError", "PRESETS", "PretrainResult", "RECIPES",
+    "ResourceError", "TrainResult", "ViTConfig", "VitkitError", "WeightsError", "attention_rollout",
+    "build_manifests", "build_model", "check_manifest", "convert_weights", "evaluate", "explain",
+    "export_model", "gradient_rollout", "load_images", "load_model", "predict", "pretrain", "read_manifest",
+    "save_model", "train",
 }
 
 

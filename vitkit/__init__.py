@@ -4,6 +4,7 @@ The public API, imported lazily so that ``import vitkit`` (and ``vitkit --help``
 Keras backend::
 
     vitkit.build_manifests(photo_dir, out_dir)        # photos -> train/val/test manifests
+    vitkit.pretrain(photo_dir, out=...)                # -> models/NAME.backbone.weights.h5 (no classes needed)
     vitkit.train(train_csv, val_csv, out=...)          # -> models/NAME.weights.h5 (recipe="plain"|"small-data")
     vitkit.load_model(path)                            # -> keras.Model with .class_names
     vitkit.evaluate(model, test_csv, out=...)          # -> metrics and figures
@@ -40,6 +41,8 @@ _EXPORTS = {
     "load_images": "vitkit.data.batches",
     "train": "vitkit.training.train",
     "TrainResult": "vitkit.training.train",
+    "pretrain": "vitkit.training.pretrain",
+    "PretrainResult": "vitkit.training.pretrain",
     "evaluate": "vitkit.evaluation",
     "predict": "vitkit.prediction",
     "explain": "vitkit.explanation.explain",

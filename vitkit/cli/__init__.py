@@ -14,6 +14,7 @@ import sys
 import warnings
 from typing import Sequence
 
+from vitkit.cli.pretrain import add_pretrain
 from vitkit.cli.setup import add_demo, add_manifest
 from vitkit.cli.train import add_train
 from vitkit.cli.use import add_evaluate, add_explain, add_predict
@@ -103,6 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for add in (add_demo, add_manifest, add_train, add_evaluate, add_predict, add_weights, add_export, add_explain):
+    for add in (add_demo, add_manifest, add_pretrain, add_train, add_evaluate, add_predict, add_weights, add_export, add_explain):
         add(commands)
     return parser

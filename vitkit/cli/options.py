@@ -97,3 +97,14 @@ def parse_image_size(text: str) -> int | tuple[int, int]:
 def parse_inputs(values: Sequence[str]) -> Any:
     """One manifest, pixel CSV or folder as given; several files as a list."""
     return values[0] if len(values) == 1 else [Path(value) for value in values]
+
+
+def device_count(text: str) -> int | str:
+    """``--devices``: ``all`` or a number of devices."""
+    from vitkit.errors import ConfigError
+    from vitkit.training.parallel import parse_devices
+
+    try:
+        return parse_devices(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

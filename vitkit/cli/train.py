@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitkit.cli.options import add_data_options, add_overwrite, command, load_options, parse_image_size
+from vitkit.cli.options import add_data_options, add_overwrite, command, load_options, device_count, parse_image_size
 
 
 # train -----------------------------------------------------------------------------------------
@@ -43,7 +43,8 @@ def add_train(commands) -> None:
                        help="auto (imagenet21k for vit_b/l presets, none for small ones), none, "
                             "imagenet21k, imagenet21k+imagenet2012 (2020 checkpoints of --backbone), an AugReg "
                             "name (vit_base_patch16_224.augreg_in21k), hf-hub:ORG/NAME (a timm checkpoint on "
-                            "the Hugging Face Hub), or a .safetensors / .npz file or checkpoint folder; a "
+                            "the Hugging Face Hub), a .safetensors / .npz file or checkpoint folder, or a "
+                            "NAME.backbone.weights.h5 of `vitkit pretrain`; a "
                             "checkpoint sets the architecture, size, mean/std and interpolation "
                             "(`vitkit weights list`)")
     model.add_argument("--architecture", metavar="TIMM_NAME",
@@ -64,7 +65,7 @@ def add_train(commands) -> None:
         model.add_argument(flag, dest=key, type=kind, help=f"override the preset's {key.replace('_', ' ')}")
     model.add_argument("--tokenizer", choices=sorted(TOKENIZERS),
                        help="how images become tokens: " + "; ".join(f"{k} = {v}" for k, v in TOKENIZERS.items())
-                            + " (small-data: conv; only patch loads pretrained weights)")
+                            + " (small-data: conv; only patch loads published checkpoints)")
     model.add_argument("--locality-attention", action=argparse.BooleanOptionalAction, default=None,
                        help="locality self-attention: learned temperature, no attention to itself (small-data: on)")
     model.add_argument("--teacher", metavar="cnn|PATH",
@@ -95,7 +96,7 @@ def add_train(commands) -> None:
     fit.add_argument("--seed", type=int, default=0, help="seed of splits, shuffling, augmentation and initialization")
     fit.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"), default="auto",
                      help="auto = bfloat16 mixed precision on a GPU, float32 on a CPU")
-    fit.add_argument("--devices", type=_devices, default=1, metavar="all|N",
+    fit.add_argument("--devices", type=device_count, default=1, metavar="all|N",
                      help="train data-parallel on N devices of this host, or all (every GPU, else every CPU "
                           "device); default 1. --batch-size is the global batch, split over them (see below)")
     fit.add_argument("--resume", action="store_true", help="continue the interrupted run of the same --out")
@@ -140,16 +141,6 @@ def _devices_help() -> str:
         "  Process 0 writes the outputs; --resume needs --out on a file system all hosts share.\n"
         "  More in docs/multi_device.md."
     )
-
-
-def _devices(text: str) -> int | str:
-    from vitkit.errors import ConfigError
-    from vitkit.training.parallel import parse_devices
-
-    try:
-        return parse_devices(text)
-    except ConfigError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _class_weights(text: str) -> str | dict[str, float]:

@@ -16,7 +16,7 @@ import keras
 from keras import ops
 
 from vitkit.models.backbone import VisionTransformer
-from vitkit.models.config import ViTConfig, resolve_config
+from vitkit.models.config import SMALL_DATA_OPTIONS, ViTConfig, resolve_config
 from vitkit.errors import ConfigError
 from vitkit.data.images import INTERPOLATIONS
 from vitkit.data.preprocessing import Augment, AugmentConfig, ScaleImages, check_normalization
@@ -271,7 +271,8 @@ def build_model(
             ``"imagenet21k+imagenet2012"`` (the 2020 checkpoint of the preset), an AugReg name
             (``vit_base_patch16_224.augreg_in21k``), ``"hf-hub:ORG/NAME"``, or a path to a
             ``.safetensors`` (timm), a folder with ``config.json`` and ``model.safetensors``,
-            or a Flax ``.npz`` (see :mod:`vitkit.models.sources`).
+            a Flax ``.npz``, or a ``.backbone.weights.h5`` of ``vitkit pretrain``, which sets the
+            whole architecture, tokenizer and attention included (see :mod:`vitkit.models.sources`).
         image_size: input size in pixels, an int or (height, width); by default the
             checkpoint's (its position embedding is resampled for another size), else 224.
         head_width: hidden width of the head (21 as in the original recipe; 0 for linear).
@@ -311,7 +312,7 @@ def build_model(
         pretrained = pretrained_source(str(weights), architecture, backbone_overrides.get("num_heads"))
     size = image_size_pair(image_size if image_size is not None else (pretrained.image_size if pretrained else 224))
     config = resolve_config(_base_backbone(backbone, pretrained, backbone_overrides), size, **backbone_overrides)
-    if weights is not None and not config.checkpoint_compatible:
+    if weights is not None and not config.checkpoint_compatible and not (pretrained and pretrained.full_architecture):
         raise ConfigError(
             f"pretrained weights ({weights if pretrained is None else pretrained.label}) need the original ViT "
             f"tokenizer and attention, but this backbone has tokenizer={config.tokenizer!r}, locality_attention="
@@ -361,7 +362,8 @@ def _base_backbone(backbone, pretrained, overrides: dict[str, Any]):
     if backbone is not None and pretrained.fixed:
         raise ConfigError(f"{pretrained.label} sets the architecture ({pretrained.architecture or 'from the file'}); "
                           f"drop --backbone {backbone if isinstance(backbone, str) else ''}".rstrip())
-    for key in _ARCHITECTURE_KEYS:
+    fixed_keys = _ARCHITECTURE_KEYS + (SMALL_DATA_OPTIONS if pretrained.full_architecture else ())
+    for key in fixed_keys:
         given, found = overrides.get(key), getattr(pretrained.config, key)
         if given is not None and given != found and pretrained.fixed:
             raise ConfigError(f"{pretrained.label} has {key.replace('_', ' ')} {found}; drop the option that sets {given}")

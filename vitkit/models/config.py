@@ -121,6 +121,10 @@ TOKENIZERS: dict[str, str] = {
                "layer-normed and projected",
 }
 
+# Options for training from scratch that change a backbone's variables; only a backbone pre-trained
+# with them (``vitkit pretrain``) loads into a model that has them.
+SMALL_DATA_OPTIONS = ("tokenizer", "locality_attention")
+
 # Automatic patch size aims at this many patches along each side.
 _AUTO_GRID = 8
 # More tokens than this make attention matrices no machine holds (224 px at patch 1 is 50k).

@@ -27,6 +27,7 @@ from keras.src.saving.saving_lib import H5IOStore, _save_state
 
 from vitkit.errors import VitkitError, WeightsError
 from vitkit.fileio import atomic_output, check_writable
+from vitkit.models.backbonefile import BACKBONE_FORMAT, software_versions
 from vitkit.models.convert import build_from_weights, class_names_from, load_foreign
 from vitkit.models.legacy import file_kind, read_weights
 from vitkit.models.sources import is_timm_checkpoint
@@ -36,12 +37,6 @@ from vitkit.models.classifier import ImageClassifier, ModelSpec
 FORMAT_NAME = "vitkit"
 FORMAT_VERSION = 1
 SUFFIX = ".weights.h5"
-
-
-def _versions() -> dict[str, str]:
-    from vitkit import __version__
-
-    return {"vitkit": __version__, "keras": keras.__version__, "backend": keras.backend.backend()}
 
 
 def save_model(model: ImageClassifier, path: str | os.PathLike, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
@@ -116,7 +111,7 @@ def write_snapshot(snapshot: ModelSnapshot, path: str | os.PathLike, overwrite: 
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "spec": snapshot.spec,
-        "versions": _versions(),
+        "versions": software_versions(),
         **(extra or {}),
     }
     with atomic_output(path, overwrite=overwrite, suffix=SUFFIX) as temporary:
@@ -233,6 +228,9 @@ def load_model(
     if not is_model_file(path):
         return load_foreign(path, classes=classes, preprocess=preprocess, **foreign_options)
     metadata = read_metadata(path)
+    if metadata.get("format") == BACKBONE_FORMAT:
+        raise WeightsError(f"{path} is a pre-trained backbone (from vitkit pretrain), not a classifier: fine-tune "
+                           f"it with `vitkit train DATA --weights {path} --out models/NAME.weights.h5`")
     try:
         spec = ModelSpec.from_dict(metadata["spec"])
     except (KeyError, TypeError, ValueError, VitkitError) as error:

@@ -15,7 +15,10 @@ a ``.safetensors`` file
     in timm's tensor names, with the ``config.json`` beside it when there is one; or a folder
     holding both;
 a ``.npz`` file
-    a Flax checkpoint in the layout of the 2020 and AugReg ones.
+    a Flax checkpoint in the layout of the 2020 and AugReg ones;
+a ``.backbone.weights.h5`` file
+    a backbone pre-trained by ``vitkit pretrain`` (:mod:`vitkit.models.backbonefile`): it sets
+    the whole architecture, the convolutional stem and locality attention included.
 
 The architecture comes from ``config.json`` (see :mod:`vitkit.models.timmconfig`), else from a
 timm name (``architecture=`` / ``--architecture``, or a file named after it), else from the
@@ -33,6 +36,7 @@ import numpy as np
 
 from vitkit.errors import ConfigError, WeightsError
 from vitkit.models.augreg import augreg_named
+from vitkit.models.backbonefile import BACKBONE_FORMAT, backbone_file_values, read_backbone_file
 from vitkit.models.config import ViTConfig
 from vitkit.models.foreign import FORMATS, PUBLISHED_HEADS, backbone_shape
 from vitkit.models.legacy import file_kind, read_weights
@@ -54,13 +58,17 @@ class Pretrained:
     Attributes:
         label: the weights as given (a name, ``hf-hub:...`` or a path), for messages.
         path: the file the arrays are read from.
-        format: ``timm`` (safetensors in timm's names) or ``flax-npz``.
+        format: ``timm`` (safetensors in timm's names), ``flax-npz`` or ``vitkit-backbone``
+            (a file of ``vitkit pretrain``).
         config: the backbone (dimensions and options) of the checkpoint.
         image_size: the size its position embedding was made for.
         preprocess, mean, std, interpolation: how its training images were prepared.
         architecture: the timm architecture name, when known.
         fixed: whether the source fixes the architecture (every source but a local ``.npz``,
             which may go into any backbone preset of its shape).
+        full_architecture: whether the source also fixes the tokenizer and attention (a
+            pre-trained backbone file may hold the small-data recipe's), which the recipes'
+            defaults then do not change.
     """
 
     label: str
@@ -75,6 +83,7 @@ class Pretrained:
     architecture: str | None = None
     fixed: bool = True
     _read: Callable[[], dict] = dataclasses.field(default=dict, repr=False)
+    full_architecture: bool = False
 
     @property
     def description(self) -> str:
@@ -89,12 +98,16 @@ class Pretrained:
             return backbone_arrays(self._read(), backbone.weights, grid, self.description)
         patch = self.config.patch_size
         old_grid = (self.image_size[0] // patch, self.image_size[1] // patch)
+        if self.format == BACKBONE_FORMAT:
+            return backbone_file_values(self._read(), backbone, grid, old_grid, self.description)
         return backbone_values(self._read(), backbone.config, backbone.weights, grid, old_grid, self.description)
 
     def head(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The checkpoint's classifier ``(kernel (D, classes), bias)``, or None."""
         if self.format == "timm":
             return head_values(self._read())
+        if self.format == BACKBONE_FORMAT:
+            return None
         arrays = self._read()
         if "head/kernel" not in arrays:
             return None
@@ -138,8 +151,8 @@ def pretrained_source(weights: str, architecture: str | None = None, num_heads: 
     """Find (downloading where needed) and open pretrained weights given in any form above.
 
     Args:
-        weights: an AugReg name, ``hf-hub:ORG/NAME``, or a ``.safetensors`` / ``.npz`` file or
-            a folder.
+        weights: an AugReg name, ``hf-hub:ORG/NAME``, a ``.safetensors`` / ``.npz`` file or
+            a folder, or a ``.backbone.weights.h5`` file of ``vitkit pretrain``.
         architecture: timm architecture name, for a ``.safetensors`` without ``config.json``.
         num_heads: attention heads, where neither a configuration nor the shapes tell them.
 
@@ -168,7 +181,8 @@ def pretrained_source(weights: str, architecture: str | None = None, num_heads: 
     if not path.exists():
         raise WeightsError(
             f"weights {text!r} not found: give none, imagenet21k, imagenet21k+imagenet2012, an AugReg name "
-            f"or hf-hub:ORG/NAME (see `vitkit weights list`), or a .safetensors / .npz file or folder"
+            f"or hf-hub:ORG/NAME (see `vitkit weights list`), a .safetensors / .npz file or folder, or a "
+            f".backbone.weights.h5 file of `vitkit pretrain`"
         )
     kind = file_kind(path)
     if kind == "pickle" or path.suffix.lower() in _PICKLE_SUFFIXES:
@@ -177,7 +191,10 @@ def pretrained_source(weights: str, architecture: str | None = None, num_heads: 
         return _timm(text, path, path.with_name("config.json"), architecture, num_heads)
     if kind == "zip":
         return _flax(text, path, num_heads, None, fixed=False)
-    raise WeightsError(f"{path} is not a checkpoint vitkit reads (.safetensors in timm's names, or a Flax .npz)")
+    if kind == "hdf5":
+        return _backbone_file(text, path, num_heads)
+    raise WeightsError(f"{path} is not a checkpoint vitkit reads (.safetensors in timm's names, a Flax .npz, "
+                       f"or a .backbone.weights.h5 of `vitkit pretrain`)")
 
 
 def is_timm_checkpoint(path) -> bool:
@@ -238,6 +255,14 @@ def _flax(label: str, path: Path, num_heads: int | None, architecture: str | Non
     arrays = {**weights.backbone, **{f"head/{key}": value for layer in weights.head for key, value in layer.arrays.items()}}
     return Pretrained(label, path, "flax-npz", config, (shape.image_size, shape.image_size),
                       architecture=architecture, fixed=fixed, _read=lambda: arrays)
+
+
+def _backbone_file(label: str, path: Path, num_heads: int | None) -> Pretrained:
+    opened = read_backbone_file(path)
+    if num_heads is not None and num_heads != opened.config.num_heads:
+        raise ConfigError(f"{label} has {opened.config.num_heads} attention heads, not {num_heads}; drop --heads")
+    return Pretrained(label, path, BACKBONE_FORMAT, opened.config, opened.image_size, opened.preprocess,
+                      interpolation=opened.interpolation, _read=opened.arrays, full_architecture=True)
 
 
 class _SafetensorsFile:

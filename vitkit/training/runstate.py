@@ -84,6 +84,36 @@ def random_state_variables(model: keras.Model) -> list:
     return [variable for variable in model.variables if id(variable) not in saved]
 
 
+def read_run_state(run_dir: Path, options: dict[str, Any], files: tuple[str, ...]) -> dict[str, Any] | None:
+    """The ``state.json`` an interrupted run left in ``run_dir``, or None if there is none.
+
+    ``files``: the state's keys that name files of ``run_dir``, which must be there.
+
+    Raises:
+        ConfigError: the state is damaged, lacks a file, or was saved with other ``options``.
+    """
+    state_path = run_dir / STATE_FILE
+    if not state_path.is_file():
+        return None
+    try:
+        state = json.loads(state_path.read_text())
+        missing = [state[key] for key in files if not (run_dir / state[key]).is_file()]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(
+            f"{state_path} is damaged ({error}); delete {run_dir} or pass --overwrite to start again"
+        ) from None
+    if missing:
+        raise ConfigError(f"{run_dir} lacks {', '.join(missing)}; delete that folder or pass --overwrite to start again")
+    if state["options"] != options:
+        changed = sorted(k for k in set(state["options"]) | set(options)
+                         if state["options"].get(k) != options.get(k))
+        raise ConfigError(
+            f"{run_dir} holds an interrupted run with other options ({', '.join(changed)}); "
+            f"resume with the same options, or delete that folder to start again"
+        )
+    return state
+
+
 class RunKeeper(keras.callbacks.Callback):
     """Saves the best model, the per-epoch resume state and ``history.csv``.
 
@@ -129,27 +159,9 @@ class RunKeeper(keras.callbacks.Callback):
     # Resume -----------------------------------------------------------------------------------
     def load_state(self) -> dict[str, Any] | None:
         """The saved state of an interrupted run with the same options, or None if there is none."""
-        state_path = self.run_dir / STATE_FILE
-        if not state_path.is_file():
+        state = read_run_state(self.run_dir, self.options, ("weights", "variables"))
+        if state is None:
             return None
-        try:
-            state = json.loads(state_path.read_text())
-            missing = [state[key] for key in ("weights", "variables") if not (self.run_dir / state[key]).is_file()]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ConfigError(
-                f"{state_path} is damaged ({error}); delete {self.run_dir} or pass --overwrite to start again"
-            ) from None
-        if missing:
-            raise ConfigError(
-                f"{self.run_dir} lacks {', '.join(missing)}; delete that folder or pass --overwrite to start again"
-            )
-        if state["options"] != self.options:
-            changed = sorted(k for k in set(state["options"]) | set(self.options)
-                             if state["options"].get(k) != self.options.get(k))
-            raise ConfigError(
-                f"{self.run_dir} holds an interrupted run with other options ({', '.join(changed)}); "
-                f"resume with the same options, or delete that folder to start again"
-            )
         self.best = state["best"]
         self.best_epoch = state["best_epoch"]
         self.history = state["history"]

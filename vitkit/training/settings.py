@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from vitkit.errors import ConfigError
 from vitkit.models.classifier import image_size_pair
-from vitkit.models.config import PRETRAINED_PRESETS
+from vitkit.models.config import PRETRAINED_PRESETS, SMALL_DATA_OPTIONS
 from vitkit.models.sources import Pretrained, weights_kind
 from vitkit.training.recipes import choose_recipe, resolve_options
 
@@ -157,6 +157,10 @@ def resolve_settings(
         "label_smoothing": label_smoothing, "augment": augment, "mixup": mixup, "cutmix": cutmix,
         "patience": patience,
     }, backbone_overrides)
+    if pretrained is not None and pretrained.full_architecture:
+        # The file sets its tokenizer and attention: the recipe's defaults for them do not apply.
+        backbone_options = {key: value for key, value in backbone_options.items()
+                            if key not in SMALL_DATA_OPTIONS or backbone_overrides.get(key) is not None}
     preparation = pretrained.preparation(preprocess) if pretrained else {
         "preprocess": preprocess or "tf", "mean": None, "std": None, "interpolation": "bilinear"}
     settings = RunSettings(
