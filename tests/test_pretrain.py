@@ -288,3 +288,23 @@ def test_pretraining_on_two_devices_writes_a_backbone_file():
     done = run_python(code, backend="jax")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "RESULT 2 True conv" in done.stdout
+
+
+def test_distillation_adds_its_token_to_a_pretrained_backbone(shape_arrays, tmp_path):
+    out = tmp_path / "p.backbone.weights.h5"
+    written = backbone_file(out)
+    saved = {w.path: a for w, a in zip(written.weights, file_arrays(out))}
+    model = build_model(["a", "b", "c"], weights=str(out), distillation_token=True)
+    loaded = {w.path: keras.ops.convert_to_numpy(w) for w in model.backbone.weights}
+    assert set(loaded) - set(saved) == {next(p for p in loaded if "dist_token" in p)}
+    for path, value in saved.items():
+        if path.endswith("pos_embedding"):  # the new token's position starts as the class token's
+            np.testing.assert_array_equal(loaded[path][:, [0, 0]], value[:, :1].repeat(2, axis=1))
+            np.testing.assert_array_equal(loaded[path][:, 1:2], value[:, :1])
+            np.testing.assert_array_equal(loaded[path][:, 2:], value[:, 1:])
+        else:
+            np.testing.assert_array_equal(loaded[path], value)
+    distilled = vitkit.train(shape_arrays, out=tmp_path / "m.weights.h5", weights=str(out), recipe="small-data",
+                             teacher="cnn", epochs=1, batch_size=10, verbose=0)
+    assert distilled.model.spec.backbone.distillation_token
+    assert distilled.model.spec.backbone.tokenizer == SMALL_DATA_TINY.tokenizer

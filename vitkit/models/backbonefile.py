@@ -145,17 +145,29 @@ def backbone_file_values(arrays: dict[str, np.ndarray], backbone, grid: tuple[in
     Raises:
         WeightsError: the file holds another number of variables or another shape.
     """
-    variables = list(backbone.weights)
+    everything = list(backbone.weights)
+    variables = everything
+    # A distillation token (--teacher) is new to a pre-trained backbone: it keeps its initial
+    # value, and its position starts as the class token's.
+    added_token = backbone.config.distillation_token and not any("dist_token" in name for name in arrays)
+    if added_token:
+        variables = [variable for variable in variables if "dist_token" not in variable.path]
     if len(arrays) != len(variables):
         raise WeightsError(f"{source} holds {len(arrays)} backbone variables, the backbone built from it has "
                            f"{len(variables)}; drop the options that change the architecture")
-    prefix = 0 if backbone.config.no_embed_class else backbone.config.prefix_tokens
+    prefix = 0 if backbone.config.no_embed_class else backbone.config.prefix_tokens - int(added_token)
     values = []
     for (name, value), variable in zip(arrays.items(), variables):
         if name.endswith("pos_embedding"):
             value = resample_position_embedding(value, grid, prefix, "bilinear", old_grid)
+            if added_token and prefix:
+                value = np.concatenate([value[:, :1], value[:, :1], value[:, 1:]], axis=1)
         if tuple(value.shape) != tuple(variable.shape):
             raise WeightsError(f"{source}: {name} has shape {tuple(value.shape)}, the backbone expects "
                                f"{tuple(variable.shape)}; drop the options that change the architecture")
         values.append(value)
+    if added_token:  # back into the backbone's order, the new token's current value in its place
+        loaded = iter(values)
+        values = [np.asarray(keras.ops.convert_to_numpy(variable)) if "dist_token" in variable.path else next(loaded)
+                  for variable in everything]
     return values

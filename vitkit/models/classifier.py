@@ -319,7 +319,7 @@ def build_model(
             f"{config.locality_attention} (options for training from scratch, set by the small-data recipe): "
             f"use --weights none, or --recipe plain for fine-tuning"
         )
-    if weights is not None and config.distillation_token:
+    if weights is not None and config.distillation_token and not (pretrained and pretrained.full_architecture):
         raise ConfigError(
             f"pretrained weights ({weights if pretrained is None else pretrained.label}) have no distillation token "
             f"(--teacher adds one): distil into a model trained from random weights (--weights none)"

@@ -174,6 +174,10 @@ def resolve_settings(
         classes=tuple(classes) if classes else None, backbone_options=backbone_options, teacher=teacher,
     )
     check_settings(settings)
+    if settings.teacher is not None and settings.weights is not None and not (pretrained and pretrained.full_architecture):
+        raise ConfigError(f"--teacher distils into a model trained from random weights or a backbone from vitkit "
+                          f"pretrain; the pretrained weights ({settings.weights}) have no distillation token: add "
+                          f"--weights none")
     return settings
 
 
@@ -196,9 +200,6 @@ def check_settings(settings: RunSettings) -> None:
     if settings.class_weights is not None and not (
             settings.class_weights == "balanced" or isinstance(settings.class_weights, Mapping)):
         raise ConfigError(f"class_weights must be 'balanced' or a dict, got {settings.class_weights!r}")
-    if settings.teacher is not None and settings.weights is not None:
-        raise ConfigError(f"--teacher distils into a model trained from random weights; the pretrained weights "
-                          f"({settings.weights}) have no distillation token: add --weights none")
 
 
 def check_teacher(teacher: str | Path | None) -> str | None:
