@@ -18,15 +18,17 @@ def command(commands, name: str, help: str, run: Callable[[argparse.Namespace], 
 
 # Shared option groups ------------------------------------------------------------------------
 
-def add_data_options(parser: argparse.ArgumentParser) -> None:
+def add_data_options(parser: argparse.ArgumentParser, classes: bool = True) -> None:
+    """The "reading images" options; ``classes``: also how rows get their class (not for pretrain)."""
     group = parser.add_argument_group("reading images")
-    group.add_argument(
-        "--label-from", choices=("auto", "label", "type_dir", "substring"), default="auto",
-        help="class of a manifest row: auto = the label column if present, else type_dir; "
-             "substring = the --classes name contained in type_dir (the old notebooks' rule)",
-    )
-    group.add_argument("--classes", type=parse_name_list, metavar="A,B,C",
-                       help="class names in output order (default: sorted names found)")
+    if classes:
+        group.add_argument(
+            "--label-from", choices=("auto", "label", "type_dir", "substring"), default="auto",
+            help="class of a manifest row: auto = the label column if present, else type_dir; "
+                 "substring = the --classes name contained in type_dir (the old notebooks' rule)",
+        )
+        group.add_argument("--classes", type=parse_name_list, metavar="A,B,C",
+                           help="class names in output order (default: sorted names found)")
     group.add_argument("--root", type=Path, metavar="DIR",
                        help="folder that relative base_path values start from (default: the manifest's folder)")
     group.add_argument("--cache-dir", type=Path, metavar="DIR",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitkit.cli.options import add_overwrite, command, device_count, parse_image_size
+from vitkit.cli.options import add_data_options, add_overwrite, command, device_count, parse_image_size
 
 _DESCRIPTION = """\
 Pre-train a ViT backbone on your own photos, without classes, and write it to --out
@@ -89,14 +89,7 @@ def add_pretrain(commands) -> None:
     fit.add_argument("--resume", action="store_true", help="continue the interrupted run of the same --out")
     add_overwrite(fit)
 
-    group = parser.add_argument_group("reading images")
-    group.add_argument("--root", type=Path, metavar="DIR",
-                       help="folder that relative base_path values start from (default: the manifest's folder)")
-    group.add_argument("--cache-dir", type=Path, metavar="DIR",
-                       help="decoded-image cache (default: $VITKIT_CACHE_DIR or ~/.keras/vitkit/cache)")
-    group.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
-                       help="skip unreadable images with a warning and list them in NAME.skipped.csv (default), "
-                            "or stop at the first one")
+    add_data_options(parser, classes=False)
 
 
 def _run_pretrain(args: argparse.Namespace) -> None:

@@ -75,7 +75,7 @@ def add_train(commands) -> None:
                             "--image-size and returning the run's class probabilities (see below)")
 
     fit = parser.add_argument_group("training")
-    fit.add_argument("--epochs", type=int, help="most epochs (early stopping may end sooner; plain: 10, small-data: 50)")
+    fit.add_argument("--epochs", type=int, help="most epochs (early stopping may end sooner; plain: 10, small-data: 60)")
     fit.add_argument("--batch-size", type=int, help="images per step, over all --devices (plain: 16, small-data: 32)")
     fit.add_argument("--learning-rate", type=float,
                      help="peak learning rate, for the global batch (plain: 1e-4, small-data: 1e-3)")
