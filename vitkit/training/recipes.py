@@ -15,7 +15,7 @@ few thousand images. Its techniques were each measured on their own before they 
 - label smoothing, AdamW with linear warm-up and cosine decay, stochastic depth (DeiT),
 - a small backbone at a small input size (smaller images are upsampled when loaded, e.g. 8 px
   digits to 32 px), with the patch size chosen for an 8x8 token grid,
-- 60 epochs: on varied product photos (``bench/photos.py``, the generator's hard set) a ViT from
+- 80 epochs: on varied product photos (``bench/photos.py``, the generator's hard set) a ViT from
   scratch keeps gaining well past the 40 epochs at which a small CNN levels off, and at the same
   wall time more epochs gained more than a CNN teacher (``--teacher cnn``) or masked-image
   pre-training on the same photos (``vitkit pretrain``); both stay available.
@@ -92,7 +92,7 @@ SMALL_DATA = Recipe(
         "backbone": "vit_micro",
         "weights": "none",
         "image_size": 32,
-        "epochs": 60,
+        "epochs": 80,
         "batch_size": 32,
         "learning_rate": 1e-3,
         "optimizer": "adamw",
