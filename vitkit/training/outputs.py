@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from vitkit.data.batches import ImageSet, write_skipped
 from vitkit.errors import ConfigError
@@ -34,9 +34,7 @@ class OutputPaths:
 
     def resume_note(self) -> str:
         """The sentence an error adds when the run has finished epochs to resume from, else ``""``."""
-        if (self.run / STATE_FILE).is_file():
-            return f"the finished epochs are kept: add --resume to continue ({self.run})"
-        return ""
+        return resume_note(self.run)
 
 
 def output_paths(out: str | Path) -> OutputPaths:
@@ -59,6 +57,13 @@ def output_paths(out: str | Path) -> OutputPaths:
     )
 
 
+def resume_note(run: Path) -> str:
+    """The sentence an error adds when the run folder ``run`` has finished epochs to resume from, else ``""``."""
+    if (run / STATE_FILE).is_file():
+        return f"the finished epochs are kept: add --resume to continue ({run})"
+    return ""
+
+
 def prepare_outputs(paths: OutputPaths, resume: bool, overwrite: bool, writer: bool = True,
                     trains_teacher: bool = False) -> bool:
     """Check the outputs may be written; returns whether an interrupted run is continued.
@@ -71,29 +76,38 @@ def prepare_outputs(paths: OutputPaths, resume: bool, overwrite: bool, writer: b
         ConfigError: an interrupted run is there, and neither ``resume`` nor ``overwrite``.
         OutputExistsError: an output exists and neither ``resume`` (of a run) nor ``overwrite``.
     """
-    has_state = (paths.run / STATE_FILE).is_file()
+    checked = (paths.model, paths.history, paths.curves) + ((paths.teacher,) if trains_teacher and not resume else ())
+    return prepare_run_outputs(paths.run, (paths.model, paths.history, paths.curves, paths.teacher), checked,
+                               paths.skipped, resume, overwrite, writer)
+
+
+def prepare_run_outputs(run: Path, written: Sequence[Path], checked: Sequence[Path], skipped: Path, resume: bool,
+                        overwrite: bool, writer: bool) -> bool:
+    """What :func:`prepare_outputs` does, for any run with a resume folder ``run``.
+
+    ``written``: files whose leftover temporaries the writing process removes; ``checked``: files
+    that may exist only with ``overwrite`` (besides ``skipped``, the writer's list of unreadable
+    images, removed with the folder of a run that starts again).
+    """
+    has_state = (run / STATE_FILE).is_file()
     if writer:
-        for path in (paths.model, paths.history, paths.curves, paths.teacher):
+        for path in written:
             remove_temporaries(path)
     if resume and has_state:
         if writer:
-            for leftover in paths.run.glob(".*.tmp*"):
+            for leftover in run.glob(".*.tmp*"):
                 leftover.unlink(missing_ok=True)
         return True
     if resume and writer:
-        print(f"no interrupted run in {paths.run}; starting from the first epoch", file=sys.stderr)
+        print(f"no interrupted run in {run}; starting from the first epoch", file=sys.stderr)
     if has_state and not overwrite:
-        raise ConfigError(
-            f"{paths.run} holds an interrupted run; continue it with --resume, or pass "
-            f"--overwrite to start again"
-        )
-    checked = ((paths.model, paths.history, paths.curves) + ((paths.skipped,) if writer else ())
-               + ((paths.teacher,) if trains_teacher and not resume else ()))
-    for path in checked:
+        raise ConfigError(f"{run} holds an interrupted run; continue it with --resume, or pass --overwrite to "
+                          f"start again")
+    for path in (*checked, *((skipped,) if writer else ())):
         check_writable(path, overwrite)
     if writer:
-        paths.skipped.unlink(missing_ok=True)
-        shutil.rmtree(paths.run, ignore_errors=True)
+        skipped.unlink(missing_ok=True)
+        shutil.rmtree(run, ignore_errors=True)
     return False
 
 

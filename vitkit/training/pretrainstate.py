@@ -16,7 +16,6 @@ import dataclasses
 import json
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,9 @@ from typing import Any
 import keras
 
 from vitkit.errors import ConfigError
-from vitkit.fileio import check_writable, remove_temporaries, write_text_atomic
+from vitkit.fileio import write_text_atomic
 from vitkit.models.backbonefile import BACKBONE_SUFFIX, write_backbone_file
+from vitkit.training.outputs import prepare_run_outputs, resume_note
 from vitkit.training.runstate import STATE_FILE, history_csv, load_variables, read_run_state, save_variables
 
 
@@ -40,9 +40,7 @@ class PretrainPaths:
 
     def resume_note(self) -> str:
         """The sentence an error adds when the run has finished epochs to resume from, else ``""``."""
-        if (self.run / STATE_FILE).is_file():
-            return f"the finished epochs are kept: add --resume to continue ({self.run})"
-        return ""
+        return resume_note(self.run)
 
 
 def pretrain_paths(out: str | Path) -> PretrainPaths:
@@ -66,25 +64,8 @@ def prepare_pretrain_outputs(paths: PretrainPaths, resume: bool, overwrite: bool
         ConfigError: an interrupted run is there, and neither ``resume`` nor ``overwrite``.
         OutputExistsError: an output exists and neither ``resume`` (of a run) nor ``overwrite``.
     """
-    has_state = (paths.run / STATE_FILE).is_file()
-    if writer:
-        for path in (paths.backbone, paths.history):
-            remove_temporaries(path)
-        for leftover in paths.run.glob(".*.tmp*"):
-            leftover.unlink(missing_ok=True)
-    if resume and has_state:
-        return True
-    if resume and writer:
-        print(f"no interrupted run in {paths.run}; starting from the first epoch", file=sys.stderr)
-    if has_state and not overwrite:
-        raise ConfigError(f"{paths.run} holds an interrupted run; continue it with --resume, or pass --overwrite "
-                          f"to start again")
-    for path in (paths.backbone, paths.history, paths.skipped):
-        check_writable(path, overwrite)
-    if writer:
-        paths.skipped.unlink(missing_ok=True)
-        shutil.rmtree(paths.run, ignore_errors=True)
-    return False
+    outputs = (paths.backbone, paths.history)
+    return prepare_run_outputs(paths.run, outputs, outputs, paths.skipped, resume, overwrite, writer)
 
 
 class PretrainKeeper(keras.callbacks.Callback):
