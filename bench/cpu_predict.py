@@ -4,7 +4,13 @@ Both models are ViT-B/16 + the recipe's head at 224 px with the same random weig
 name from vitkit into vit-keras); both predict the same uint8 photos at the same batch size on
 the same Keras backend, float32, after one warm-up batch. vitkit is timed through
 ``vitkit.predict`` (its batch stream and in-model scaling), the recipe as its notebooks ran it:
-``preprocess_inputs`` in NumPy, then ``model.predict``. The outputs are compared too.
+``preprocess_inputs`` in NumPy, then ``model.predict``. The outputs are compared too. A third
+peer is vitkit with ``precision="mixed_bfloat16"`` (``vitkit predict --precision
+mixed_bfloat16``), the same weights with bfloat16 matrix products.
+
+``--trained MODEL=MANIFEST`` (repeatable) also predicts a trained model's labelled photos in
+float32 and in mixed_bfloat16 and counts the photos whose top-1 class differs: random weights
+give near-equal probabilities, so they say nothing about how often bfloat16 changes a decision.
 
 Each backend (TensorFlow, JAX) runs in its own process, since Keras fixes the backend per
 process; inside a process the two peers alternate, repeat after repeat, and each keeps its
@@ -14,6 +20,7 @@ Usage::
 
     python bench/cpu_predict.py --images 16 --batch 8 --repeats 6
     python bench/cpu_predict.py --backends tensorflow
+    python bench/cpu_predict.py --backends tensorflow --trained vitkit_demo/models/demo.weights.h5=data_manifests/sample_products/test.csv
 """
 
 from __future__ import annotations
@@ -58,6 +65,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=6, help="timed passes of each peer, alternating; best kept")
     parser.add_argument("--backends", default="tensorflow,jax", help="comma-separated Keras backends")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cpu_predict.json")
+    parser.add_argument("--trained", action="append", default=[], metavar="MODEL=MANIFEST",
+                        help="a trained model file and labelled photos: top-1 agreement of bfloat16 with float32")
     parser.add_argument("--backend", help=argparse.SUPPRESS)  # set in the per-backend processes
     args = parser.parse_args()
     if args.backend:
@@ -77,10 +86,16 @@ def main() -> None:
 
     print(f"\nViT-B/16 + head, {args.image_size} px, batch {args.batch}, {args.images} images, float32, "
           f"{os.cpu_count()} CPU cores; fastest of {args.repeats} alternating passes")
-    print(f"{'backend':<11} {'vitkit img/s':>12} {'recipe img/s':>12} {'vitkit/recipe':>13} {'max prob diff':>13}")
+    print(f"{'backend':<11} {'vitkit img/s':>12} {'recipe img/s':>12} {'vitkit/recipe':>13} {'max prob diff':>13} "
+          f"{'bf16 img/s':>10} {'bf16/recipe':>11} {'bf16 diff':>9}")
     for backend, row in results.items():
         print(f"{backend:<11} {row['vitkit']:>12.2f} {row['recipe']:>12.2f} {row['ratio']:>12.2f}x "
-              f"{row['max_difference']:>13.1e}")
+              f"{row['max_difference']:>13.1e} {row['vitkit_bf16']:>10.2f} {row['bf16_ratio']:>10.2f}x "
+              f"{row['bf16_difference']:>9.1e}")
+        for check in row["trained"]:
+            print(f"  {backend}, {check['model']} on {check['data']}: top-1 of mixed_bfloat16 differs from float32 "
+                  f"on {check['changed']} of {check['images']} photos; largest probability difference "
+                  f"{check['max_difference']:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"batch": args.batch, "images": args.images, "image_size": args.image_size,
                                     "repeats": args.repeats, "backends": results}, indent=2))
@@ -89,12 +104,15 @@ def main() -> None:
 def measure(args) -> dict:
     """Both peers on this process's backend: fastest pass of each, images/s, and their agreement."""
     import vitkit
+    from vitkit.training.building import rebuild_model
 
     rng = np.random.default_rng(0)
     model = vitkit.build_model(CLASSES, backbone=dict(CONFIG), image_size=args.image_size, augment=False)
     for variable in model.weights:
         variable.assign(rng.normal(0, 0.02, variable.shape).astype(variable.dtype) + (
             1.0 if variable.path.endswith(("gamma", "moving_variance")) else 0.0))
+    half = rebuild_model(model, "mixed_bfloat16")
+    half.set_weights(model.get_weights())
     recipe = recipe_model(args.image_size, len(CLASSES))
     copy_into_recipe(model, recipe, args.image_size)
     photos = rng.integers(0, 256, (args.images, args.image_size, args.image_size, 3), dtype=np.uint8)
@@ -103,12 +121,16 @@ def measure(args) -> dict:
         table = vitkit.predict(model, photos, batch_size=args.batch, progress=False)
         return table[[f"p_{c}" for c in CLASSES]].to_numpy()
 
+    def run_bf16():
+        table = vitkit.predict(half, photos, batch_size=args.batch, progress=False)
+        return table[[f"p_{c}" for c in CLASSES]].to_numpy()
+
     def run_recipe():
         from vit_keras import vit
 
         return recipe.predict(vit.preprocess_inputs(photos.astype("float32")), batch_size=args.batch, verbose=0)
 
-    peers = {"vitkit": run_vitkit, "recipe": run_recipe}
+    peers = {"vitkit": run_vitkit, "recipe": run_recipe, "vitkit_bf16": run_bf16}
     for run in peers.values():  # warm-up: tracing and compilation
         run()
     fastest = {name: float("inf") for name in peers}
@@ -120,7 +142,23 @@ def measure(args) -> dict:
             fastest[name] = min(fastest[name], time.perf_counter() - started)
     speeds = {name: args.images / seconds for name, seconds in fastest.items()}
     return {**speeds, "ratio": speeds["vitkit"] / speeds["recipe"],
-            "max_difference": float(np.abs(outputs["vitkit"] - outputs["recipe"]).max())}
+            "max_difference": float(np.abs(outputs["vitkit"] - outputs["recipe"]).max()),
+            "bf16_ratio": speeds["vitkit_bf16"] / speeds["recipe"],
+            "bf16_difference": float(np.abs(outputs["vitkit_bf16"] - outputs["vitkit"]).max()),
+            "trained": [top1_agreement(*pair.split("=", 1)) for pair in args.trained]}
+
+
+def top1_agreement(model_path: str, data: str) -> dict:
+    """A trained model's photos predicted in float32 and in mixed_bfloat16: changed top-1 classes."""
+    from vitkit.prediction import as_model, images_for, predict_probabilities
+
+    exact = as_model(model_path)
+    images = images_for(exact, data)
+    reference = predict_probabilities(exact, images)
+    halved = predict_probabilities(as_model(model_path, precision="mixed_bfloat16"), images)
+    return {"model": model_path, "data": data, "images": len(reference),
+            "changed": int((reference.argmax(1) != halved.argmax(1)).sum()),
+            "max_difference": float(np.abs(reference - halved).max())}
 
 
 def copy_into_recipe(model, recipe, image_size: int) -> None:

@@ -130,3 +130,36 @@ def test_reload_in_a_new_process_gives_the_same_predictions(tiny_model, tmp_path
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.strip().endswith(backend)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), model.predict(pixels, verbose=0), atol=1e-5)
+
+
+def test_prediction_in_bfloat16_stays_near_float32(tiny_model, tmp_path, cli):
+    model = tiny_model()
+    rng = np.random.default_rng(3)
+    for variable in model.weights:  # weights large enough that the classes are told apart
+        values = rng.normal(0, 0.3, variable.shape)
+        variable.assign((np.abs(values) + 0.5 if "variance" in variable.path else values).astype(variable.dtype))
+    path = vitkit.save_model(model, tmp_path / "m.weights.h5")
+    pixels = _images(count=16)
+    exact = vitkit.predict(path, pixels, batch_size=8)
+    halved = vitkit.predict(path, pixels, batch_size=8, precision="mixed_bfloat16")
+    columns = [f"p_{name}" for name in TINY_CLASSES]
+    difference = np.abs(exact[columns].to_numpy() - halved[columns].to_numpy()).max()
+    assert 0 < difference < 0.05  # bfloat16 did run, and stayed close
+    assert halved[columns].to_numpy().dtype == np.float32
+    np.testing.assert_allclose(halved[columns].to_numpy().sum(axis=1), 1.0, atol=1e-5)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is left as it was
+    with pytest.raises(ConfigError, match="precision must be one of float32"):
+        vitkit.predict(path, pixels, precision="bf16")
+
+    status, out, _ = cli("predict", path, *_write_photos(tmp_path, pixels[:2]), "--precision", "mixed_bfloat16")
+    assert status == 0 and "predicted" in out
+
+
+def _write_photos(folder, pixels):
+    from PIL import Image
+
+    paths = []
+    for i, image in enumerate(pixels):
+        paths.append(folder / f"photo{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    return paths

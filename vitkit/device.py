@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from vitkit.errors import ConfigError, ResourceError
 from vitkit.fileio import vitkit_home
@@ -45,6 +45,18 @@ def resolve_precision(precision: str) -> str:
         return precision
     return "float32" if accelerator() == "cpu" else "mixed_bfloat16"
 
+
+def under_policy(precision: str, make: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``make(*args, **kwargs)``: a model built under ``precision``'s Keras dtype policy
+    (``float32``, ``mixed_bfloat16``...), the global policy restored afterwards."""
+    import keras
+
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        return make(*args, **kwargs)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
 
 _OUT_OF_MEMORY_MARKS = (
     "RESOURCE_EXHAUSTED", "ResourceExhausted", "out of memory", "Out of memory", "OutOfMemory",

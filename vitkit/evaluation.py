@@ -69,6 +69,7 @@ def evaluate(
     overwrite: bool = False,
     preprocess: str | None = None,
     num_heads: int | None = None,
+    precision: str = "float32",
     **load_options: Any,
 ) -> dict[str, Any]:
     """Evaluate a model on labelled images and, with ``out``, write the report files there.
@@ -78,7 +79,8 @@ def evaluate(
     and ``class_probabilities.csv`` (mean probability of each predicted class per true class);
     ``skipped.csv`` lists the images that could not be read, when there are any.
     ``preprocess`` and ``num_heads`` (with ``classes`` as the class names) serve weights files
-    of other tools, as in :func:`vitkit.load_model`.
+    of other tools, as in :func:`vitkit.load_model`. ``precision``: the dtype policy a model
+    file is loaded in, as in :func:`vitkit.predict`.
 
     Returns:
         The metrics (see :func:`classification_metrics`).
@@ -86,7 +88,7 @@ def evaluate(
     if out is not None:
         for name in OUTPUT_FILES:
             check_writable(Path(out) / name, overwrite)
-    model = as_model(model, load_options.get("classes"), preprocess=preprocess, num_heads=num_heads)
+    model = as_model(model, load_options.get("classes"), precision, preprocess=preprocess, num_heads=num_heads)
     images = images_for(model, data, **load_options)
     if images.labels is None:
         raise ManifestError("evaluation needs labelled images: give a manifest with classes")

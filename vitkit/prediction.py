@@ -11,27 +11,37 @@ import numpy as np
 import pandas as pd
 
 from vitkit.data.batches import ImageBatches, ImageSet, load_images, write_skipped
-from vitkit.device import out_of_memory_hint
+from vitkit.device import PRECISIONS, out_of_memory_hint, under_policy
+from vitkit.errors import ConfigError
 from vitkit.figures import image_grid_figure, save_figure, spread_indices
 from vitkit.fileio import atomic_output, check_writable, spreadsheet_safe
 from vitkit.models.classifier import ImageClassifier
 
+# Dtype policies prediction runs in. float32 gives the exact probabilities; mixed_bfloat16 runs
+# the matrix products in bfloat16: faster where the hardware computes it (GPUs, CPUs with
+# AVX-512 BF16 or AMX), with probabilities a few hundredths off (bench/cpu_predict.py).
+PREDICTION_PRECISIONS = tuple(name for name in PRECISIONS if name != "auto")
+
 
 def as_model(model: ImageClassifier | str | os.PathLike, classes: Sequence[str] | None = None,
-             **foreign_options: Any) -> ImageClassifier:
+             precision: str = "float32", **foreign_options: Any) -> ImageClassifier:
     """A loaded classifier, loading it when given a path.
 
     ``classes`` and ``foreign_options`` (``preprocess``, ``num_heads``, ``include_top``,
     ``image_size``) are what files of other tools do not record (see :func:`vitkit.load_model`).
     A vitkit model file names its classes, so there ``classes`` only selects manifest rows.
+    ``precision`` is the Keras dtype policy a file is loaded in (see :data:`PREDICTION_PRECISIONS`);
+    a model given as an object predicts in its own.
     """
+    if precision not in PREDICTION_PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PREDICTION_PRECISIONS)}, got {precision!r}")
     if isinstance(model, ImageClassifier):
         return model
     from vitkit.models.modelfile import is_model_file, load_model
 
     if is_model_file(model):
-        return load_model(model, **foreign_options)
-    return load_model(model, classes=classes, **foreign_options)
+        return under_policy(precision, load_model, model, **foreign_options)
+    return under_policy(precision, load_model, model, classes=classes, **foreign_options)
 
 
 def images_for(model: ImageClassifier, data: Any, **load_options: Any) -> ImageSet:
@@ -75,6 +85,7 @@ def predict(
     overwrite: bool = False,
     preprocess: str | None = None,
     num_heads: int | None = None,
+    precision: str = "float32",
     **load_options: Any,
 ) -> pd.DataFrame:
     """Predict classes for images and optionally write ``predictions.csv`` and a 4x4 grid.
@@ -91,6 +102,9 @@ def predict(
         overwrite: replace existing output files.
         preprocess, num_heads: for a weights file of another tool (see :func:`vitkit.load_model`),
             whose class names are then ``classes``.
+        precision: ``float32`` (exact), or ``mixed_bfloat16`` / ``mixed_float16``: a model file
+            loaded in that dtype policy, faster where the hardware computes it natively, its
+            probabilities off by up to a few hundredths (see :data:`PREDICTION_PRECISIONS`).
         **load_options: ``cache_dir``, ``on_bad_image``, ``label_from``, ``classes``, ``root``.
 
     Returns:
@@ -105,7 +119,7 @@ def predict(
     for target in (out, grid, skipped):
         if target is not None:
             check_writable(target, overwrite)
-    model = as_model(model, load_options.get("classes"), preprocess=preprocess, num_heads=num_heads)
+    model = as_model(model, load_options.get("classes"), precision, preprocess=preprocess, num_heads=num_heads)
     images = images_for(model, data, **load_options)
     _warn_unknown_classes(images, model.class_names)
     probabilities = predict_probabilities(model, images, batch_size)

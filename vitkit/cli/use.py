@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitkit.cli.options import add_model_use_options, command, foreign_options, load_options, parse_inputs
+from vitkit.cli.options import (add_model_use_options, add_prediction_precision, command, foreign_options, load_options,
+                                parse_inputs)
 from vitkit.fileio import unused_path
 
 
@@ -35,6 +36,7 @@ def add_evaluate(commands) -> None:
     parser.add_argument("model", type=Path, metavar="MODEL", help=MODEL_HELP)
     parser.add_argument("data", metavar="TEST", help="labelled manifest (or pixel CSV / class-folder tree)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="report folder")
+    add_prediction_precision(parser)
     add_model_use_options(parser, batch_size=32)
 
 
@@ -42,7 +44,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     from vitkit.evaluation import evaluate
 
     metrics = evaluate(args.model, args.data, out=args.out, batch_size=args.batch_size,
-                       overwrite=args.overwrite, **foreign_options(args), **load_options(args))
+                       overwrite=args.overwrite, precision=args.precision, **foreign_options(args), **load_options(args))
     print(f"{metrics['images']} images: accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
           f"macro F1 {metrics['macro_f1']:.4f}")
     for name, values in metrics["per_class"].items():
@@ -67,6 +69,7 @@ def add_predict(commands) -> None:
                         help="write the table here (default: print it, and list unreadable images in "
                              "predictions.skipped.csv, or predictions.skipped-2.csv if that exists)")
     parser.add_argument("--grid", type=Path, metavar="PNG", help="also draw 16 of the images, spread over the set, titled with predictions")
+    add_prediction_precision(parser)
     add_model_use_options(parser, batch_size=32)
 
 
@@ -76,8 +79,8 @@ def _run_predict(args: argparse.Namespace) -> None:
     # A printed table leaves no file to sit beside, so a run never stops over an earlier list.
     skipped = skipped_path(args.out) if args.out else unused_path(skipped_path(DEFAULT_PREDICTIONS))
     table = predict(args.model, parse_inputs(args.inputs), out=args.out, grid=args.grid, skipped=skipped,
-                    batch_size=args.batch_size, overwrite=args.overwrite, **foreign_options(args),
-                    **load_options(args))
+                    batch_size=args.batch_size, overwrite=args.overwrite, precision=args.precision,
+                    **foreign_options(args), **load_options(args))
     shown = [c for c in ("image", "predicted", "confidence", "true") if c in table]
     if args.out is None:
         print(table[shown].to_string(index=False))

@@ -4,11 +4,12 @@ training precision's dtype policy."""
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import keras
 import numpy as np
 
+from vitkit.device import under_policy
 from vitkit.models.classifier import ImageClassifier, build_model
 from vitkit.models.sources import Pretrained
 from vitkit.training.settings import RunSettings
@@ -50,13 +51,3 @@ def build_run_model(settings: RunSettings, class_names: Sequence[str], precision
 def rebuild_model(model: ImageClassifier, precision: str) -> ImageClassifier:
     """A new classifier of ``model``'s spec, in ``precision``'s dtype policy, for weights loaded next."""
     return under_policy(precision, ImageClassifier, model.spec)
-
-
-def under_policy(precision: str, make: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``make(*args, **kwargs)``, a model built under the training precision's dtype policy."""
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(precision)
-    try:
-        return make(*args, **kwargs)
-    finally:
-        keras.config.set_dtype_policy(previous_policy)

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vitkit.data.batches import ImageBatches, follow_epochs
-from vitkit.device import is_out_of_memory, out_of_memory_error, out_of_memory_hint, resolve_precision
+from vitkit.device import (is_out_of_memory, out_of_memory_error, out_of_memory_hint, resolve_precision,
+                           under_policy)
 from vitkit.errors import ConfigError
 from vitkit.models.masked import MaskedImageModel
-from vitkit.training.building import under_policy, seed_everything
+from vitkit.training.building import seed_everything
 from vitkit.training.datasets import DataSource
 from vitkit.training.fitting import make_optimizer
 from vitkit.training.outputs import write_skipped_images

@@ -18,10 +18,10 @@ import keras
 import numpy as np
 
 from vitkit.data.batches import ImageBatches, ImageSet, follow_epochs
+from vitkit.device import under_policy
 from vitkit.errors import ConfigError
 from vitkit.fileio import atomic_output
 from vitkit.models.cnn import small_cnn
-from vitkit.training.building import under_policy
 from vitkit.training.settings import CNN_TEACHER, check_teacher
 
 TEACHER_LEARNING_RATE = 1e-3
