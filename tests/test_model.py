@@ -163,3 +163,17 @@ def _write_photos(folder, pixels):
         paths.append(folder / f"photo{i}.png")
         Image.fromarray(image).save(paths[-1])
     return paths
+
+
+def test_loading_skips_drawing_initial_weights_only_inside_the_block(tiny_model):
+    from vitkit.models.initialvalues import initial_values_skipped
+
+    with initial_values_skipped():
+        skipped = tiny_model(augment=True, seed=5)
+    drawn = tiny_model(augment=True, seed=5)
+    kernels = [v for v in skipped.weights if v.path.endswith("kernel")]
+    assert kernels and all(not np.any(v.numpy()) for v in kernels)
+    assert any(np.any(v.numpy()) for v in drawn.weights if v.path.endswith("kernel"))
+    # States made otherwise than by an initializer (the augmentation's seed) are made as usual.
+    seeds = [(a.numpy(), b.numpy()) for a, b in zip(skipped.variables, drawn.variables) if "seed" in a.path]
+    assert seeds and all(np.array_equal(a, b) for a, b in seeds)

@@ -33,6 +33,7 @@ from vitkit.models.legacy import file_kind, read_weights
 from vitkit.models.sources import is_timm_checkpoint
 from vitkit.models.weights import sha256_of
 from vitkit.models.classifier import ImageClassifier, ModelSpec
+from vitkit.models.initialvalues import initial_values_skipped
 
 FORMAT_NAME = "vitkit"
 FORMAT_VERSION = 1
@@ -236,7 +237,8 @@ def load_model(
     except (KeyError, TypeError, ValueError, VitkitError) as error:
         raise WeightsError(f"{path}: its vitkit metadata does not describe a model ({error})") from None
     _check_agrees(path, spec, classes, preprocess, foreign_options)
-    model = ImageClassifier(spec)
+    with initial_values_skipped():
+        model = ImageClassifier(spec)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
