@@ -6,17 +6,20 @@ unchanged, so a batch can mix images that draw an operation with images that do 
 branching. Results are clipped to 0-255 as the layers clip them.
 
 Brightness, contrast, colour and autocontrast are affine maps of each image's channels,
-``pixel @ matrix + offset``; a step applies them all as one matrix product per image. XLA does
-not fuse a product into the operations before it, which keeps it, on the CPU, from recomputing
-the resampling's gathers in every operation that reads a pixel (several times slower). On GPUs
-that multiply float32 in TF32 the product rounds pixels to about 1/8 of a grey level, far
-below what bfloat16 training rounds them to afterwards. Sharpness and solarize follow.
+``pixel @ matrix + offset``; a step applies them all as one such map per image, written out as
+element-wise products over the three channels. Sharpness and solarize follow.
+
+Each step's result is computed once and kept (:func:`computed_once`): an XLA compiler would
+otherwise fuse what produced it (the resampling's gathers, the previous step's blur) into every
+operation that reads it, the per-image means and extremes and the map itself, and compute it
+again for each of them.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+import keras
 from keras import ops
 
 # rgb_to_grayscale's weights (ITU-R BT.601).
@@ -55,6 +58,16 @@ def adjust(images, amounts: Mapping[str, Any]):
         images = _clip(images + _per_image(amounts["sharpness"], images) * (blur(images) - images))
     if "solarize" in amounts:
         images = ops.where(images < _per_image(amounts["solarize"], images), images, 255.0 - images)
+    return computed_once(images)
+
+
+def computed_once(images):
+    """``images``, computed once and stored before anything reads them (see the module); on
+    backends that do not fuse across operations (TensorFlow without XLA) this changes nothing."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.lax.optimization_barrier(images)
     return images
 
 
@@ -92,9 +105,9 @@ def _channel_affine(images, names, amounts):
         scale = ops.where(stretch, 255.0 / ops.maximum(span, 1e-6), 1.0)
         change = change + (scale[:, None, :] - 1.0) * eye
         offset = offset - ops.where(stretch, low * scale, 0.0)
-    pixels = ops.reshape(images, (shape[0], -1, channels))
-    mapped = ops.matmul(pixels, eye + change) + offset[:, None, :]
-    return _clip(ops.reshape(mapped, shape))
+    matrix = ops.reshape(eye + change, (-1, 1, 1, channels, channels))
+    mapped = offset[:, None, None, :] + sum(images[..., k:k + 1] * matrix[..., k, :] for k in range(3))
+    return _clip(mapped)
 
 
 def _per_image(amount, images):

@@ -332,7 +332,7 @@ class BatchDraws:
     def apply(self, images):
         if self.reflected or self.blanked:
             reflected = warp.compose(*self.reflected) if self.reflected else None
-            images = warp.warp(images, reflected, self.blanked)
+            images = colour.computed_once(warp.warp(images, reflected, self.blanked))
         for amounts in self.colour_steps:
             images = colour.adjust(images, amounts)
         return images
