@@ -139,6 +139,25 @@ def test_the_distillation_loss_is_the_numpy_one_on_a_fixed_batch(tiny_model, aug
     assert float(accuracy.result()) == pytest.approx(float((mean.argmax(-1) == labels.argmax(-1)).mean()))
 
 
+def test_a_teacher_files_regularization_is_no_part_of_the_students_loss(tiny_model):
+    """Constants of the frozen teacher (which TensorFlow would add once per device)."""
+    inputs = keras.Input((32, 32, 3), dtype="uint8")
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    dense = keras.layers.Dense(3, activation="softmax", activity_regularizer=keras.regularizers.L2(10.0))
+    regularized = keras.Model(inputs, dense(x))
+    plain = flat_teacher()
+    regularized.set_weights(plain.get_weights())
+    images = np.random.default_rng(5).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    labels = np.eye(3, dtype="float32")[[0, 1, 2, 0]]
+    student, losses = tiny_model(distillation_token=True), []
+    for teacher in (plain, regularized):
+        distiller = Distiller(student, teacher)
+        packed = distiller(images, training=True)
+        assert len(distiller.losses) == (teacher is regularized)
+        losses.append(float(ops.convert_to_numpy(distiller.compute_loss(images, labels, packed, training=True))))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
 def test_a_student_without_the_token_is_refused(tiny_model):
     with pytest.raises(ConfigError, match="distillation token"):
         Distiller(tiny_model(), flat_teacher())

@@ -75,8 +75,8 @@ class Distiller(keras.Model):
                     + 0.5 * self._teacher_loss(labels, distillation_head, sample_weight))
         else:
             loss = self._true_loss(y, (class_head + distillation_head) / 2, sample_weight)
-        for extra in self.losses:
-            loss = loss + ops.cast(ops.sum(extra), loss.dtype)
+        # Nothing else: vitkit's classifier adds no losses, and a teacher file's own regularization
+        # losses are constants of the frozen teacher (which TensorFlow would add once per device).
         return loss
 
 
