@@ -13,6 +13,11 @@ In evaluation (validation) the loss is that of the student's own prediction, the
 heads' probabilities, against the true labels (with the same smoothing), so that the best epoch
 is the one whose saved model predicts best; the teacher does not run. Accuracy is that of the
 mean prediction throughout. Only the student is ever saved.
+
+On several devices the run builds the Distiller, the student and the teacher in its
+distribution's scope (:mod:`~vitkit.training.parallel`): every device holds both, the teacher
+labels its own part of the global batch, and the loss and its gradient are those of the global
+batch, as on one device.
 """
 
 from __future__ import annotations
