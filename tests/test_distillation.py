@@ -4,6 +4,7 @@ end to end (teacher file, loading, prediction, explanation), the teacher's error
 
 from __future__ import annotations
 
+import csv
 import json
 import textwrap
 from pathlib import Path
@@ -14,13 +15,13 @@ import pytest
 from keras import ops
 
 import vitkit
-from conftest import ROOT, TINY_BACKBONE, TINY_CLASSES, make_photo_tree, run_python
+from conftest import ROOT, TINY_BACKBONE, TINY_CLASSES, make_photo_tree, run_commands, run_python
+from vitkit.data.batches import load_images
 from vitkit.errors import ConfigError
 from vitkit.models.cnn import small_cnn
 from vitkit.explanation.outputs import write_attention_json
 from vitkit.models.modelfile import load_model, read_metadata
 from vitkit.training.distill import Distiller, MeanHeadAccuracy
-from vitkit.training.parallel import Parallel
 from vitkit.training.runstate import RunKeeper, random_state_variables
 from vitkit.training.train import train
 
@@ -139,6 +140,25 @@ def test_the_distillation_loss_is_the_numpy_one_on_a_fixed_batch(tiny_model, aug
     assert float(accuracy.result()) == pytest.approx(float((mean.argmax(-1) == labels.argmax(-1)).mean()))
 
 
+def test_a_teacher_files_regularization_is_no_part_of_the_students_loss(tiny_model):
+    """Constants of the frozen teacher (which TensorFlow would add once per device)."""
+    inputs = keras.Input((32, 32, 3), dtype="uint8")
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    dense = keras.layers.Dense(3, activation="softmax", activity_regularizer=keras.regularizers.L2(10.0))
+    regularized = keras.Model(inputs, dense(x))
+    plain = flat_teacher()
+    regularized.set_weights(plain.get_weights())
+    images = np.random.default_rng(5).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    labels = np.eye(3, dtype="float32")[[0, 1, 2, 0]]
+    student, losses = tiny_model(distillation_token=True), []
+    for teacher in (plain, regularized):
+        distiller = Distiller(student, teacher)
+        packed = distiller(images, training=True)
+        assert len(distiller.losses) == (teacher is regularized)
+        losses.append(float(ops.convert_to_numpy(distiller.compute_loss(images, labels, packed, training=True))))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
 def test_a_student_without_the_token_is_refused(tiny_model):
     with pytest.raises(ConfigError, match="distillation token"):
         Distiller(tiny_model(), flat_teacher())
@@ -252,10 +272,37 @@ def test_an_interrupted_distilled_run_resumes_to_the_straight_run_without_traini
         train(photos, out=out, **options)
 
 
-def test_distillation_refuses_several_devices(photos, tmp_path, monkeypatch):
-    monkeypatch.setattr("vitkit.training.train.plan", lambda devices: Parallel(replicas=2))
-    with pytest.raises(ConfigError, match="--teacher trains on one device"):
-        train(photos, out=tmp_path / "m.weights.h5", teacher="cnn", devices=2, epochs=1, **TINY)
+def assert_predicts_the_mean_of_its_heads(path: Path, images: np.ndarray) -> None:
+    """The model file's prediction is the mean of its two heads' (which differ)."""
+    model = load_model(path)
+    assert model.spec.backbone.distillation_token
+    heads = [ops.convert_to_numpy(p)
+             for p in model.head_probabilities(model.augment_pixels(images, training=False), training=False)]
+    assert np.abs(heads[0] - heads[1]).max() > 1e-3
+    np.testing.assert_allclose(model.predict(images, verbose=0), (heads[0] + heads[1]) / 2, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_command_line_distils_on_all_devices(tmp_path):
+    """``--teacher cnn --devices all`` on JAX's two CPU devices: a batch they cannot split is
+    refused, then the teacher and the student train on both and the outputs are written."""
+    photos = make_photo_tree(tmp_path / "photos", per_class=8, size=32)
+    out = tmp_path / "m.weights.h5"
+    train_command = ["train", photos, "--out", out, "--teacher", "cnn", "--devices", "all", "--epochs", "2", *TINY_CLI]
+    two_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "VITKIT_PROGRESS": "0"}
+    results, errors = run_commands([[*train_command, "--batch-size", "7"], train_command], backend="jax",
+                                   env=two_devices)
+    assert results[0][0] == 2 and "batch size 7 does not split evenly over 2 devices" in errors
+    status, printed = results[1]
+    assert status == 0, errors[-3000:]
+    assert f"teacher: {out.with_name('m.teacher.keras')} (trained in" in printed
+    assert sorted(p.name for p in tmp_path.glob("m.*")) == [
+        "m.curves.png", "m.history.csv", "m.teacher.keras", "m.weights.h5"]
+    with open(out.with_name("m.history.csv")) as stream:
+        history = list(csv.DictReader(stream))
+    assert len(history) == 2 and all(np.isfinite(float(row["loss"])) for row in history)
+    assert history[0]["loss"] != history[1]["loss"]
+    assert_predicts_the_mean_of_its_heads(out, load_images(photos, (32, 32), progress=False).all_pixels())
 
 
 @pytest.mark.slow

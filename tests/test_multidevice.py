@@ -19,14 +19,17 @@ import json
 import textwrap
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
 import vitkit
 from conftest import TINY_BACKBONE, run_python
+from test_distillation import assert_predicts_the_mean_of_its_heads
 from vitkit.cli import build_parser
 from vitkit.data.batches import ImageBatches, load_images
 from vitkit.errors import ConfigError
+from vitkit.models.cnn import small_cnn
 from vitkit.training.parallel import SINGLE, parse_devices, plan
 
 ZERO_GRADIENT = ("/key/bias", "encoder_norm/beta")
@@ -150,8 +153,9 @@ def weights_by_name(path: Path) -> dict[str, np.ndarray]:
     return {w.path: np.asarray(w) for w in vitkit.load_model(path).weights}
 
 
-def assert_same_model(path: Path, reference: Path, images: np.ndarray) -> None:
-    """Same predictions, and the same weights apart from those whose gradient is exactly zero."""
+def assert_same_model(path: Path, reference: Path, images: np.ndarray, prediction_atol: float = 1e-4) -> None:
+    """Same predictions, and the same weights apart from those whose gradient is exactly zero
+    (which the predictions follow a little: the heads' BatchNorm moving means track the features)."""
     ours, theirs = weights_by_name(path), weights_by_name(reference)
     assert ours.keys() == theirs.keys()
     compared = [name for name in ours if not any(part in name for part in ZERO_GRADIENT)]
@@ -159,7 +163,7 @@ def assert_same_model(path: Path, reference: Path, images: np.ndarray) -> None:
     for name in compared:
         np.testing.assert_allclose(ours[name], theirs[name], atol=1e-4, rtol=1e-4, err_msg=name)
     np.testing.assert_allclose(vitkit.load_model(path).predict(images, verbose=0),
-                               vitkit.load_model(reference).predict(images, verbose=0), atol=1e-4)
+                               vitkit.load_model(reference).predict(images, verbose=0), atol=prediction_atol)
 
 
 def assert_same_history(history: list[dict], reference: list[dict]) -> None:
@@ -182,16 +186,17 @@ import numpy as np
 {setup}
 import keras, vitkit
 from vitkit.errors import ConfigError
+from vitkit.models.cnn import small_cnn
 from vitkit.training.runstate import RunKeeper
 
 data = np.load({data!r})
 images = (data["x"], data["y"])
 options = json.loads({options!r})
 folder = {folder!r}
-histories = {{}}
+histories, teacher_seconds = {{}}, {{}}
 for devices in {devices!r}:
     result = vitkit.train(images, out=f"{{folder}}/d{{devices}}.weights.h5", devices=devices, **options)
-    histories[str(devices)] = result.history
+    histories[str(devices)], teacher_seconds[str(devices)] = result.history, result.teacher_seconds
     assert keras.distribution.distribution() is None
     result.model.predict(data["x"][:4], verbose=0)  # the returned model runs outside the distribution
 
@@ -208,7 +213,8 @@ try:
 except KeyboardInterrupt:
     pass
 RunKeeper.on_epoch_end = save_epoch
-histories["resumed"] = vitkit.train(images, out=resumed, devices={resume_devices!r}, resume=True, **options).history
+result = vitkit.train(images, out=resumed, devices={resume_devices!r}, resume=True, **options)
+histories["resumed"], teacher_seconds["resumed"] = result.history, result.teacher_seconds
 
 errors = []
 for devices, batch_size in {bad_cases!r}:
@@ -216,16 +222,16 @@ for devices, batch_size in {bad_cases!r}:
         vitkit.train(images, out=f"{{folder}}/never.weights.h5", devices=devices, **dict(options, batch_size=batch_size))
     except ConfigError as error:
         errors.append(str(error))
-print("RESULT " + json.dumps({{"histories": histories, "errors": errors}}))
+print("RESULT " + json.dumps({{"histories": histories, "teacher_seconds": teacher_seconds, "errors": errors}}))
 """
 
 
 def run_one_host(setup: str, devices: list, resume_devices, bad_cases: list, shape_arrays, tmp_path,
-                 backend: str) -> dict:
-    """Train on each of ``devices`` and resume an interrupted run in a new process; the histories
-    and the errors of ``bad_cases`` ``(devices, batch_size)``."""
+                 backend: str, options: dict = TRAINING) -> dict:
+    """Train with ``options`` on each of ``devices`` and resume an interrupted run in a new process;
+    the histories, the teachers' training times and the errors of ``bad_cases`` ``(devices, batch_size)``."""
     np.savez(tmp_path / "data.npz", x=shape_arrays[0][:48], y=shape_arrays[1][:48])
-    code = _ONE_HOST.format(setup=setup, data=str(tmp_path / "data.npz"), options=json.dumps(TRAINING),
+    code = _ONE_HOST.format(setup=setup, data=str(tmp_path / "data.npz"), options=json.dumps(options),
                             folder=str(tmp_path), devices=devices, resume_devices=resume_devices,
                             bad_cases=bad_cases)
     finished = run_python(code, backend=backend)
@@ -233,16 +239,26 @@ def run_one_host(setup: str, devices: list, resume_devices, bad_cases: list, sha
     return json.loads(finished.stdout.split("RESULT ", 1)[1])
 
 
-@pytest.mark.slow
-def test_jax_on_two_and_four_devices_trains_as_on_one_and_resumes(shape_arrays, tmp_path):
-    """Straight on 2 devices; on 4, interrupted after the first epoch and resumed."""
-    setup = textwrap.dedent("""
+def jax_setup(devices: int) -> str:
+    return textwrap.dedent(f"""
         import os
-        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count={devices}"
         from vitkit.device import configure_compilation_cache
         configure_compilation_cache()  # as the command line does: the resumed run reuses the programs
     """)
-    result = run_one_host(setup, [1, 2], 4, [(8, 8), (4, 6)], shape_arrays, tmp_path, backend="jax")
+
+
+TENSORFLOW_SETUP = textwrap.dedent("""
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+""")
+
+
+@pytest.mark.slow
+def test_jax_on_two_and_four_devices_trains_as_on_one_and_resumes(shape_arrays, tmp_path):
+    """Straight on 2 devices; on 4, interrupted after the first epoch and resumed."""
+    result = run_one_host(jax_setup(4), [1, 2], 4, [(8, 8), (4, 6)], shape_arrays, tmp_path, backend="jax")
     histories = result["histories"]
     for run in ("2", "resumed"):
         assert_same_history(histories[run], histories["1"])
@@ -258,15 +274,52 @@ def test_jax_on_two_and_four_devices_trains_as_on_one_and_resumes(shape_arrays, 
 @pytest.mark.slow
 def test_tensorflow_mirrored_strategy_on_all_devices_trains_as_on_one_and_resumes(shape_arrays, tmp_path):
     """Two logical CPU devices; --devices all, interrupted after the first epoch and resumed."""
-    setup = textwrap.dedent("""
-        import tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    """)
-    result = run_one_host(setup, [1], "all", [(3, 8), (2, 7)], shape_arrays, tmp_path, backend="tensorflow")
+    result = run_one_host(TENSORFLOW_SETUP, [1], "all", [(3, 8), (2, 7)], shape_arrays, tmp_path, backend="tensorflow")
     assert_same_history(result["histories"]["resumed"], result["histories"]["1"])
     assert_same_model(tmp_path / "resumed.weights.h5", tmp_path / "d1.weights.h5", shape_arrays[0])
     assert result["errors"] == [
         "--devices 3: this machine has 2 CPU device(s) (CPU:0, CPU:1)",
         "batch size 7 does not split evenly over 2 devices; use a multiple of 2 (e.g. 6 or 8)",
     ]
+
+
+# Distillation ----------------------------------------------------------------------------------------
+
+def assert_same_teacher(path: Path, reference: Path) -> None:
+    ours, theirs = keras.saving.load_model(path), keras.saving.load_model(reference)
+    assert len(ours.weights) == len(theirs.weights) > 10
+    for a, b in zip(ours.weights, theirs.weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4, err_msg=a.path)
+
+
+@pytest.mark.slow
+def test_jax_distillation_on_two_devices_trains_teacher_and_student_as_on_one_and_resumes(shape_arrays, tmp_path):
+    """The CNN teacher, then the student, straight on 2 devices; interrupted after the student's
+    first epoch on 2 devices and resumed there, the teacher file loaded onto both devices."""
+    result = run_one_host(jax_setup(2), [1, 2], 2, [], shape_arrays, tmp_path, backend="jax",
+                          options=dict(TRAINING, teacher="cnn"))
+    assert result["teacher_seconds"]["2"] > 0 and result["teacher_seconds"]["resumed"] is None  # reused
+    for name in ("d2", "resumed"):
+        assert_same_teacher(tmp_path / f"{name}.teacher.keras", tmp_path / "d1.teacher.keras")
+        assert_same_model(tmp_path / f"{name}.weights.h5", tmp_path / "d1.weights.h5", shape_arrays[0])
+    for run in ("2", "resumed"):
+        assert_same_history(result["histories"][run], result["histories"]["1"])
+    assert_predicts_the_mean_of_its_heads(tmp_path / "d2.weights.h5", shape_arrays[0])
+    assert not (tmp_path / "resumed.run").exists()
+
+
+@pytest.mark.slow
+def test_tensorflow_distillation_from_a_teacher_file_on_all_devices_trains_as_on_one_and_resumes(
+        shape_arrays, tmp_path):
+    """A teacher file (loaded onto both logical CPU devices); --devices all, interrupted after the
+    first epoch and resumed. (The CNN teacher's own augmentation draws per device on TensorFlow.)"""
+    teacher = tmp_path / "teacher.keras"
+    small_cnn(3, (32, 32), seed=5).save(teacher)
+    result = run_one_host(TENSORFLOW_SETUP, [1], "all", [], shape_arrays, tmp_path, backend="tensorflow",
+                          options=dict(TRAINING, teacher=str(teacher)))
+    assert result["teacher_seconds"] == {"1": None, "resumed": None}
+    assert_same_history(result["histories"]["resumed"], result["histories"]["1"])
+    # Two heads' moving means follow the encoder's final LayerNorm offset (1e-3 apart here, see the module).
+    assert_same_model(tmp_path / "resumed.weights.h5", tmp_path / "d1.weights.h5", shape_arrays[0],
+                      prediction_atol=3e-4)
+    assert_predicts_the_mean_of_its_heads(tmp_path / "resumed.weights.h5", shape_arrays[0])

@@ -71,9 +71,9 @@ def add_train(commands) -> None:
                        help="locality self-attention: learned temperature, no attention to itself (small-data: on)")
     model.add_argument("--teacher", metavar="cnn|PATH",
                        help="distil from a teacher (DeiT hard distillation, adds a distillation token and "
-                            "head; random weights, one device): cnn trains the small reference CNN first "
-                            "and saves NAME.teacher.keras; PATH is a .keras model taking uint8 images of "
-                            "--image-size and returning the run's class probabilities (see below)")
+                            "head; random weights; on --devices, the teacher too): cnn trains the small "
+                            "reference CNN first and saves NAME.teacher.keras; PATH is a .keras model "
+                            "taking uint8 images of --image-size and returning the run's class probabilities (see below)")
 
     fit = parser.add_argument_group("training")
     fit.add_argument("--epochs", type=int, help="most epochs (early stopping may end sooner; plain: 10, small-data: 80)")
@@ -134,7 +134,8 @@ def _teacher_help() -> str:
         "  0.5 CE. The saved model predicts the mean of its two heads; validation loss and accuracy are\n"
         "  those of that mean. cnn first trains the small CNN on the training images (Adam 1e-3, its own\n"
         "  flip/translation/zoom, the run's epochs, batch size and seed, best epoch by validation loss)\n"
-        "  and saves it as NAME.teacher.keras beside --out; --resume reuses it."
+        "  and saves it as NAME.teacher.keras beside --out; --resume reuses it. With --devices both\n"
+        "  the CNN and the student train data-parallel, on the same global --batch-size."
     )
 
 

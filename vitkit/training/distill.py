@@ -13,6 +13,11 @@ In evaluation (validation) the loss is that of the student's own prediction, the
 heads' probabilities, against the true labels (with the same smoothing), so that the best epoch
 is the one whose saved model predicts best; the teacher does not run. Accuracy is that of the
 mean prediction throughout. Only the student is ever saved.
+
+On several devices the run builds the Distiller, the student and the teacher in its
+distribution's scope (:mod:`~vitkit.training.parallel`): every device holds both, the teacher
+labels its own part of the global batch, and the loss and its gradient are those of the global
+batch, as on one device.
 """
 
 from __future__ import annotations
@@ -75,8 +80,8 @@ class Distiller(keras.Model):
                     + 0.5 * self._teacher_loss(labels, distillation_head, sample_weight))
         else:
             loss = self._true_loss(y, (class_head + distillation_head) / 2, sample_weight)
-        for extra in self.losses:
-            loss = loss + ops.cast(ops.sum(extra), loss.dtype)
+        # Nothing else: vitkit's classifier adds no losses, and a teacher file's own regularization
+        # losses are constants of the frozen teacher (which TensorFlow would add once per device).
         return loss
 
 

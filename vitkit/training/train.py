@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vitkit.device import out_of_memory_hint, resolve_precision
-from vitkit.errors import ConfigError
 from vitkit.models.classifier import ImageClassifier
 from vitkit.models.modelfile import load_weights_only
 from vitkit.models.sources import open_checkpoint
@@ -30,7 +29,7 @@ from vitkit.training.distill import Distiller
 from vitkit.training.fitting import fit, make_callbacks, verbosity
 from vitkit.training.outputs import (checkpoint_path, output_paths, prepare_outputs, write_outputs,
                                      write_skipped_images)
-from vitkit.training.parallel import plan
+from vitkit.training.parallel import Parallel, plan
 from vitkit.training.settings import CNN_TEACHER, RunSettings, resolve_settings
 from vitkit.training.teacher import Teacher, prepare_teacher
 
@@ -151,11 +150,11 @@ def train(
             several hosts). Only the first process writes the outputs.
         architecture: timm architecture name, for a ``.safetensors`` checkpoint without ``config.json``.
         teacher: distil from a teacher (DeiT's hard distillation; turns on the backbone's
-            distillation token, needs random weights and one device): ``"cnn"`` trains
+            distillation token, needs random weights): ``"cnn"`` trains
             :func:`~vitkit.models.cnn.small_cnn` first on the same training images and classes
-            (its own augmentation, Adam 1e-3, the run's epochs, batch size and seed, the epoch
-            of lowest validation loss) and saves it as ``NAME.teacher.keras`` (reused by
-            ``resume``); a path names a ``.keras`` model taking uint8 ``(batch, H, W, 3)`` images
+            (its own augmentation, Adam 1e-3, the run's epochs, global batch size, devices and
+            seed, the epoch of lowest validation loss) and saves it as ``NAME.teacher.keras``
+            (reused by ``resume``); a path names a ``.keras`` model taking uint8 ``(batch, H, W, 3)`` images
             of the run's size and returning the probabilities of the run's classes. The loss is
             ``0.5 * CE(class head, labels) + 0.5 * CE(distillation head, teacher's argmax)``,
             the teacher seeing the same augmented images; the saved model predicts the mean of
@@ -186,8 +185,6 @@ def train(
     paths = output_paths(out)
     parallel = plan(devices)  # first: joining several hosts must precede any backend work
     parallel.local_batch_size(settings.batch_size)  # refuses a batch the devices cannot split, before any reading
-    if settings.teacher is not None and not parallel.is_single:
-        raise ConfigError("--teacher trains on one device; drop --devices")
     resuming = prepare_outputs(paths, resume, overwrite, writer=parallel.is_chief,
                                trains_teacher=settings.teacher == CNN_TEACHER)
     seed_everything(settings.seed)
@@ -195,7 +192,7 @@ def train(
     data = load_training_data(train_data, val_data, settings, DataSource(label_from, root, cache_dir, on_bad_image))
     skipped_path = write_skipped_images(paths.skipped, data.train, data.val) if parallel.is_chief else None
     precision = resolve_precision(settings.precision)
-    taught = _teacher(settings, data, paths.teacher, resume, precision, verbose) if settings.teacher else None
+    taught = _teacher(settings, data, paths.teacher, resume, precision, verbose, parallel) if settings.teacher else None
 
     with checkpoint_path(paths, writer=parallel.is_chief) as model_path:
         with parallel.scope():
@@ -221,11 +218,13 @@ def train(
 
 
 def _teacher(settings: RunSettings, data: TrainingData, path: Path, resume: bool, precision: str,
-             verbose: int | None) -> Teacher:
-    """The run's teacher (see :func:`~vitkit.training.teacher.prepare_teacher`), then the random
-    streams seeded again: the student starts alike whether the teacher was trained or reused."""
+             verbose: int | None, parallel: Parallel) -> Teacher:
+    """The run's teacher on the run's devices (see :func:`~vitkit.training.teacher.prepare_teacher`),
+    then the random streams seeded again: the student starts alike whether the teacher was trained
+    or reused."""
     teacher = prepare_teacher(settings.teacher, data.train, data.val, data.class_names, settings.image_size,
                               epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed, path=path,
-                              reuse=resume, overwrite=True, precision=precision, verbose=verbosity(verbose))
+                              reuse=resume, overwrite=True, precision=precision,
+                              verbose=verbosity(verbose) if parallel.is_chief else 0, parallel=parallel)
     seed_everything(settings.seed)
     return teacher
