@@ -5,7 +5,8 @@
 Writes a model file of ``--backbone`` (random weights, 4 classes, 224 px) and 256-px JPEGs, then
 times whole ``vitkit predict`` processes: one photo with an empty compilation cache, then again
 (the cache filled by the first run), in float32 and with ``--precision mixed_bfloat16``, and all
-``--photos`` photos. A last process runs the same steps in-process with a timer around each
+``--photos`` photos (each precision decoding them into its own empty image cache, as a first
+run on new photos does). A last process runs the same steps in-process with a timer around each
 (importing Keras, the backend's devices, building the model, reading its weights, the first
 prediction, a second one), to show where a second run's seconds go. Prints one table and writes
 bench/results/predict_startup.json.
@@ -93,8 +94,8 @@ def main() -> None:
             rows.append({"run": f"one photo, {precision}, {attempt} run", "seconds": seconds})
         seconds, _ = run_vitkit("predict", str(model), str(photos), "--precision", precision,
                                 "--batch-size", "128", "--out", str(work / f"{precision}.csv"), "--overwrite",
-                                "--cache-dir", str(work / "image-cache"))
-        rows.append({"run": f"{args.photos} photos, {precision}, batch 128", "seconds": seconds})
+                                "--cache-dir", str(work / f"image-cache-{precision}"))
+        rows.append({"run": f"{args.photos} photos, {precision}, batch 128 (decoding them)", "seconds": seconds})
     done = subprocess.run([sys.executable, "-c", PHASES, str(model), str(one)], env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
                           capture_output=True, text=True, check=True)
     phases = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("PHASES "))[7:])
