@@ -1,6 +1,6 @@
-"""The best checkpoint written in the background: the same file as a synchronous write, a kill
-mid-write keeps the previous one whole, writer errors reach the training thread, and a run killed
-before the write landed resumes to the straight run."""
+"""An epoch's files written in the background: the same file as a synchronous write, a kill
+mid-write keeps the previous one whole, writer errors reach the training thread, newer writes
+replace pending ones, and a run killed amid the writes resumes to the straight run."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import h5py
@@ -25,7 +26,7 @@ from vitkit.data.manifestbuild import build_manifests
 from vitkit.errors import OutputError
 from vitkit.models import modelfile
 from vitkit.models.modelfile import load_model, read_metadata, snapshot_model, write_snapshot
-from vitkit.training import checkpoints
+from vitkit.training import runstate
 from vitkit.training.checkpoints import CheckpointWriter
 from vitkit.training.runstate import RunKeeper
 from vitkit.training.train import train
@@ -46,6 +47,11 @@ def h5_contents(path: Path) -> dict[str, tuple]:
     return found
 
 
+def write_with(writer: CheckpointWriter, snapshot, path: Path, extra=None) -> None:
+    """Hand ``writer`` the write of one model file."""
+    writer.submit([(path, partial(write_snapshot, snapshot, path, overwrite=True, extra=extra))])
+
+
 @pytest.fixture
 def trained(tiny_model):
     """A tiny compiled model after one step (so that it has an optimizer the file leaves out)."""
@@ -64,11 +70,11 @@ def test_background_checkpoint_is_the_synchronous_file_and_holds_the_weights_of_
     # Keras' own file of the same weights: the reference layout (groups, names, values; no optimizer).
     keras.saving.save_weights(trained, tmp_path / "keras.weights.h5", objects_to_skip=[trained.optimizer])
     writer = CheckpointWriter()
-    writer.write(snapshot, tmp_path / "background.weights.h5", extra)
+    write_with(writer, snapshot, tmp_path / "background.weights.h5", extra)
     for variable in trained.weights:  # training goes on while the file is written
         variable.assign(keras.ops.zeros_like(variable))
     writer.wait()
-    CheckpointWriter(background=False).write(snapshot, tmp_path / "sync.weights.h5", extra)
+    write_with(CheckpointWriter(background=False), snapshot, tmp_path / "sync.weights.h5", extra)
 
     background, sync = h5_contents(tmp_path / "background.weights.h5"), h5_contents(tmp_path / "sync.weights.h5")
     assert background == sync
@@ -79,7 +85,7 @@ def test_background_checkpoint_is_the_synchronous_file_and_holds_the_weights_of_
 
     later = snapshot_model(trained)  # a later snapshot reads the variables afresh
     zeros = [value for _, _, values in later.groups for value in values.values()]
-    assert len(zeros) == len(trained.weights) and not any(value.any() for value in zeros)
+    assert len(zeros) == len(trained.weights) and not any(np.asarray(value).any() for value in zeros)
 
 
 def test_a_failed_write_is_raised_in_the_training_thread_and_keeps_the_previous_file(trained, tmp_path, monkeypatch):
@@ -87,12 +93,15 @@ def test_a_failed_write_is_raised_in_the_training_thread_and_keeps_the_previous_
     write_snapshot(snapshot_model(trained), path, extra={"best_epoch": 1})
     before = h5_contents(path)
 
+    write = modelfile.write_h5
+
     def broken(*args, **kwargs):
+        write(*args, **kwargs)  # fails after the weights went to the temporary file
         raise RuntimeError("the disk went away\nsecond line")
 
-    monkeypatch.setattr(modelfile, "_write_metadata", broken)  # fails after the weights went to the temporary file
+    monkeypatch.setattr(modelfile, "write_h5", broken)
     writer = CheckpointWriter()
-    writer.write(snapshot_model(trained), path, {"best_epoch": 2})
+    write_with(writer, snapshot_model(trained), path, {"best_epoch": 2})
     with pytest.raises(OutputError, match=r"the checkpoint .*m\.weights\.h5 was not written \(RuntimeError: the disk "
                                           r"went away\); the previous one is kept") as caught:
         writer.wait()
@@ -100,9 +109,51 @@ def test_a_failed_write_is_raised_in_the_training_thread_and_keeps_the_previous_
     writer.wait()  # reported once
     assert h5_contents(path) == before and [p.name for p in tmp_path.iterdir()] == ["m.weights.h5"]
 
-    writer.write(snapshot_model(trained), tmp_path / "m.weights.h5" / "x.weights.h5")  # a file in the way
+    monkeypatch.undo()
+    write_with(writer, snapshot_model(trained), tmp_path / "m.weights.h5" / "x.weights.h5")  # a file in the way
     with pytest.raises(OutputError, match="is a file, not a folder"):
-        writer.write(snapshot_model(trained), path)  # the next write reports the one before
+        write_with(writer, snapshot_model(trained), path)  # the next write reports the one before
+
+
+def test_writes_submitted_while_others_are_in_flight_wait_and_the_newest_of_a_file_wins(tmp_path):
+    done, release = [], threading.Event()
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+
+    def write(name, block=False):
+        def run():
+            if block:
+                release.wait(30)
+            done.append(name)
+        return run
+
+    writer = CheckpointWriter()
+    writer.submit([(a, write("a1", block=True)), (b, write("b1"))])
+    assert writer.busy
+    writer.submit([(b, write("b2")), (c, write("c2"))])
+    writer.submit([(b, write("b3"))])  # replaces b2, keeps its place before c2
+    assert done == [] and writer.busy
+    release.set()
+    writer.wait()
+    assert done == ["a1", "b1", "b3", "c2"] and not writer.busy
+
+
+def test_a_failed_write_drops_the_writes_after_it_and_those_pending(tmp_path):
+    done, release = [], threading.Event()
+
+    def fail():
+        release.wait(30)
+        raise OSError(errno.EIO, "Input/output error")
+
+    writer = CheckpointWriter()
+    writer.submit([(tmp_path / "a", fail), (tmp_path / "b", lambda: done.append("b"))])
+    writer.submit([(tmp_path / "c", lambda: done.append("c"))])
+    release.set()
+    with pytest.raises(OutputError, match=r"checkpoint .*a was not written \(OSError: .*Input/output error\)"):
+        writer.wait()
+    assert done == [] and not writer.busy
+    writer.submit([(tmp_path / "d", lambda: done.append("d"))])  # the writer goes on afterwards
+    writer.wait()
+    assert done == ["d"]
 
 
 @pytest.fixture
@@ -113,27 +164,30 @@ def lists(tmp_path) -> list[Path]:
 
 
 def test_disk_full_during_a_background_write_stops_training_with_a_clear_error(lists, tmp_path, monkeypatch):
-    write = modelfile._write_metadata
+    write = modelfile.write_h5
+    state = tmp_path / "m.run" / "state.json"
 
-    def full_off_the_main_thread(path, metadata):
-        if threading.current_thread() is not threading.main_thread():
+    def full_after_the_first_state(path, *args, **kwargs):
+        if state.exists():
             raise OSError(errno.ENOSPC, "No space left on device")
-        write(path, metadata)
+        write(path, *args, **kwargs)
 
-    monkeypatch.setattr(modelfile, "_write_metadata", full_off_the_main_thread)
-    with pytest.raises(OutputError, match=r"cannot write .*m\.weights\.h5: No space left on device; choose another place"):
-        train(*lists, out=tmp_path / "m.weights.h5", epochs=2, **PLAIN)
-    assert (tmp_path / "m.run" / "state.json").is_file()  # the finished epochs are kept for --resume
+    monkeypatch.setattr(modelfile, "write_h5", full_after_the_first_state)
+    monkeypatch.setattr(runstate, "write_h5", full_after_the_first_state)
+    with pytest.raises(OutputError, match=r"cannot write .*\.h5: No space left on device; choose another place"):
+        train(*lists, out=tmp_path / "m.weights.h5", epochs=3, **PLAIN)
+    assert json.loads(state.read_text())["epochs_done"] == 1  # the finished epoch is kept for --resume
+    assert read_metadata(tmp_path / "m.weights.h5")["best_epoch"] >= 1
 
 
 def test_an_interrupt_waits_for_the_checkpoint_in_flight(lists, tmp_path, monkeypatch):
-    write = checkpoints.write_snapshot
+    write = runstate.write_snapshot
 
     def slow(*args, **kwargs):
         time.sleep(1.0)
         write(*args, **kwargs)
 
-    monkeypatch.setattr(checkpoints, "write_snapshot", slow)
+    monkeypatch.setattr(runstate, "write_snapshot", slow)
     original = RunKeeper.on_epoch_end
 
     def stop(self, epoch, logs=None):
@@ -175,16 +229,16 @@ def test_resume_writes_the_best_model_that_a_kill_left_unwritten(lists, tmp_path
 
 # SIGKILL in a real process --------------------------------------------------------------------------
 
-# Slows the H5 writes of the background thread only, so that a kill lands inside one.
+# Slows the arrays' writes of the background thread only, so that a kill lands inside one.
 _SLOW_BACKGROUND_WRITES = """
 import threading, time
-from keras.src.saving import saving_lib
-_set = saving_lib.H5IOStore.__setitem__
-def _slow(self, key, value):
+from vitkit.models import h5layout
+_write_at = h5layout._write_at
+def _slow(*args):
     if threading.current_thread() is not threading.main_thread():
         time.sleep({delay})
-    _set(self, key, value)
-saving_lib.H5IOStore.__setitem__ = _slow
+    _write_at(*args)
+h5layout._write_at = _slow
 """
 
 
@@ -217,7 +271,9 @@ def test_sigkill_during_a_background_write_leaves_the_previous_checkpoint_whole(
         for variable in model.weights:
             variable.assign(variable + 1.0)
     """) + _SLOW_BACKGROUND_WRITES.format(delay=0.2) + textwrap.dedent(f"""
-        CheckpointWriter().write(snapshot_model(model), {str(path)!r}, {{"best_epoch": 2}})
+        from functools import partial
+        CheckpointWriter().submit([(None, partial(write_snapshot, snapshot_model(model), {str(path)!r},
+                                                  overwrite=True, extra={{"best_epoch": 2}}))])
         import glob, time
         while not glob.glob({str(tmp_path / ".m.weights.h5.*.tmp*")!r}):
             time.sleep(0.01)
@@ -242,15 +298,16 @@ def test_sigkill_during_a_background_write_leaves_the_previous_checkpoint_whole(
 
 
 @pytest.mark.slow
-def test_sigkill_before_the_best_model_landed_then_resume_gives_the_straight_run(lists, tmp_path):
-    """Killed once the state of epoch 1 is saved while the model file of epoch 1 is being written
-    (slowly); the resumed run writes it from the run folder."""
-    options = dict(PLAIN, epochs=2, learning_rate=0.0)
+def test_sigkill_amid_the_background_writes_then_resume_gives_the_straight_run(lists, tmp_path):
+    """Killed once the state of epoch 1 is saved, while the later epochs' writes wait behind the
+    slow writes of the first; the resumed run ends as the straight one."""
+    options = dict(PLAIN, epochs=3, learning_rate=0.0)
     out = tmp_path / "killed.weights.h5"
-    code = _SLOW_BACKGROUND_WRITES.format(delay=0.3) + textwrap.dedent(f"""
-        import os
+    code = _SLOW_BACKGROUND_WRITES.format(delay=0.1) + textwrap.dedent(f"""
+        import os, time
         os.environ["VITKIT_HOME"] = {str(tmp_path / "home")!r}
-        from pathlib import Path
+        from vitkit.training.runstate import RunKeeper
+        RunKeeper.on_train_end = lambda self, logs=None: time.sleep(600)  # alive until killed
         from vitkit.training.train import train
         train({str(lists[0])!r}, {str(lists[1])!r}, out={str(out)!r}, **{options!r})
     """)
@@ -259,8 +316,7 @@ def test_sigkill_before_the_best_model_landed_then_resume_gives_the_straight_run
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and process.poll() is None:
-            if state.exists() and json.loads(state.read_text())["epochs_done"] == 1 \
-                    and list(tmp_path.glob(".killed.weights.h5.*.tmp*")):
+            if state.exists() and json.loads(state.read_text())["epochs_done"] == 1:
                 break
             time.sleep(0.01)
         assert process.poll() is None, process.stderr.read()[-3000:]
@@ -268,7 +324,7 @@ def test_sigkill_before_the_best_model_landed_then_resume_gives_the_straight_run
     finally:
         if process.poll() is None:
             process.kill()
-    assert not out.exists(), "the kill landed after the model file was written"
+    assert read_metadata(out)["best_epoch"] == 1  # written before the state that names it
 
     resumed = train(*lists, out=out, resume=True, **options)
     straight = train(*lists, out=tmp_path / "straight.weights.h5", **options)

@@ -83,6 +83,20 @@ def remove_temporaries(path: str | os.PathLike) -> None:
             leftover.unlink(missing_ok=True)
 
 
+def link_in_place_of(source: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """Make ``path`` a hard link to ``source`` (replacing ``path``); False where links are not possible.
+
+    Only for files that are never changed in place: both names then keep the same bytes.
+    """
+    path = Path(path)
+    try:
+        path.unlink(missing_ok=True)
+        os.link(source, path)
+    except OSError:
+        return False
+    return True
+
+
 def write_text_atomic(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
     """Write a text file atomically (UTF-8)."""
     with atomic_output(path, overwrite) as temporary:

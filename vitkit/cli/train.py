@@ -100,7 +100,8 @@ def add_train(commands) -> None:
     fit.add_argument("--devices", type=device_count, default=1, metavar="all|N",
                      help="train data-parallel on N devices of this host, or all (every GPU, else every CPU "
                           "device); default 1. --batch-size is the global batch, split over them (see below)")
-    fit.add_argument("--resume", action="store_true", help="continue the interrupted run of the same --out")
+    fit.add_argument("--resume", action="store_true",
+                     help="continue the interrupted run of the same --out from its last saved epoch (NAME.run/)")
     add_overwrite(fit)
     add_data_options(parser)
 

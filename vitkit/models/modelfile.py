@@ -28,6 +28,7 @@ from keras.src.saving.saving_lib import H5IOStore, _save_state
 from vitkit.errors import VitkitError, WeightsError
 from vitkit.fileio import atomic_output, check_writable
 from vitkit.models.backbonefile import BACKBONE_FORMAT, software_versions
+from vitkit.models.h5layout import H5Group, write_h5
 from vitkit.models.convert import build_from_weights, class_names_from, load_foreign
 from vitkit.models.legacy import file_kind, read_weights
 from vitkit.models.sources import is_timm_checkpoint
@@ -54,23 +55,36 @@ def save_model(model: ImageClassifier, path: str | os.PathLike, overwrite: bool 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSnapshot:
-    """A model's weights copied to host memory, in the groups ``save_weights`` writes, and its spec.
+    """A model's weights at one moment, in the groups ``save_weights`` writes, and its spec.
 
-    Taking one (:func:`snapshot_model`) reads the variables; writing it (:func:`write_snapshot`)
-    touches only these copies, so it may happen in another thread while the model trains on.
+    Taking one (:func:`snapshot_model`) copies the variables where they live (an accelerator's
+    copy is one quick kernel per variable); writing it (:func:`write_snapshot`) brings the copies
+    to host memory and touches nothing else, so it may happen in another thread while the model
+    trains on.
     """
 
     spec: dict[str, Any]
-    groups: tuple[tuple[str, dict[str, Any] | None, dict[str, np.ndarray]], ...]
+    groups: tuple[tuple[str, dict[str, Any] | None, dict[str, Any]], ...]
 
 
 def snapshot_model(model: ImageClassifier) -> ModelSnapshot:
-    """Copy ``model``'s weights to host memory, leaving out a compiled model's optimizer."""
+    """Copy ``model``'s weights, leaving out a compiled model's optimizer."""
     if not model.built:
         raise WeightsError("the model is not built yet; call it on a batch first")
-    groups = tuple((group, metadata, {key: _host_copy(value) for key, value in values.items()})
+    groups = tuple((group, metadata, {key: detached_copy(value) for key, value in values.items()})
                    for group, metadata, values in _layout(model))
     return ModelSnapshot(model.spec.to_dict(), groups)
+
+
+def detached_copy(value: Any) -> Any:
+    """A copy of a variable's value, on its device, that later updates of the variable leave alone."""
+    return keras.ops.copy(value.value if isinstance(value, keras.Variable) else value)
+
+
+def host_array(value: Any) -> np.ndarray:
+    """``value`` in host memory, as an array that shares memory with nothing a model updates."""
+    array = keras.ops.convert_to_numpy(value)
+    return array if array.flags.owndata else array.copy()
 
 
 # Keras' walk over a model costs about as much as copying its weights (it builds throw-away
@@ -95,13 +109,6 @@ def _layout(model: keras.Model) -> list[tuple[str, dict[str, Any] | None, dict[s
     return recorder.groups
 
 
-def _host_copy(value: Any) -> np.ndarray:
-    array = keras.ops.convert_to_numpy(value)
-    # An array that does not own its memory may share it with a variable that training goes
-    # on updating (a CPU tensor's buffer); one copied from an accelerator owns its own.
-    return array if array.flags.owndata else array.copy()
-
-
 def write_snapshot(snapshot: ModelSnapshot, path: str | os.PathLike, overwrite: bool = False,
                    extra: dict[str, Any] | None = None) -> Path:
     """Write a snapshot as a model file (what :func:`save_model` writes), atomically."""
@@ -116,16 +123,22 @@ def write_snapshot(snapshot: ModelSnapshot, path: str | os.PathLike, overwrite: 
         **(extra or {}),
     }
     with atomic_output(path, overwrite=overwrite, suffix=SUFFIX) as temporary:
-        store = H5IOStore(temporary, mode="w")
-        try:
-            for group, group_metadata, values in snapshot.groups:
-                entry = store.make(group) if group_metadata is None else store.make(group, metadata=group_metadata)
-                for key, value in values.items():
-                    entry[key] = value
-        finally:
-            store.close()
-        _write_metadata(temporary, metadata)
+        write_h5(temporary, _h5_groups(snapshot), {FORMAT_NAME: json.dumps(metadata)})
     return path
+
+
+def _h5_groups(snapshot: ModelSnapshot) -> list[H5Group]:
+    """The groups Keras' ``H5IOStore`` writes: ``PATH/vars`` holds the arrays and the metadata;
+    a group with neither is left out."""
+    groups = []
+    for group, metadata, values in snapshot.groups:
+        if not values and not metadata:
+            continue
+        arrays = {key: host_array(value) for key, value in values.items()}
+        bfloat16 = {key: {"dtype": "bfloat16"} for key, array in arrays.items()
+                    if keras.backend.standardize_dtype(array.dtype) == "bfloat16"}
+        groups.append(H5Group(f"{group}/vars" if group else "vars", metadata or {}, arrays, bfloat16))
+    return groups
 
 
 def copy_model(source: str | os.PathLike, path: str | os.PathLike, overwrite: bool = False,

@@ -1,19 +1,18 @@
 """Training bookkeeping: best checkpoint, history, and the state an interrupted run resumes from.
 
-After every epoch the run folder (``NAME.run/`` beside the model file) receives the model,
+After an epoch the run folder (``NAME.run/`` beside the model file) receives the model,
 optimizer and random-generator variables of that epoch and then, atomically, ``state.json``
-naming them; a run killed at any instant therefore resumes from the last completed epoch with the
+naming them; a run killed at any instant therefore resumes from the last saved epoch with the
 same optimizer moments, augmentation and dropout random streams, early-stopping and
-learning-rate-plateau counters, and history.
+learning-rate-plateau counters, and history, and goes on as the uninterrupted run did.
 
-The best model is written in the background (:mod:`~vitkit.training.checkpoints`), after the
-epoch's state. The write of an earlier epoch is always finished before a state is saved, so the
-only best model a saved state may name without it being on disk yet is that of its own epoch,
-whose weights the run folder holds: a resumed run writes it from there.
-
-A model trained through a wrapper (distillation's, whose ``student`` is the classifier) is saved
-as its classifier alone: the best model and the epochs' weights are the student's; the
-optimizer and random-generator variables are the wrapper's (the student's and the teacher's).
+An epoch's files (the best model when the epoch improved, then its state, then the history)
+are written in the background (:mod:`~vitkit.training.checkpoints`) while training goes on, from
+copies of the variables taken at the epoch's end. The state is taken only at an epoch whose
+predecessors' writes are done, so on a disk slower than an epoch it is saved every few epochs
+rather than holding up each one, and a saved state never names a best model that is not on disk
+(a resumed run writes it from the run folder should it be missing). An epoch's ``seconds`` in the
+history run from the end of the epoch before it.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import json
 import math
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +32,37 @@ import keras
 import numpy as np
 
 from vitkit.errors import ConfigError, WeightsError
-from vitkit.fileio import atomic_output, write_text_atomic
-from vitkit.models.modelfile import (ModelSnapshot, copy_model, load_weights_only, read_metadata, snapshot_model,
-                                     write_snapshot)
+from vitkit.fileio import atomic_output, link_in_place_of, write_text_atomic
+from vitkit.models.h5layout import H5Group, write_h5
+from vitkit.models.modelfile import (ModelSnapshot, copy_model, detached_copy, host_array, load_weights_only,
+                                     read_metadata, snapshot_model, write_snapshot)
 from vitkit.training.checkpoints import CheckpointWriter
 
 STATE_FILE = "state.json"
 
 
-def save_variables(groups: dict[str, list], path: Path) -> None:
-    """Write groups of variables (by position, with their paths for checking) to one H5 file."""
+VariablesSnapshot = dict[str, list[tuple[str, Any]]]
+"""Groups of variables at one moment: ``{group: [(variable path, detached copy), ...]}``."""
+
+
+def snapshot_variables(groups: dict[str, list]) -> VariablesSnapshot:
+    """Copy groups of variables where they live, for :func:`write_variables` to write later."""
+    return {name: [(variable.path, detached_copy(variable)) for variable in variables]
+            for name, variables in groups.items()}
+
+
+def write_variables(snapshot: VariablesSnapshot, path: Path) -> None:
+    """Write a variables snapshot (by position, with the variables' paths for checking) to one H5 file."""
+    groups = [H5Group(name, {}, {str(i): host_array(value) for i, (_, value) in enumerate(items)},
+                      {str(i): {"path": variable_path} for i, (variable_path, _) in enumerate(items)})
+              for name, items in snapshot.items()]
     with atomic_output(path, overwrite=True, suffix=".h5") as temporary:
-        with h5py.File(temporary, "w") as handle:
-            for group_name, variables in groups.items():
-                group = handle.create_group(group_name)
-                for i, variable in enumerate(variables):
-                    dataset = group.create_dataset(str(i), data=keras.ops.convert_to_numpy(variable))
-                    dataset.attrs["path"] = variable.path
+        write_h5(temporary, groups)
+
+
+def save_variables(groups: dict[str, list], path: Path) -> None:
+    """Write groups of variables to one H5 file now (see :func:`write_variables`)."""
+    write_variables(snapshot_variables(groups), path)
 
 
 def load_variables(groups: dict[str, list], path: Path) -> None:
@@ -154,7 +168,7 @@ class RunKeeper(keras.callbacks.Callback):
         self.history: list[dict[str, float]] = []
         self.checkpoints = checkpoints or CheckpointWriter()
         self._restored: dict[str, Any] | None = None
-        self._epoch_started = 0.0
+        self._epoch_started: float | None = None
 
     # Resume -----------------------------------------------------------------------------------
     def load_state(self) -> dict[str, Any] | None:
@@ -212,6 +226,7 @@ class RunKeeper(keras.callbacks.Callback):
             self._restored = None
 
     def on_train_begin(self, logs=None):
+        self._epoch_started = None
         if self._restored is None:
             return
         for callback in self.stateful_callbacks:
@@ -221,11 +236,10 @@ class RunKeeper(keras.callbacks.Callback):
 
     # Per epoch --------------------------------------------------------------------------------
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_started = time.monotonic()
+        if self._epoch_started is None:  # the first epoch of a fit; later ones start where the last ended
+            self._epoch_started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        # The best model of an earlier epoch must be on disk before a state that names it is.
-        self.checkpoints.wait()
         logs = dict(logs or {})
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -235,49 +249,68 @@ class RunKeeper(keras.callbacks.Callback):
         improved = value is not None and np.isfinite(value) and value < self.best
         if improved:
             self.best, self.best_epoch = float(value), epoch + 1
-        snapshot = snapshot_model(saved_model(self.model)) if improved or self.writes_run else None
-        if self.writes_run:
-            self._save_state(epoch + 1, snapshot)
-            write_text_atomic(self.history_path, history_csv(self.history), overwrite=True)
+        # The resume state is taken only once the writes before it are done: where the disk is
+        # slower than an epoch, it is saved every few epochs instead of holding up every one.
+        # Then no best model it names is still to be written but its own epoch's, written first.
+        saves_state = self.writes_run and not self.checkpoints.busy
+        snapshot = snapshot_model(saved_model(self.model)) if improved or saves_state else None
+        writes = []
         if improved:
-            # Last, so that it overlaps the next epoch rather than this epoch's own writes.
-            self.checkpoints.write(snapshot, self.model_path, extra=self._best_metadata(epoch + 1, float(value)))
+            writes.append((self.model_path, partial(write_snapshot, snapshot, self.model_path, overwrite=True,
+                                                    extra=self._best_metadata(epoch + 1, float(value)))))
+        if saves_state:
+            writes.append((self.run_dir, partial(self._save_state, epoch + 1, snapshot, self._variables(),
+                                                 self._state(epoch + 1), improved)))
+        if self.writes_run:
+            writes.append((self.history_path, partial(write_text_atomic, self.history_path,
+                                                      history_csv(self.history), overwrite=True)))
+        # Written while training goes on: the snapshots hold this moment's values.
+        self.checkpoints.submit(writes)
+        self._epoch_started = time.monotonic()
 
     def on_train_end(self, logs=None):
         self.wait()
 
     def wait(self) -> None:
-        """Return once the best model is on disk.
+        """Return once the epochs' files are on disk.
 
         Raises:
-            OutputError: it could not be written.
+            OutputError: one could not be written.
         """
         self.checkpoints.wait()
 
     def _best_metadata(self, epoch: int, value: float) -> dict[str, Any]:
         return {**self.extra_metadata, "best_epoch": epoch, self.monitor: value}
 
-    def _save_state(self, epochs_done: int, snapshot: ModelSnapshot) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        weights = f"epoch-{epochs_done:04d}.weights.h5"
-        variables = f"epoch-{epochs_done:04d}.state.h5"
-        write_snapshot(snapshot, self.run_dir / weights, overwrite=True)
-        save_variables({"optimizer": self.model.optimizer.variables,
-                        "random": random_state_variables(self.model)}, self.run_dir / variables)
-        state = {
+    def _variables(self) -> VariablesSnapshot:
+        return snapshot_variables({"optimizer": self.model.optimizer.variables,
+                                   "random": random_state_variables(self.model)})
+
+    def _state(self, epochs_done: int) -> dict[str, Any]:
+        """What ``state.json`` says after ``epochs_done`` epochs (taken now; written later)."""
+        return {
             "epochs_done": epochs_done,
             "stopped": bool(self.model.stop_training),
-            "weights": weights,
-            "variables": variables,
+            "weights": f"epoch-{epochs_done:04d}.weights.h5",
+            "variables": f"epoch-{epochs_done:04d}.state.h5",
             "best": self.best,
             "best_epoch": self.best_epoch,
-            "history": self.history,
+            "history": [dict(row) for row in self.history],
             "options": self.options,
             "callbacks": {
                 type(c).__name__: {k: _plain(getattr(c, k)) for k in ("wait", "best", "cooldown_counter") if hasattr(c, k)}
                 for c in self.stateful_callbacks
             },
         }
+
+    def _save_state(self, epochs_done: int, snapshot: ModelSnapshot, variables: VariablesSnapshot,
+                    state: dict[str, Any], best_is_this_epoch: bool) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        weights = self.run_dir / state["weights"]
+        # The best model just written holds the same weights: linked, they are not written twice.
+        if not (best_is_this_epoch and link_in_place_of(self.model_path, weights)):
+            write_snapshot(snapshot, weights, overwrite=True)
+        write_variables(variables, self.run_dir / state["variables"])
         write_text_atomic(self.run_dir / STATE_FILE, json.dumps(state, indent=1), overwrite=True)
         for old in self.run_dir.glob("epoch-*"):
             if not old.name.startswith(f"epoch-{epochs_done:04d}."):
