@@ -1,23 +1,26 @@
-"""What writing the best checkpoint costs an epoch: written synchronously, in the background, or not at all.
+"""What writing an epoch's files costs the epoch: written synchronously, in the background, or not at all.
 
     python bench/checkpoint_stall.py [--layers 8] [--hidden 512] [--steps 4] [--epochs 5] [--repeats 5]
 
 A ViT of ``--layers`` x ``--hidden`` (patch 8 on 32 px images, so the epochs stay short and the
 weights are what is large) trains ``--steps`` batches an epoch, through Keras ``fit`` with
-vitkit's :class:`~vitkit.training.runstate.RunKeeper` forced to write the best checkpoint after
-every epoch (early epochs improve nearly every time). The arms:
+vitkit's :class:`~vitkit.training.runstate.RunKeeper` writing what ``vitkit train`` writes after
+an epoch (the resume state: weights, optimizer moments and random states; the history; the best
+model), forced to find every epoch the best so far (early epochs improve nearly every time). The
+arms:
 
-- ``none``: no checkpoint;
-- ``sync``: the checkpoint written in the training thread (``CheckpointWriter(background=False)``);
-- ``background``: the weights copied to host memory in the training thread, the file written
+- ``none``: nothing written;
+- ``sync``: the files written in the training thread (``CheckpointWriter(background=False)``);
+- ``background``: the variables copied on their device in the training thread, the files written
   in a background thread while the next epoch runs (what ``vitkit train`` does).
 
 One process; the arms alternate, one ``fit`` of ``--epochs`` epochs each per repeat, after a
 warm-up fit. An epoch's time runs from its start to the next epoch's start, so it holds its
 checkpoint (written or handed over) and whatever the write before it takes from it (the first
 epoch of a fit, which follows no write, is left out); each arm reports the median over its
-epochs and repeats (a shared CPU changes speed from minute to minute). The wait for the last background write at the end of a run is reported apart: it is
-paid once a run. Prints a table and writes bench/results/checkpoint_stall.json.
+epochs and repeats (a shared CPU changes speed from minute to minute). The wait for the last
+background write at the end of a run is reported apart: it is paid once a run. Also shown: the
+time the training thread spends taking the copies, and what writing the files alone takes. Prints a table and writes bench/results/checkpoint_stall.json.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def keeper_for(arm: str, folder: Path) -> RunKeeper | None:
     if arm == "none":
         return None
     return EveryEpoch(folder / f"{arm}.weights.h5", folder / f"{arm}.run", folder / f"{arm}.history.csv", "loss",
-                      {}, [], writes_run=False, checkpoints=CheckpointWriter(background=arm == "background"))
+                      {}, [], checkpoints=CheckpointWriter(background=arm == "background"))
 
 
 def main() -> None:
@@ -102,17 +105,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="checkpoint-stall-") as folder:
         folder = Path(folder)
         model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0)  # tracing, not timed
-        snapshot_model(model)  # the first one also walks the model
+        alone = keeper_for("sync", folder)
+        alone.set_model(model)
         copies, writes = [], []
-        for _ in range(3):
+        for _ in range(4):  # the first also walks the model
             started = time.perf_counter()
-            snapshot = snapshot_model(model)
+            snapshot, variables = snapshot_model(model), alone._variables()
             copies.append(time.perf_counter() - started)
             started = time.perf_counter()
+            alone._save_state(1, snapshot, variables, alone._state(1), False)
             write_snapshot(snapshot, folder / "alone.weights.h5", overwrite=True)
             writes.append(time.perf_counter() - started)
-        copy_seconds, write_seconds = statistics.median(copies), statistics.median(writes)
-        megabytes = (folder / "alone.weights.h5").stat().st_size / 1e6
+        copy_seconds, write_seconds = statistics.median(copies[1:]), statistics.median(writes[1:])
+        megabytes = sum(f.stat().st_size for f in [folder / "alone.weights.h5", *(folder / "sync.run").iterdir()]) / 1e6
 
         epochs = {arm: [] for arm in ARMS}
         final_waits = {arm: [] for arm in ARMS}
@@ -128,15 +133,16 @@ def main() -> None:
     rows = [{"arm": arm, "s/epoch": per_epoch[arm], "vs none": f"{per_epoch[arm] / per_epoch['none']:.3f}x",
              "stall/checkpoint s": per_epoch[arm] - per_epoch["none"],
              "wait at end s": statistics.median(final_waits[arm])} for arm in ARMS]
-    print(f"model: {sum(int(np.prod(w.shape)) for w in model.weights) / 1e6:.1f}M weights, checkpoint "
-          f"{megabytes:.1f} MB; copy to host {copy_seconds:.3f} s, H5 write alone {write_seconds:.3f} s (medians); "
+    print(f"model: {sum(int(np.prod(w.shape)) for w in model.weights) / 1e6:.1f}M weights, an epoch's files "
+          f"{megabytes:.1f} MB; copies taken in {copy_seconds:.3f} s, the files written alone in {write_seconds:.3f} s "
+          f"(medians); "
           f"{args.steps} steps of {args.batch} an epoch")
     print(table(rows, ["arm", "s/epoch", "vs none", "stall/checkpoint s", "wait at end s"]))
     stall = per_epoch["sync"] - per_epoch["none"]
     if stall > 0:
         print(f"the background write hides {(per_epoch['sync'] - per_epoch['background']) / stall:.0%} "
               f"of the synchronous stall")
-    save_results("checkpoint_stall", {"args": vars(args), "checkpoint_mb": megabytes, "copy_s": copy_seconds,
+    save_results("checkpoint_stall", {"args": vars(args), "files_mb": megabytes, "copy_s": copy_seconds,
                                       "write_s": write_seconds, "seconds_per_epoch": per_epoch,
                                       "epochs": epochs, "final_waits": final_waits})
 

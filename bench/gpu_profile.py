@@ -6,6 +6,9 @@ Times the same model several ways, so that differences locate the cost:
 - ``compute:VARIANT``: the same with another attention implementation, ``unpadded`` (the fused
   op on the raw odd-length sequence, which cuDNN cannot differentiate) or ``xla`` (no fused
   kernel), or with ``fusedqkv`` (query, key and value from one matrix product);
+- ``compute:sgd``, ``compute:adamw``, ``compute:flatadam``: the same step with another optimizer
+  (plain SGD: the floor of any update; Keras' AdamW; Adam over all weights as one flat vector,
+  one update for the model instead of one per weight, as fused multi-tensor optimizers do);
 - ``keras, arrays``: Keras ``fit`` / ``predict`` fed one NumPy batch over and over;
 - ``keras, vitkit batches``: Keras ``fit`` / ``predict`` fed by vitkit's batch stream, as
   ``vitkit train`` / ``vitkit predict`` run (shuffled reads from an image set).
@@ -59,6 +62,48 @@ def _fused_projection_call(self, x, training=None, return_attention=False):
     return self.out(ops.reshape(mixed, (batch, length, x.shape[-1])))
 
 
+class _FlatAdam:
+    """Adam over all trainable weights as one flat vector, in the form ``jitted_steps`` calls."""
+
+    def __init__(self, learning_rate: float = 1e-4, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7):
+        self.learning_rate, self.beta_1, self.beta_2, self.epsilon = learning_rate, beta_1, beta_2, epsilon
+
+    def build(self, variables) -> None:
+        import types
+
+        import jax.numpy as jnp
+
+        self.shapes = [tuple(v.shape) for v in variables]
+        size = sum(int(np.prod(shape)) for shape in self.shapes)
+        self.variables = [types.SimpleNamespace(value=value) for value in
+                          (jnp.zeros(size, "float32"), jnp.zeros(size, "float32"), jnp.zeros((), "float32"))]
+
+    def stateless_apply(self, state, grads, trainable):
+        import jax.numpy as jnp
+
+        m, v, step = state
+        step = step + 1
+        g = jnp.concatenate([grad.astype("float32").ravel() for grad in grads])
+        p = jnp.concatenate([weight.ravel() for weight in trainable])
+        m = self.beta_1 * m + (1 - self.beta_1) * g
+        v = self.beta_2 * v + (1 - self.beta_2) * g * g
+        rate = self.learning_rate * jnp.sqrt(1 - self.beta_2 ** step) / (1 - self.beta_1 ** step)
+        p = p - rate * m / (jnp.sqrt(v) + self.epsilon)
+        ends = np.cumsum([int(np.prod(shape)) for shape in self.shapes])[:-1]
+        new = [part.reshape(shape) for part, shape in zip(jnp.split(p, ends), self.shapes)]
+        return new, [m, v, step]
+
+
+def _optimizer(variant: str):
+    import keras
+
+    if variant == "sgd":
+        return keras.optimizers.SGD(1e-4)
+    if variant == "adamw":
+        return keras.optimizers.AdamW(1e-4)
+    return keras.optimizers.Adam(1e-4)
+
+
 def _model(args, variant: str):
     import keras
 
@@ -75,7 +120,7 @@ def _model(args, variant: str):
     keras.config.set_dtype_policy("mixed_bfloat16")
     model = vitkit.build_model(CLASSES, backbone=dict(TINY if args.tiny else VIT_B16), image_size=args.image_size,
                                augment=False)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy", metrics=["accuracy"],
+    model.compile(optimizer=_optimizer(variant), loss="categorical_crossentropy", metrics=["accuracy"],
                   steps_per_execution=args.steps_per_execution)
     return model
 
@@ -109,11 +154,11 @@ def jitted_steps(model, optimizer):
     return state, train, forward
 
 
-def _compute_steps(model, x, y):
+def _compute_steps(model, x, y, variant: str = "vitkit"):
     """Jitted forward and train steps over device-resident data, as Keras' JAX trainer builds them."""
     import jax
 
-    initial, train, forward = jitted_steps(model, model.optimizer)
+    initial, train, forward = jitted_steps(model, _FlatAdam() if variant == "flatadam" else model.optimizer)
     state = dict(zip(("trainable", "non_trainable", "optimizer"), initial))
     x, y = jax.device_put(x), jax.device_put(y)
 
@@ -173,7 +218,7 @@ def main() -> None:
     parser.add_argument("--steps-per-execution", type=int, default=1)
     parser.add_argument("--tiny", action="store_true", help="a 2-layer, 32-wide model: checks the script on a CPU")
     parser.add_argument("--variants", default="compute,compute:fusedqkv,compute:unpadded,keras-arrays,keras-vitkit",
-                        help="compute[:VARIANT] (unpadded, xla, fusedqkv), keras-arrays, keras-vitkit")
+                        help="compute[:VARIANT] (unpadded, xla, fusedqkv, sgd, adamw, flatadam), keras-arrays, keras-vitkit")
     parser.add_argument("--no-xla-defaults", action="store_true", help="leave XLA_FLAGS as they are")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_profile.json")
     args = parser.parse_args()
@@ -193,7 +238,7 @@ def main() -> None:
     for variant in args.variants.split(","):
         model = _model(args, variant.split(":")[1] if ":" in variant else "vitkit")
         if variant.startswith("compute"):
-            train, forward = _compute_steps(model, x, y)
+            train, forward = _compute_steps(model, x, y, variant.split(":")[1] if ":" in variant else "vitkit")
         elif variant == "keras-arrays":
             from gpu_throughput import _array_batches
 
