@@ -39,6 +39,8 @@ from vitkit.device import configure_compilation_cache, configure_xla
 configure_xla(); configure_compilation_cache()
 import numpy as np
 lap("python and vitkit.device")
+from vitkit.cli import _start_keras
+_start_keras()  # as the vitkit command imports Keras
 import keras
 lap("import keras")
 if keras.backend.backend() == "jax":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -114,3 +117,12 @@ def test_option_values_are_checked(capsys):
     args = build_parser().parse_args(["train", "t.csv", "--out", "m.weights.h5", "--image-size", "192x256",
                                       "--class-weights", "ok=1,dent=2.5"])
     assert args.image_size == (192, 256) and args.class_weights == {"ok": 1.0, "dent": 2.5}
+
+
+def test_keras_starts_without_the_notebook_and_gallery_modules_which_stay_importable():
+    code = ("import sys; from vitkit.cli import _start_keras; _start_keras(); "
+            "print('IPython' in sys.modules, 'matplotlib.pyplot' in sys.modules); "
+            "import matplotlib.pyplot; print(matplotlib.pyplot.figure is not None)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert done.stdout.split() == ["False", "False", "True"], done.stderr[-2000:]

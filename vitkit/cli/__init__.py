@@ -9,6 +9,7 @@ Keras is imported only after the options are parsed, so ``--backend`` takes effe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -21,6 +22,10 @@ from vitkit.cli.use import add_evaluate, add_explain, add_predict
 from vitkit.cli.weights import add_export, add_weights
 
 BACKENDS = ("tensorflow", "jax", "torch")
+
+# Keras imports these, where installed, for notebook display and image galleries that the
+# command line never uses; they cost seconds of every command's start-up.
+_UNUSED_AT_KERAS_IMPORT = ("IPython", "matplotlib.pyplot")
 
 _DESCRIPTION = """\
 Fine-tune Vision Transformers on product photos, save one .weights.h5 file, reload it to
@@ -76,7 +81,8 @@ def _start_keras() -> None:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
     try:
-        import keras
+        with _modules_hidden(_UNUSED_AT_KERAS_IMPORT):
+            import keras
 
         if quiet and keras.backend.backend() == "tensorflow":
             import tensorflow as tf
@@ -86,6 +92,20 @@ def _start_keras() -> None:
         if quiet:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+@contextlib.contextmanager
+def _modules_hidden(names: Sequence[str]):
+    """Imports of ``names`` (not yet imported) fail inside the block and work again after it."""
+    hidden = [name for name in names if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # an import of it raises ImportError, which Keras expects
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
