@@ -111,6 +111,8 @@ def test_a_failed_write_is_raised_in_the_training_thread_and_keeps_the_previous_
 
     monkeypatch.undo()
     write_with(writer, snapshot_model(trained), tmp_path / "m.weights.h5" / "x.weights.h5")  # a file in the way
+    while writer.busy:
+        time.sleep(0.01)
     with pytest.raises(OutputError, match="is a file, not a folder"):
         write_with(writer, snapshot_model(trained), path)  # the next write reports the one before
 
