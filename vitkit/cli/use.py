@@ -104,7 +104,7 @@ def add_explain(commands) -> None:
                     "masked by the map, titled with the file, the predicted class and confidence (and the\n"
                     "true class: green when right, red when wrong). OUT also gets grid.png (16 maps spread\n"
                     "over the set), layers.png and heads.png (every layer's and head's map for the --focus image)\n"
-                    "and explanations.csv. Maps are computed in the prediction's own forward pass.\n\n"
+                    "and explanations.csv. Maps are computed in the prediction's own compiled step.\n\n"
                     "methods:\n"
                     "  integrated  integrated gradients (Sundararajan et al. 2017) of the predicted class, or of\n"
                     "              --class: 8 passes from the photo's mean colour to the photo, positive part per\n"
