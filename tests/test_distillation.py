@@ -189,7 +189,7 @@ def test_train_with_a_cnn_teacher_then_load_predict_and_explain(cli, photos, tmp
     table = vitkit.predict(model, photos, progress=False)
     assert len(table) == 18
     report = tmp_path / "report.html"
-    for method in ("rollout", "gradient"):
+    for method in ("integrated", "rollout", "gradient"):
         result = vitkit.explain(model, photos, method=method, report=report, overwrite=True, progress=False)
         assert result.grid_maps.shape == (18, 4, 4) and np.isfinite(result.grid_maps).all()
         np.testing.assert_allclose(result.probabilities, table[[f"p_{name}" for name in TINY_CLASSES]].to_numpy(), atol=1e-5)

@@ -12,7 +12,19 @@ from vitkit.data.batches import load_images
 from vitkit.errors import ConfigError, OutputExistsError
 from vitkit.explanation.attention import _scores_with_attention_gradients, attention_weights, explain_images
 from vitkit.explanation.explain import explain
-from vitkit.explanation.rollout import attention_rollout, class_token_attention, discard_lowest, gradient_rollout, normalise_maps, resize_maps
+from vitkit.explanation.rollout import (
+    INTEGRATED_STEPS,
+    attention_rollout,
+    class_token_attention,
+    discard_lowest,
+    gradient_rollout,
+    integrated_gradients,
+    mean_colour,
+    normalise_maps,
+    path_points,
+    positive_patch_sums,
+    resize_maps,
+)
 from vitkit.explanation.outputs import bertviz_attention, focus_position, map_keys, save_maps_file, token_names
 
 FUSE = {"mean": np.mean, "max": np.max, "min": np.min}
@@ -51,6 +63,40 @@ def numpy_relevance(attention: np.ndarray, gradients: np.ndarray) -> np.ndarray:
             relevance = relevance + weighted @ relevance
         rows.append(relevance[0, 1:])
     return np.array(rows)
+
+
+def numpy_positive_patch_sums(attribution: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Per image and patch, a loop summing the attribution's positive pixels; ``(batch, rows * cols)``."""
+    height, width = attribution.shape[1] // rows, attribution.shape[2] // cols
+    sums = np.zeros((len(attribution), rows * cols))
+    for b in range(len(attribution)):
+        for r in range(rows):
+            for c in range(cols):
+                patch = attribution[b, r * height:(r + 1) * height, c * width:(c + 1) * width]
+                sums[b, r * cols + c] = patch[patch > 0].sum()
+    return sums
+
+
+def numpy_integrated_gradients(score, images: np.ndarray, steps: int, step: float = 1e-2) -> np.ndarray:
+    """Integrated gradients from each image's mean colour, per pixel and summed over channels, by
+    central finite differences: at pixel p, the channels' sum of ``(x - baseline) * df/dx`` is the
+    derivative of ``f`` along ``x - baseline`` restricted to p. ``score(batch) -> (batch,)``; the
+    path's points are the midpoints of ``steps`` equal intervals."""
+    count, height, width, _ = images.shape
+    attribution = np.zeros((count, height, width))
+    for b in range(count):
+        image = images[b].astype(np.float64)
+        baseline = np.broadcast_to(image.reshape(-1, 3).mean(axis=0), image.shape)
+        rows, cols = np.unravel_index(np.arange(height * width), (height, width))
+        directions = np.zeros((height * width, height, width, 1))
+        directions[np.arange(height * width), rows, cols] = 1.0
+        directions = directions * (image - baseline)
+        for alpha in (np.arange(steps) + 0.5) / steps:
+            point = baseline + alpha * (image - baseline)
+            up = score((point + step * directions).astype(np.float32))
+            down = score((point - step * directions).astype(np.float32))
+            attribution[b] += ((up - down) / (2 * step)).reshape(height, width) / steps
+    return attribution
 
 
 def random_attention(batch=3, layers=3, heads=4, tokens=10, seed=0) -> np.ndarray:
@@ -92,6 +138,20 @@ def test_gradient_rollout_matches_numpy_reference():
     gradients = np.random.default_rng(2).normal(size=attention.shape).astype(np.float32)
     np.testing.assert_allclose(to_numpy(gradient_rollout(attention, gradients)),
                                numpy_relevance(attention, gradients), rtol=1e-4, atol=1e-6)
+
+
+def test_integrated_gradient_maths_match_numpy_reference():
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (2, 10, 13, 3)).astype(np.float32)
+    gradients = rng.normal(size=images.shape).astype(np.float32)
+    baseline = to_numpy(mean_colour(images))
+    np.testing.assert_allclose(baseline[:, 0, 0], [image.reshape(-1, 3).mean(axis=0) for image in images], rtol=1e-5)
+    attribution = to_numpy(integrated_gradients(images, baseline, gradients, 4))
+    np.testing.assert_allclose(attribution, ((images - baseline) * gradients).sum(-1) / 4, rtol=1e-4, atol=1e-3)
+    # 10 x 13 pixels on a 3 x 4 grid: patches of 3 x 3, the last row and column seen by no patch
+    np.testing.assert_allclose(to_numpy(positive_patch_sums(attribution, (3, 4))),
+                               numpy_positive_patch_sums(attribution, 3, 4), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(path_points(4), [0.125, 0.375, 0.625, 0.875])
 
 
 def test_resize_matches_opencv_linear():
@@ -150,7 +210,7 @@ def test_explicit_attention_path_leaves_outputs_unchanged(tiny_model):
 def test_explained_rollout_equals_numpy_rollout_of_the_model_attention(tiny_model):
     model = sharpen(tiny_model())
     images, labels = shapes(count=5)
-    result = explain_images(model, load_images((images, labels), (32, 32)), head_fusion="max",
+    result = explain_images(model, load_images((images, labels), (32, 32)), method="rollout", head_fusion="max",
                             discard_ratio=0.5, batch_size=2, progress=False)
     probabilities, attention = model.attention_model().predict(images, verbose=0)
     expected = normalise_maps(numpy_rollout(attention, "max", 0.5).reshape(5, 4, 4))
@@ -196,7 +256,7 @@ def test_gradient_maps_follow_chefer_rule_differ_from_rollout_and_depend_on_the_
     model = sharpen(tiny_model(), seed=2)
     images, labels = shapes(count=4)
     data = load_images((images, labels), (32, 32))
-    rollout_maps = explain_images(model, data, progress=False).grid_maps
+    rollout_maps = explain_images(model, data, method="rollout", progress=False).grid_maps
     predicted = explain_images(model, data, method="gradient", progress=False)
     per_class = {name: explain_images(model, data, method="gradient", class_name=name, progress=False)
                  for name in model.class_names}
@@ -211,18 +271,38 @@ def test_gradient_maps_follow_chefer_rule_differ_from_rollout_and_depend_on_the_
         np.testing.assert_allclose(per_class[model.class_names[best]].grid_maps[i], predicted.grid_maps[i], atol=1e-6)
 
 
+def test_integrated_maps_equal_finite_difference_integrated_gradients_and_depend_on_the_class(tiny_model):
+    model = sharpen(tiny_model(image_size=16, patch_size=4), seed=3)
+    images, labels = shapes(count=2, size=(16, 16))
+    data = load_images((images, labels), (16, 16))
+    predicted = explain_images(model, data, method="integrated", progress=False)
+    for i, explained in enumerate(predicted.explained):
+        def score(batch, i=i, explained=explained):
+            return to_numpy(model.logits_and_attention(batch)[0])[:, explained].astype(np.float64)
+
+        attribution = numpy_integrated_gradients(score, images[i:i + 1], INTEGRATED_STEPS)
+        expected = normalise_maps(numpy_positive_patch_sums(attribution, 4, 4).reshape(1, 4, 4))
+        np.testing.assert_allclose(predicted.grid_maps[i:i + 1], expected, atol=2e-3)
+    rollout_maps = explain_images(model, data, method="rollout", progress=False).grid_maps
+    assert np.abs(predicted.grid_maps - rollout_maps).max() > 0.05
+    circle = explain_images(model, data, method="integrated", class_name="circle", progress=False)
+    square = explain_images(model, data, method="integrated", class_name="square", progress=False)
+    assert np.abs(circle.grid_maps - square.grid_maps).max() > 0.05 and (square.explained == 1).all()
+    assert predicted.description().startswith("integrated gradients")
+
+
 @pytest.mark.parametrize("image_size, patch_size", [((32, 48), 8), ((24, 40), 4)])
 def test_non_square_images_and_other_patch_sizes(tiny_model, image_size, patch_size):
     model = sharpen(tiny_model(image_size=image_size, patch_size=patch_size))
     images, labels = shapes(count=3, size=image_size)
     rows, cols = image_size[0] // patch_size, image_size[1] // patch_size
-    for method in ("rollout", "gradient", "layer"):
+    for method in ("integrated", "rollout", "gradient", "layer"):
         result = explain_images(model, load_images((images, labels), image_size), method=method, progress=False)
         assert result.grid_maps.shape == (3, rows, cols)
         assert result.layer_maps.shape == (3, 2, rows, cols)
         assert result.maps().shape == (3, *image_size)
     _, attention = model.attention_model().predict(images, verbose=0)
-    rollout_maps = explain_images(model, load_images(images, image_size), progress=False).grid_maps
+    rollout_maps = explain_images(model, load_images(images, image_size), method="rollout", progress=False).grid_maps
     np.testing.assert_allclose(rollout_maps, normalise_maps(numpy_rollout(attention).reshape(3, rows, cols)), atol=1e-5)
 
 
@@ -233,7 +313,7 @@ def test_options_are_checked(tiny_model):
              ({"head_fusion": "median"}, "head fusion must be one of"),
              ({"discard_ratio": 1.0}, "discard ratio"),
              ({"layer": 2}, "layer 2 does not exist"),
-             ({"class_name": "circle"}, "use method gradient"),
+             ({"method": "rollout", "class_name": "circle"}, "use method integrated or gradient"),
              ({"method": "gradient", "class_name": "hexagon"}, "not one of the model's classes")]
     for options, message in cases:
         with pytest.raises(ConfigError, match=message):

@@ -66,9 +66,10 @@ def test_cli_explains_one_class_and_refuses_bad_options(model_file, few_photos, 
     assert done.returncode == 0, done.stderr
     table = pd.read_csv(tmp_path / "one" / "explanations.csv")
     assert list(table["explained"]) == ["triangle", "triangle"]
-    wrong = run_cli("explain", str(model_file), *files, "--out", str(tmp_path / "two"), "--class", "triangle")
+    wrong = run_cli("explain", str(model_file), *files, "--out", str(tmp_path / "two"), "--method", "rollout",
+                    "--class", "triangle")
     assert wrong.returncode == 2
-    assert "use method gradient" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert "use method integrated or gradient" in wrong.stderr and "Traceback" not in wrong.stderr
     help_text = run_cli("explain", "--help").stdout
     assert "--discard-ratio" in help_text and "examples:" in help_text
 
@@ -77,14 +78,15 @@ def test_cli_explains_one_class_and_refuses_bad_options(model_file, few_photos, 
 def test_jax_backend_gives_the_same_maps(model_file, tmp_path):
     images, labels = shapes(count=4)
     np.save(tmp_path / "images.npy", images)
-    expected = {method: explain(model_file, images, method=method, progress=False) for method in ("rollout", "gradient")}
+    methods = ("integrated", "rollout", "gradient")
+    expected = {method: explain(model_file, images, method=method, progress=False) for method in methods}
     code = f"""
 import json, sys
 import numpy as np
 from vitkit.explanation.explain import explain
 images = np.load({str(tmp_path / 'images.npy')!r})
 found = {{}}
-for method in ("rollout", "gradient"):
+for method in {methods!r}:
     result = explain({str(model_file)!r}, images, method=method, discard_ratio=0.0, progress=False)
     found[method] = {{"maps": result.grid_maps.tolist(), "probabilities": result.probabilities.tolist()}}
 found["tensorflow_imported"] = any(name.split(".")[0] == "tensorflow" for name in sys.modules)

@@ -41,7 +41,7 @@ def test_rollout_equals_vit_keras_attention_map(tiny_model, monkeypatch):
     model = sharpen(tiny_model(num_layers=3), seed=5)
     twin = to_vit_keras(model)
     images, labels = shapes(count=4, seed=3)
-    result = explain_images(model, load_images((images, labels), (32, 32)), head_fusion="mean",
+    result = explain_images(model, load_images((images, labels), (32, 32)), method="rollout", head_fusion="mean",
                             discard_ratio=0.0, progress=False)
     ours = result.maps()
     differences = []

@@ -115,5 +115,5 @@ def test_explain_a_mean_pooled_model_with_registers(register_model, method, tmp_
 
 def test_a_class_token_model_says_only_the_class_token_is_left_out(tiny_model, tmp_path):
     photos = make_photo_tree(tmp_path / "photos", per_class=1, size=32)
-    result = vitkit.explain(tiny_model(), photos, progress=False)
+    result = vitkit.explain(tiny_model(), photos, method="rollout", progress=False)
     assert result.tokens_read() == "the class token's row over the 16 patch tokens; left out: the class token"

@@ -257,7 +257,8 @@ def test_train_explain_and_reload_from_a_timm_checkpoint(tmp_path, cli):
         ((42, 42), "normalize", "bicubic", 4)
 
     explained = tmp_path / "explained"
-    status, _, stderr = cli("explain", out, photos, "--out", explained, "--report", tmp_path / "r.html")
+    status, _, stderr = cli("explain", out, photos, "--out", explained, "--method", "rollout",
+                            "--report", tmp_path / "r.html")
     assert status == 0, stderr[-3000:]
     assert "left out: the class token and 4 register tokens" in (tmp_path / "r.html").read_text()
     table = pd.read_csv(explained / "explanations.csv").sort_values("image")

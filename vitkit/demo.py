@@ -124,7 +124,7 @@ def run_demo(
     grid = out / "predictions.png"
     predict(model, test_csv, out=predictions, grid=grid, overwrite=True)
 
-    say("[6/6] drawing where the model looks (attention rollout) and writing the report")
+    say("[6/6] drawing where the model looks (integrated gradients) and writing the report")
     attention = out / "attention"
     report = out / "report.html"
     explain(model, test_csv, out=attention, report=report, overwrite=True)

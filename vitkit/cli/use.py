@@ -104,30 +104,34 @@ def add_explain(commands) -> None:
                     "masked by the map, titled with the file, the predicted class and confidence (and the\n"
                     "true class: green when right, red when wrong). OUT also gets grid.png (16 maps spread\n"
                     "over the set), layers.png and heads.png (every layer's and head's map for the --focus image)\n"
-                    "and explanations.csv. Maps are computed in the prediction's own forward pass.\n\n"
+                    "and explanations.csv. Maps are computed in the prediction's own compiled step.\n\n"
                     "methods:\n"
-                    "  rollout   attention rollout through all layers (Abnar & Zuidema 2020); the same for every class\n"
-                    "  gradient  class-specific relevance (Chefer et al. 2021) of the predicted class, or of --class\n"
-                    "  layer     the class token's attention in one layer (--layer; 0 = first, -1 = last)\n\n"
+                    "  integrated  integrated gradients (Sundararajan et al. 2017) of the predicted class, or of\n"
+                    "              --class: 8 passes from the photo's mean colour to the photo, positive part per\n"
+                    "              patch (the default: its maps point at the product most often; bench/README.md)\n"
+                    "  rollout     attention rollout through all layers (Abnar & Zuidema 2020); the same for every\n"
+                    "              class, one pass\n"
+                    "  gradient    class-specific relevance (Chefer et al. 2021) of the predicted class, or of --class\n"
+                    "  layer       the class token's attention in one layer (--layer; 0 = first, -1 = last)\n\n"
                     "examples:\n"
                     "  vitkit explain models/products.weights.h5 data_manifests/products/test.csv --out explained/ \\\n"
                     "        --report explained/report.html --pdf explained/maps.pdf\n"
-                    "  vitkit explain models/products.weights.h5 photos/mug/ --out mugs/ --method gradient --class mug\n"
-                    "  vitkit explain models/products.weights.h5 a.jpg --out a/ --discard-ratio 0.9 --head-fusion max \\\n"
-                    "        --save-maps a/maps.npz --export-attention a/attention.json",
+                    "  vitkit explain models/products.weights.h5 photos/mug/ --out mugs/ --class mug\n"
+                    "  vitkit explain models/products.weights.h5 a.jpg --out a/ --method rollout --discard-ratio 0.9 \\\n"
+                    "        --head-fusion max --save-maps a/maps.npz --export-attention a/attention.json",
     )
     _add_model_and_images(parser)
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the figures and the table")
     maps = parser.add_argument_group("maps")
-    maps.add_argument("--method", choices=("rollout", "gradient", "layer"), default="rollout",
-                      help="how maps are made (default rollout)")
+    maps.add_argument("--method", choices=("integrated", "rollout", "gradient", "layer"), default="integrated",
+                      help="how maps are made (default integrated)")
     maps.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean",
                       help="how the heads of a layer are combined, for rollout and layer (default mean)")
     maps.add_argument("--discard-ratio", type=float, default=0.0, metavar="FRACTION",
                       help="rollout: share of the weakest attention weights dropped per layer, e.g. 0.9 (default 0)")
     maps.add_argument("--layer", type=int, default=0, help="layer of --method layer (default 0, the first; -1 = last)")
     maps.add_argument("--class", dest="class_name", metavar="NAME",
-                      help="gradient: explain this class instead of the predicted one")
+                      help="integrated, gradient: explain this class instead of the predicted one")
     files = parser.add_argument_group("more outputs")
     files.add_argument("--report", type=Path, metavar="HTML",
                        help="one self-contained HTML page: model, metrics, every image with its map, sortable and filterable")

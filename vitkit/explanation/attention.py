@@ -1,5 +1,6 @@
 """The compiled explanation step: probabilities, patch relevance and per-layer class-token maps of
-a batch in the forward pass that predicts."""
+a batch in the forward pass that predicts (with integrated gradients, also the passes along the
+path from the image's mean colour)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from vitkit.errors import ConfigError
 from vitkit.explanation.result import Explanation
 from vitkit.explanation.rollout import (
     HEAD_FUSIONS,
+    INTEGRATED_STEPS,
     METHODS,
     _check_choice,
     _check_ratio,
@@ -19,7 +21,11 @@ from vitkit.explanation.rollout import (
     class_token_attention,
     fuse_heads,
     gradient_rollout,
+    integrated_gradients,
+    mean_colour,
     normalise_maps,
+    path_points,
+    positive_patch_sums,
 )
 from vitkit.models.classifier import ImageClassifier
 from vitkit.progress import Progress
@@ -50,7 +56,11 @@ class _ExplanationStep(keras.Model):
         config = self.classifier.backbone.config
         readout = {"prefix_tokens": config.prefix_tokens, "pooling": config.pooling}
         layer_rows = class_token_attention(fuse_heads(attention, self.head_fusion), **readout)
-        if self.method == "gradient":
+        if self.method == "integrated":
+            classes = _explained_classes(logits, targets)
+            relevance = positive_patch_sums(_integrated_gradients(self.classifier, images, classes),
+                                            self.classifier.backbone.grid_shape(self.classifier.spec.image_size))
+        elif self.method == "gradient":
             relevance = gradient_rollout(attention, gradients, **readout)
         elif self.method == "rollout":
             relevance = attention_rollout(attention, self.head_fusion, self.discard_ratio, **readout)
@@ -87,10 +97,9 @@ def _explained_classes(logits, targets):
     return ops.where(targets < 0, predicted, ops.cast(targets, "int32"))
 
 
-def _chosen_scores(logits, targets):
-    """Sum over the batch of each image's logit of its explained class."""
-    chosen = _explained_classes(logits, targets)
-    return ops.sum(ops.take_along_axis(logits, ops.expand_dims(chosen, -1), axis=-1))
+def _class_scores(logits, classes):
+    """Sum over the batch of each image's logit of its class in ``classes``."""
+    return ops.sum(ops.take_along_axis(logits, ops.expand_dims(classes, -1), axis=-1))
 
 
 def _scores_with_attention_gradients(classifier: ImageClassifier, images, targets):
@@ -106,22 +115,45 @@ def _scores_with_attention_gradients(classifier: ImageClassifier, images, target
 
     def score(attention_offset):
         logits, attention = classifier.logits_and_attention(images, attention_offset)
-        return _chosen_scores(logits, targets), (logits, attention)
+        return _class_scores(logits, _explained_classes(logits, targets)), (logits, attention)
 
+    gradients, (logits, attention) = _gradient_with_aux(score, offset)
+    return logits, attention, gradients
+
+
+def _integrated_gradients(classifier: ImageClassifier, images, classes):
+    """``(batch, H, W)`` integrated gradients of each image's score of its class in ``classes``,
+    from the image's mean colour, over :data:`INTEGRATED_STEPS` points of the path (one forward
+    and backward pass each)."""
+    images = ops.cast(images, "float32")
+    baseline = mean_colour(images)
+
+    def score(pixels):
+        logits, _ = classifier.logits_and_attention(pixels)
+        return _class_scores(logits, classes), ()
+
+    gradient_sum = sum(_gradient_with_aux(score, baseline + float(alpha) * (images - baseline))[0]
+                       for alpha in path_points(INTEGRATED_STEPS))
+    return integrated_gradients(images, baseline, gradient_sum, INTEGRATED_STEPS)
+
+
+def _gradient_with_aux(function, x):
+    """``(d function(x)[0] / d x, function(x)[1])`` with the backend's own autodiff; ``function``
+    returns a scalar and auxiliary outputs."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            tape.watch(offset)
-            total, (logits, attention) = score(offset)
-        return logits, attention, tape.gradient(total, offset)
+            tape.watch(x)
+            value, aux = function(x)
+        return tape.gradient(value, x), aux
     if backend == "jax":
         import jax
 
-        gradients, (logits, attention) = jax.grad(score, has_aux=True)(offset)
-        return logits, attention, gradients
-    raise ConfigError(f"gradient maps need the tensorflow or jax backend, not {backend}; use --method rollout")
+        return jax.grad(function, has_aux=True)(x)
+    raise ConfigError(f"gradient and integrated maps need the tensorflow or jax backend, not {backend}; "
+                      "use --method rollout")
 
 
 def check_options(model: ImageClassifier, method: str, head_fusion: str, discard_ratio: float,
@@ -134,8 +166,9 @@ def check_options(model: ImageClassifier, method: str, head_fusion: str, discard
     if not -layers <= layer < layers:
         raise ConfigError(f"layer {layer} does not exist: the model has {layers} layers (0 to {layers - 1}, or -1 for the last)")
     if class_name is not None:
-        if method != "gradient":
-            raise ConfigError(f"{method} maps are the same for every class; use method gradient to explain class {class_name!r}")
+        if method not in ("integrated", "gradient"):
+            raise ConfigError(f"{method} maps are the same for every class; use method integrated or gradient "
+                              f"to explain class {class_name!r}")
         if class_name not in model.class_names:
             raise ConfigError(f"class {class_name!r} is not one of the model's classes {model.class_names}")
     if batch_size < 1:
@@ -146,7 +179,7 @@ def explain_images(
     model: ImageClassifier,
     images: ImageSet,
     *,
-    method: str = "rollout",
+    method: str = "integrated",
     head_fusion: str = "mean",
     discard_ratio: float = 0.0,
     layer: int = 0,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from vitkit.data.batches import ImageSet
-from vitkit.explanation.rollout import resize_maps
+from vitkit.explanation.rollout import INTEGRATED_STEPS, resize_maps
 from vitkit.prediction import prediction_table
 
 
@@ -91,6 +91,9 @@ class Explanation:
 
     def description(self) -> str:
         """The method in words, e.g. ``rollout (heads: max, discard ratio 0.9)``."""
+        if self.method == "integrated":
+            return (f"integrated gradients (Sundararajan et al. 2017, {INTEGRATED_STEPS} steps from the mean colour), "
+                    "positive part per patch")
         if self.method == "gradient":
             return "gradient relevance (Chefer et al. 2021)"
         details = f"heads: {self.head_fusion}"
@@ -101,6 +104,8 @@ class Explanation:
     def tokens_read(self) -> str:
         """Which tokens the maps read and which they leave out, in words."""
         patches = self.grid_maps.shape[1] * self.grid_maps.shape[2]
+        if self.method == "integrated":
+            return f"the pixels, their positive attribution summed over each of the {patches} patches"
         row = ("the mean of the patch tokens' rows (the model pools by the mean)" if self.pooling == "mean"
                else "the class token's row")
         left_out = ["the class token"] + (["the distillation token"] if self.distillation_token else [])

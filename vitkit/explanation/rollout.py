@@ -1,12 +1,14 @@
-"""The maths of attention maps on attention tensors, in ``keras.ops``: it runs inside a compiled
-step and on NumPy arrays alike.
+"""The maths of the maps, in ``keras.ops``: it runs inside a compiled step and on NumPy arrays
+alike.
 
-Every map is one row of a ``(tokens, tokens)`` matrix read over the patch tokens only: the
-class token, the distillation token and the register tokens (the first ``prefix_tokens``) are
-never part of a map.
+Every attention map is one row of a ``(tokens, tokens)`` matrix read over the patch tokens
+only: the class token, the distillation token and the register tokens (the first
+``prefix_tokens``) are never part of a map.
 Which row depends on how the model pools: with ``pooling="token"`` the class token's row (what
 the classifier reads), with ``pooling="mean"`` the mean of the patch tokens' rows (the classifier
 reads the mean of the patch tokens, so the map is how much that mean draws from each patch).
+Integrated gradients work on the pixels instead and are summed per patch
+(:func:`positive_patch_sums`), so every method gives one value per patch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from keras import ops
 
 from vitkit.errors import ConfigError
 
-METHODS = ("rollout", "gradient", "layer")
+METHODS = ("integrated", "rollout", "gradient", "layer")
+INTEGRATED_STEPS = 8
 HEAD_FUSIONS = ("mean", "max", "min")
 
 
@@ -85,6 +88,53 @@ def gradient_rollout(attention, gradients, prefix_tokens: int = 1, pooling: str 
     weighted = ops.mean(ops.relu(gradients * attention), axis=2)
     eye = ops.eye(weighted.shape[-1], dtype=weighted.dtype)
     return _pooled_row_of_product(weighted + eye, prefix_tokens, pooling)[:, prefix_tokens:]
+
+
+def mean_colour(images):
+    """The baseline of integrated gradients: every pixel of each image set to the image's mean
+    colour, ``(batch, H, W, channels)`` -> ``(batch, 1, 1, channels)`` (broadcasts over the pixels).
+
+    A flat image of the photo's own colour carries no shape; unlike black it does not credit a
+    pixel for being bright or coloured.
+    """
+    return ops.mean(images, axis=(1, 2), keepdims=True)
+
+
+def integrated_gradients(images, baseline, gradient_sum, steps: int):
+    """Integrated gradients (Sundararajan et al. 2017) from ``baseline``, summed over the channels.
+
+    Args:
+        images: ``(batch, H, W, channels)`` pixels 0-255.
+        baseline: where the path starts, broadcastable to ``images`` (:func:`mean_colour`).
+        gradient_sum: the sum, over ``steps`` points of the straight path from the baseline to
+            the image, of the gradients of the explained score with respect to the pixels there.
+        steps: how many points the sum covers.
+
+    Returns:
+        ``(batch, H, W)``: ``(images - baseline) * gradient_sum / steps``, summed over the channels.
+    """
+    difference = ops.cast(images, gradient_sum.dtype) - ops.cast(baseline, gradient_sum.dtype)
+    return ops.sum(difference * gradient_sum, axis=-1) / steps
+
+
+def path_points(steps: int) -> np.ndarray:
+    """The ``steps`` points of the path from the baseline (0) to the image (1) where integrated
+    gradients are taken: the midpoints of equal intervals of ``(0, 1]`` (the midpoint rule)."""
+    return (np.arange(steps, dtype=np.float32) + 0.5) / steps
+
+
+def positive_patch_sums(attribution, grid: tuple[int, int]):
+    """Per patch, the sum of the positive part of a pixel attribution: ``(batch, H, W)`` ->
+    ``(batch, rows * cols)``, row-major like the patch tokens.
+
+    The patch is ``H // rows`` by ``W // cols`` pixels; pixels past the last whole patch (which
+    no patch token sees) are left out.
+    """
+    rows, cols = grid
+    height, width = attribution.shape[1] // rows, attribution.shape[2] // cols
+    cropped = ops.relu(attribution[:, :rows * height, :cols * width])
+    patches = ops.reshape(cropped, (-1, rows, height, cols, width))
+    return ops.reshape(ops.sum(patches, axis=(2, 4)), (-1, rows * cols))
 
 
 def class_token_attention(attention, prefix_tokens: int = 1, pooling: str = "token"):
