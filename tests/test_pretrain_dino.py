@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 
 import h5py
 import keras
@@ -13,13 +14,13 @@ import numpy as np
 import pytest
 
 import vitkit
-from conftest import TINY_BACKBONE, run_commands
+from conftest import TINY_BACKBONE, run_commands, run_python
 from test_pretrain import SMALL_DATA_TINY, file_arrays, smooth_images
 from vitkit.data import warp
 from vitkit.errors import ConfigError, OutputExistsError
 from vitkit.models.backbone import VisionTransformer
 from vitkit.models.classifier import build_model
-from vitkit.models.dino import (CENTRE_MOMENTUM, STUDENT_TEMPERATURE, DinoModel, dino_loss, momentum_at,
+from vitkit.models.dino import (CENTRE_MOMENTUM, STUDENT_TEMPERATURE, DinoLoss, DinoModel, momentum_at,
                                 teacher_temperature_at)
 from vitkit.models.multicrop import MultiCrop, local_crop_size
 from vitkit.training.pretrainsettings import resolve_pretrain_settings
@@ -56,7 +57,7 @@ def test_loss_is_the_mean_cross_entropy_over_pairs_of_different_views():
     rng = np.random.default_rng(0)
     teacher = numpy_softmax(rng.normal(size=(2, 5, 7)) / 0.05).astype("float32")
     student = rng.normal(size=(4, 5, 7)).astype("float32")
-    value = float(keras.ops.convert_to_numpy(dino_loss(teacher, student)))
+    value = float(keras.ops.convert_to_numpy(DinoLoss()(teacher, student)))
     log_student = np.log(numpy_softmax(student.astype(np.float64) / STUDENT_TEMPERATURE))
     terms = [np.mean(-(teacher[i] * log_student[v]).sum(-1)) for i in range(2) for v in range(4) if v != i]
     assert len(terms) == 6
@@ -239,3 +240,28 @@ def test_dino_then_train_on_jax(photo_tree, tmp_path):
     assert "pre-trained on 24 images, 2 epochs" in results[0][1]
     assert json.loads(h5py.File(backbone, "r").attrs["vitkit"])["pretraining"]["method"] == "dino"
     assert vitkit.load_model(tmp_path / "m.weights.h5").spec.backbone.tokenizer == "conv"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+def test_dino_on_two_devices_writes_a_backbone_file(backend):
+    devices = ('os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"' if backend == "jax" else
+               'import tensorflow as tf; tf.config.set_logical_device_configuration('
+               'tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)')
+    code = textwrap.dedent(f"""
+        import os
+        {devices}
+        import pathlib, tempfile
+        import numpy as np
+        import vitkit
+        x = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+        out = pathlib.Path(tempfile.mkdtemp()) / "m.backbone.weights.h5"
+        result = vitkit.pretrain(x, out=out, epochs=2, batch_size=8, image_size=32, verbose=0, devices=2,
+                                 method="dino", prototypes=32, local_crops=2, **{TINY_BACKBONE!r})
+        model = vitkit.build_model(["a", "b"], weights=str(out))
+        loss = result.history[-1]["loss"]
+        print("RESULT", len(result.history), 0 < loss < np.log(32) + 0.5, model.backbone.config.tokenizer)
+    """)
+    done = run_python(code, backend=backend)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "RESULT 2 True conv" in done.stdout  # the loss of the global batch, not a sum over the devices

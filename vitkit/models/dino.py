@@ -96,19 +96,33 @@ class DinoHead(keras.layers.Layer):
 
 
 def dino_loss(teacher_probabilities, student_logits, student_temperature: float = STUDENT_TEMPERATURE):
-    """Mean cross-entropy of every (teacher global view ``i``, student view ``v != i``) pair.
+    """Per image, the mean cross-entropy over every (teacher global view ``i``, student view ``v != i``) pair.
 
     Args:
         teacher_probabilities: ``(2, batch, K)``, the teacher's centred and sharpened output.
         student_logits: ``(views, batch, K)``, the global views first, in the teacher's order.
+
+    Returns:
+        ``(batch,)`` losses; their mean is DINO's loss.
     """
     log_student = ops.log_softmax(ops.cast(student_logits, "float32") / student_temperature, axis=-1)
-    # cross[i, v] = mean over the batch of -sum_k teacher[i] * log student[v]
-    cross = -ops.einsum("ibk,vbk->iv", teacher_probabilities, log_student) / ops.cast(
-        ops.shape(log_student)[1], "float32")
+    # cross[i, v, b] = -sum_k teacher[i, b, k] * log student[v, b, k]
+    cross = -ops.einsum("ibk,vbk->ivb", teacher_probabilities, log_student)
     teachers, views = teacher_probabilities.shape[0], student_logits.shape[0]
     pairs = 1.0 - ops.eye(teachers, views, dtype="float32")
-    return ops.sum(cross * pairs) / float(teachers * views - teachers)
+    return ops.sum(cross * pairs[:, :, None], axis=(0, 1)) / float(teachers * views - teachers)
+
+
+@keras.saving.register_keras_serializable(package="vitkit")
+class DinoLoss(keras.losses.Loss):
+    """:func:`dino_loss` as a Keras loss, ``loss(teacher probabilities, student logits)``: the mean
+    over the batch, which Keras scales for several replicas as it does its own losses."""
+
+    def __init__(self, name: str = "dino", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, teacher_probabilities, student_logits):
+        return dino_loss(teacher_probabilities, student_logits)
 
 
 def momentum_at(step, total_steps: int, base: float = MOMENTUM):
@@ -129,7 +143,7 @@ class DinoModel(keras.Model):
     uint8 images alone (see the module).
 
     ``call`` returns ``{"teacher": (2, batch, K) probabilities, "student": (views, batch, K)
-    logits}``; its loss is :func:`dino_loss` of them.
+    logits}``; its loss is :class:`DinoLoss` of them.
 
     Args:
         backbone: the backbone's configuration (complete: patch size set).
@@ -154,6 +168,7 @@ class DinoModel(keras.Model):
         self.crops = MultiCrop(self.image_size, local_crop_size(self.image_size, backbone.patch_size), local_crops,
                                seed=None if seed is None else seed + _CROP_SEED_OFFSET, name="crops")
         self.scale = ScaleImages(preprocess, name="scale", dtype="float32")
+        self.distillation_loss = DinoLoss()
         self.student = VisionTransformer(**backbone.to_dict(), seed=seed, name="vit")
         self.student_head = DinoHead(prototypes, name="head", dtype="float32")
         self.teacher = VisionTransformer(**backbone.to_dict(), name="teacher_vit")
@@ -221,4 +236,4 @@ class DinoModel(keras.Model):
         return {"teacher": teacher, "student": student}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        return dino_loss(y_pred["teacher"], y_pred["student"])
+        return self.distillation_loss(y_pred["teacher"], y_pred["student"])
