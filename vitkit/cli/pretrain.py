@@ -36,12 +36,16 @@ examples:
 wall time: on a shared 2-core CPU (TensorFlow) the default backbone (vit_micro, conv stem,
 locality attention) pre-trains at about {PRETRAIN_RATE} at 64 px, batch 32, a little faster than
 its supervised training step (about {TRAIN_RATE}, with RandAugment); 1,000 photos x 100 epochs
-at 64 px take {EXAMPLE_TIME}.
+at 64 px take {EXAMPLE_TIME}. --method dino (6 views a photo, a teacher besides) runs at about
+{DINO_RATE}.
 """
 
 # Measured with bench/pretrain_speed.py (see bench/README.md).
 _RATES = {"PRETRAIN_RATE": "450 images/s", "TRAIN_RATE": "400 images/s", "EXAMPLE_TIME": "about 4 minutes",
-          "METHOD_CHOICE": "TODO"}
+          "METHOD_CHOICE": "On generated product photos (840, 64 px, 40 epochs then 40 of fine-tuning) dino\n"
+                           "fine-tuned to lower accuracy than simmim at about 4x its cost per photo, so simmim is\n"
+                           "the default (bench/README.md has the comparison).",
+          "DINO_RATE": "a quarter of that"}
 
 
 def add_pretrain(commands) -> None:
