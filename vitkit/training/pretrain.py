@@ -158,7 +158,9 @@ def pretrain(
     images = load_pretraining_images(data, extra, settings, DataSource(label_from, root, cache_dir, on_bad_image))
     skipped_path = write_skipped_images(paths.skipped, images) if parallel.is_chief else None
     precision = resolve_precision(settings.precision)
+    # The run's architecture, not the backbone object's: DINO's teacher has no dropout or stochastic depth.
     keeper = PretrainKeeper(paths, settings.record(), {
+        "backbone": settings.architecture.to_dict(),
         "image_size": list(settings.image_size), "preprocess": settings.preprocess,
         "resize_mode": settings.resize_mode, "interpolation": settings.interpolation,
         "images": len(images)}, writes=parallel.is_chief)
