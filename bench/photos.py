@@ -19,9 +19,11 @@ split; the wall time of each counts everything it needs (a teacher, pre-training
   input size, no early stopping;
 - ``distilled``: ``vitkit.train(weights="none", teacher="cnn")``: the small CNN trained first,
   then the ViT with a distillation token learning its labels (DeiT);
-- ``pretrained``: ``vitkit.pretrain`` on the training photos (their labels unused; with
-  ``--unlabeled N`` also N more generated photos, from another seed) for ``--pretrain-epochs``,
-  then ``vitkit.train(weights=<backbone file>, recipe="small-data", teacher=None)``;
+- ``pretrained``: ``vitkit.pretrain`` (masked image modelling, ``method="simmim"``) on the
+  training photos (their labels unused; with ``--unlabeled N`` also N more generated photos, from
+  another seed) for ``--pretrain-epochs``, then ``vitkit.train(weights=<backbone file>,
+  recipe="small-data", teacher=None)``;
+- ``pretrained-dino``: the same with ``vitkit.pretrain(method="dino")`` (self-distillation);
 - ``pretrained+distilled``: both;
 - ``default``: ``vitkit.train(weights="none")`` with no other option, what a user gets;
 - ``cnn``: the reference peer, a plain Keras Conv2D stack (three conv-BN-ReLU-pool stages with
@@ -131,7 +133,8 @@ def main(argv=None) -> int:
     parser.add_argument("--photos", action="append", default=[], metavar="NAME=DIR",
                         help="also a folder of your own, one sub-folder per class")
     parser.add_argument("--arms", default="small-data,plain,cnn",
-                        help="of small-data, plain, distilled, pretrained, pretrained+distilled, default, cnn")
+                        help="of small-data, plain, distilled, pretrained, pretrained-dino, pretrained+distilled, "
+                             "default, cnn")
     parser.add_argument("--pretrain-epochs", type=int, default=40)
     parser.add_argument("--unlabeled", type=int, default=0, metavar="N",
                         help="pre-train on N more generated photos without labels (hard set only)")
@@ -167,6 +170,8 @@ def main(argv=None) -> int:
                                                   "epochs": args.epochs, "patience": 0}),
             "distilled": lambda m, out: train_vit(m, out, {**scratch, "teacher": "cnn"}),
             "pretrained": lambda m, out: train_vit(m, out, {**scratch, "teacher": None}, dict(pretrain)),
+            "pretrained-dino": lambda m, out: train_vit(m, out, {**scratch, "teacher": None},
+                                                        dict(pretrain, method="dino")),
             "pretrained+distilled": lambda m, out: train_vit(m, out, {**scratch, "teacher": "cnn"}, dict(pretrain)),
             "default": lambda m, out: train_vit(m, out, {"weights": "none", "image_size": size}),
             "cnn": lambda m, out: train_cnn(m, size, args.epochs, batch_size),

@@ -8,6 +8,8 @@ uint8 images:
 
 - ``pretrain``: ``vitkit pretrain``'s model (default augmentation, mask ratio 0.6, L1 on
   normalized patches, AdamW);
+- ``pretrain-dino``: ``vitkit pretrain --method dino``'s (2 global and 4 local views, student
+  and EMA teacher, 1024 prototypes, AdamW); images/s counts photos, not views;
 - ``train``: the small-data recipe's classifier step (RandAugment, label smoothing, AdamW), 10
   classes.
 
@@ -37,7 +39,7 @@ import keras  # noqa: E402
 from common import save_results, table  # noqa: E402
 from vitkit.models.classifier import build_model  # noqa: E402
 from vitkit.training.fitting import make_optimizer  # noqa: E402
-from vitkit.training.pretrain import build_masked_model  # noqa: E402
+from vitkit.training.pretrain import build_pretraining_model  # noqa: E402
 from vitkit.training.pretrainsettings import resolve_pretrain_settings  # noqa: E402
 from vitkit.training.settings import resolve_settings  # noqa: E402
 
@@ -56,9 +58,9 @@ class RandomImages(keras.utils.PyDataset):
         return (self.x[index],) if self.y is None else (self.x[index], self.y[index])
 
 
-def pretrain_arm(size: int, batch: int, steps: int):
-    settings = resolve_pretrain_settings(image_size=size, batch_size=batch, epochs=10)
-    model = build_masked_model(settings)
+def pretrain_arm(size: int, batch: int, steps: int, method: str = "simmim"):
+    settings = resolve_pretrain_settings(method=method, image_size=size, batch_size=batch, epochs=10)
+    model = build_pretraining_model(settings, steps)
     model.compile(optimizer=make_optimizer(settings, settings.epochs, steps))
     return model, RandomImages(size, batch, steps, None)
 
@@ -82,6 +84,7 @@ def main() -> None:
     load_before = os.getloadavg()
     keras.utils.set_random_seed(0)
     arms = {"pretrain": pretrain_arm(args.image_size, args.batch, args.steps),
+            "pretrain-dino": pretrain_arm(args.image_size, args.batch, args.steps, "dino"),
             "train": train_arm(args.image_size, args.batch, args.steps)}
     for model, data in arms.values():
         model.fit(data, epochs=1, verbose=0)  # compiles

@@ -71,7 +71,7 @@ def compose(*matrices):
     return result
 
 
-def warp(images, reflected=None, blanked: Sequence[tuple] = ()):
+def warp(images, reflected=None, blanked: Sequence[tuple] = (), size: tuple[int, int] | None = None):
     """Resample ``(batch, H, W, C)`` float images once through a chain of affine transforms.
 
     Args:
@@ -81,6 +81,7 @@ def warp(images, reflected=None, blanked: Sequence[tuple] = ()):
         blanked: ``(matrix, active)`` pairs applied after, in order, whose outside pixels are 0;
             ``active`` ``(batch,)`` says which images the stage transforms, the others pass
             through it untouched (nor blanked where an earlier stage moved them).
+        size: ``(height, width)`` of the output grid the matrices map from; default the images'.
 
     Returns:
         The images, bilinearly interpolated, with the fill of every stage. Each blanked stage
@@ -88,8 +89,9 @@ def warp(images, reflected=None, blanked: Sequence[tuple] = ()):
     """
     shape = ops.shape(images)
     height, width = shape[1], shape[2]
-    x = ops.cast(ops.arange(width), "float32")[None, None, :] + ops.zeros((1, height, 1))
-    y = ops.cast(ops.arange(height), "float32")[None, :, None] + ops.zeros((1, 1, width))
+    out_height, out_width = size or (height, width)
+    x = ops.cast(ops.arange(out_width), "float32")[None, None, :] + ops.zeros((1, out_height, 1))
+    y = ops.cast(ops.arange(out_height), "float32")[None, :, None] + ops.zeros((1, 1, out_width))
     coverage = None
     for matrix, active in reversed(list(blanked)):
         active = ops.reshape(active, (-1, 1, 1))

@@ -150,6 +150,7 @@ class VisionTransformer(keras.layers.Layer):
     def build(self, input_shape):
         config = self.config
         rows, cols = self.grid_shape(input_shape[1:3])
+        self.built_grid = (rows, cols)
         self.embedding.build(input_shape)
         patches_shape = (input_shape[0], rows * cols, config.hidden_size)
         sequence_shape = (input_shape[0], rows * cols + config.prefix_tokens, config.hidden_size)
@@ -169,17 +170,21 @@ class VisionTransformer(keras.layers.Layer):
             self.pre_logits.build((input_shape[0], config.hidden_size))
 
     def _sequence(self, images, training=None):
-        """Patch tokens with the class, distillation and register tokens in front and positions added."""
+        """Patch tokens with the class, distillation and register tokens in front and positions
+        added; images of another size than the backbone was built for get the position embedding
+        resampled to their grid (DINO's smaller crops)."""
         tokens = self.embedding(images, training=training)
+        grid = self.grid_shape(images.shape[1:3])
         if self.config.no_embed_class:
-            tokens = self.position_embedding(tokens)
+            tokens = self.position_embedding(tokens, grid=grid, built_grid=self.built_grid)
         if self.config.register_tokens:
             tokens = self.registers(tokens)
         if self.config.distillation_token:
             tokens = self.dist_token(tokens)
         tokens = self.class_token(tokens)
         if not self.config.no_embed_class:
-            tokens = self.position_embedding(tokens)
+            tokens = self.position_embedding(tokens, grid=grid, built_grid=self.built_grid,
+                                             prefix_tokens=self.config.prefix_tokens)
         return self.embedding_dropout(tokens, training=training)
 
     def _encode(self, images, training=None, return_attention: bool = False, attention_offset=None):

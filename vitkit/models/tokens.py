@@ -116,7 +116,13 @@ class DistillationToken(RegisterTokens):
 
 @keras.saving.register_keras_serializable(package="vitkit")
 class PositionEmbedding(keras.layers.Layer):
-    """Adds a learned position embedding to every token."""
+    """Adds a learned position embedding to every token.
+
+    ``call(tokens, grid=..., built_grid=..., prefix_tokens=...)`` with a patch ``grid`` other
+    than the ``built_grid`` the embedding was made for resamples its patch part bilinearly to
+    that grid (half-pixel centres, as DINO interpolates it for its smaller crops) and keeps the
+    ``prefix_tokens`` in front as they are.
+    """
 
     def build(self, input_shape):
         self.pos_embedding = self.add_weight(
@@ -125,8 +131,20 @@ class PositionEmbedding(keras.layers.Layer):
             name="pos_embedding",
         )
 
-    def call(self, tokens):
-        return tokens + ops.cast(self.pos_embedding, tokens.dtype)
+    def call(self, tokens, grid=None, built_grid=None, prefix_tokens: int = 0):
+        embedding = ops.cast(self.pos_embedding, tokens.dtype)
+        if grid is not None and tuple(grid) != tuple(built_grid):
+            embedding = _resampled(embedding, tuple(built_grid), tuple(grid), prefix_tokens)
+        return tokens + embedding
+
+
+def _resampled(embedding, built_grid: tuple[int, int], grid: tuple[int, int], prefix_tokens: int):
+    """``(1, prefix + rows * cols, D)`` on ``built_grid`` -> the same on ``grid``."""
+    depth = embedding.shape[-1]
+    patches = ops.reshape(embedding[:, prefix_tokens:], (1, *built_grid, depth))
+    patches = ops.image.resize(patches, grid, interpolation="bilinear", antialias=False,
+                               data_format="channels_last")
+    return ops.concatenate([embedding[:, :prefix_tokens], ops.reshape(patches, (1, grid[0] * grid[1], depth))], axis=1)
 
 
 @keras.saving.register_keras_serializable(package="vitkit")

@@ -1,6 +1,7 @@
 """Self-supervised pre-training on the user's own photos, by masked image modelling
-(:mod:`vitkit.models.masked`): no classes needed; the backbone it writes is then fine-tuned with
-``vitkit train --weights NAME.backbone.weights.h5``.
+(:mod:`vitkit.models.masked`, ``method="simmim"``) or self-distillation
+(:mod:`vitkit.models.dino`, ``method="dino"``): no classes needed; the backbone it writes is then
+fine-tuned with ``vitkit train --weights NAME.backbone.weights.h5``.
 
 The steps are those of :func:`vitkit.train`: settings resolved
 (:mod:`~vitkit.training.pretrainsettings`), outputs checked, images read through the same loading
@@ -23,6 +24,7 @@ from vitkit.data.batches import ImageBatches, follow_epochs
 from vitkit.device import (is_out_of_memory, out_of_memory_error, out_of_memory_hint, resolve_precision,
                            under_policy)
 from vitkit.errors import ConfigError
+from vitkit.models.dino import DinoModel
 from vitkit.models.masked import MaskedImageModel
 from vitkit.training.building import seed_everything
 from vitkit.training.datasets import DataSource
@@ -51,6 +53,7 @@ def pretrain(
     *,
     out: str | os.PathLike,
     unlabeled: Any = (),
+    method: str = "simmim",
     backbone: str | None = None,
     image_size: int | Sequence[int] | None = None,
     epochs: int | None = None,
@@ -63,6 +66,8 @@ def pretrain(
     loss: str | None = None,
     normalize_target: bool | None = None,
     augment: bool | dict[str, Any] | None = None,
+    prototypes: int | None = None,
+    local_crops: int | None = None,
     resize_mode: str = "stretch",
     interpolation: str = "bilinear",
     seed: int = 0,
@@ -79,11 +84,14 @@ def pretrain(
 ) -> PretrainResult:
     """Pre-train a ViT backbone on unlabelled photos and write it to ``out``.
 
-    Masked image modelling (SimMIM): each image has ``mask_ratio`` of its patches set to zero
-    and the backbone, with one linear layer on its patch tokens, learns to predict their pixels.
-    Options left at ``None`` take the defaults of :mod:`vitkit.training.pretrainsettings`: the
-    small-data recipe's backbone at 32 px, 100 epochs, batch 32, AdamW 1e-3 with warm-up and
-    cosine decay, mask ratio 0.6.
+    ``method="simmim"`` (masked image modelling): each image has ``mask_ratio`` of its patches
+    set to zero and the backbone, with one linear layer on its patch tokens, learns to predict
+    their pixels. ``method="dino"`` (self-distillation): the backbone learns to match, on small
+    and large crops of each photo, the output of its own moving average on other large crops; the
+    moving average (the teacher) is the backbone written. Options left at ``None`` take the
+    defaults of :mod:`vitkit.training.pretrainsettings`: the small-data recipe's backbone at 32
+    px, 100 epochs, batch 32, AdamW with warm-up and cosine decay (1e-3 for simmim, 5e-4 for
+    dino), mask ratio 0.6.
 
     Args:
         data: the photos: a folder (searched recursively; sub-folders need not be classes), a
@@ -92,6 +100,7 @@ def pretrain(
         out: the backbone file, ``models/NAME.backbone.weights.h5``; ``NAME.backbone.history.csv`` (the
             loss per epoch) goes beside it.
         unlabeled: more photos added to ``data``: a folder, or a list of folders or files.
+        method: ``simmim`` (default) or ``dino``; the options of one are refused with the other.
         backbone: preset name (default the small-data recipe's, ``vit_micro``).
         image_size: input size, int or (height, width) (default 32); ``vitkit train`` may
             fine-tune at another size (the position embedding is resampled).
@@ -103,10 +112,14 @@ def pretrain(
         loss: ``l1`` (default) or ``mse``, over the hidden patches only.
         normalize_target: predict each patch normalized by its own mean and std (default True).
         augment: True (default: flips, zoom 0.2, translation 0.1), False, or options over those
-            (see :class:`~vitkit.data.preprocessing.AugmentConfig`).
+            (see :class:`~vitkit.data.preprocessing.AugmentConfig`); simmim only (dino's views
+            are its augmentation).
+        prototypes: dino: the head's output size (default 1024).
+        local_crops: dino: local views per photo, at half the image size (default 4; 2 global
+            views besides).
         resize_mode, interpolation: how photos are brought to ``image_size``; recorded, and
             used by ``vitkit train --weights`` unless it is told otherwise.
-        seed: seed of shuffling, augmentation, masks and initialization; fixed seed and data
+        seed: seed of shuffling, augmentation, masks, views and initialization; fixed seed and data
             give identical weights on CPU.
         precision: ``auto`` (bfloat16 mixed precision on GPU/TPU, float32 on CPU), ``float32``,
             ``mixed_bfloat16`` or ``mixed_float16``.
@@ -130,11 +143,11 @@ def pretrain(
         ...              weights="models/photos.backbone.weights.h5", out="models/products.weights.h5")
     """
     settings = resolve_pretrain_settings(
-        backbone=backbone, image_size=image_size, epochs=epochs, batch_size=batch_size,
+        method=method, backbone=backbone, image_size=image_size, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         mask_ratio=mask_ratio, mask_patch_size=mask_patch_size, loss=loss, normalize_target=normalize_target,
-        augment=augment, resize_mode=resize_mode, interpolation=interpolation, seed=seed, precision=precision,
-        **backbone_overrides,
+        augment=augment, prototypes=prototypes, local_crops=local_crops, resize_mode=resize_mode,
+        interpolation=interpolation, seed=seed, precision=precision, **backbone_overrides,
     )
     paths = pretrain_paths(out)
     parallel = plan(devices)  # first: joining several hosts must precede any backend work
@@ -145,22 +158,33 @@ def pretrain(
     images = load_pretraining_images(data, extra, settings, DataSource(label_from, root, cache_dir, on_bad_image))
     skipped_path = write_skipped_images(paths.skipped, images) if parallel.is_chief else None
     precision = resolve_precision(settings.precision)
+    # The run's architecture, not the backbone object's: DINO's teacher has no dropout or stochastic depth.
     keeper = PretrainKeeper(paths, settings.record(), {
+        "backbone": settings.architecture.to_dict(),
         "image_size": list(settings.image_size), "preprocess": settings.preprocess,
         "resize_mode": settings.resize_mode, "interpolation": settings.interpolation,
         "images": len(images)}, writes=parallel.is_chief)
 
     with parallel.scope():
-        with out_of_memory_hint(settings.batch_size, precision, paths.resume_note):
-            model = under_policy(precision, build_masked_model, settings)
-        parallel.prepare(model)
         batches = ImageBatches(images, parallel.local_batch_size(settings.batch_size), shuffle=True,
                                seed=settings.seed, drop_remainder=True, shard=parallel.shard,
                                multiple_of=parallel.multiple_of)
+        with out_of_memory_hint(settings.batch_size, precision, paths.resume_note):
+            model = under_policy(precision, build_pretraining_model, settings, len(batches))
+        parallel.prepare(model)
         fit_pretraining(model, batches, settings, keeper, paths=paths, parallel=parallel, resuming=resuming,
                         precision=precision, verbose=verbose)
     keeper.finish()
     return PretrainResult(paths.backbone, keeper.history, paths.history, len(images), settings, skipped_path)
+
+
+def build_pretraining_model(settings: PretrainSettings, steps_per_epoch: int) -> MaskedImageModel | DinoModel:
+    """The model of a run's method (built: every variable exists); DINO's schedules need the run's length."""
+    if settings.method == "dino":
+        return DinoModel(settings.architecture, settings.image_size, steps_per_epoch=steps_per_epoch,
+                         epochs=settings.epochs, prototypes=settings.prototypes, local_crops=settings.local_crops,
+                         preprocess=settings.preprocess, seed=settings.seed)
+    return build_masked_model(settings)
 
 
 def build_masked_model(settings: PretrainSettings) -> MaskedImageModel:
@@ -172,7 +196,7 @@ def build_masked_model(settings: PretrainSettings) -> MaskedImageModel:
     )
 
 
-def fit_pretraining(model: MaskedImageModel, batches: ImageBatches, settings: PretrainSettings,
+def fit_pretraining(model: MaskedImageModel | DinoModel, batches: ImageBatches, settings: PretrainSettings,
                     keeper: PretrainKeeper, *, paths: PretrainPaths, parallel: Parallel, resuming: bool,
                     precision: str, verbose: int | None = None) -> None:
     """Compile and fit ``model``, continuing the interrupted run when ``resuming``.
