@@ -164,3 +164,20 @@ def run_python(code: str, backend: str | None = None, timeout: float = 600) -> s
     if backend:
         env["KERAS_BACKEND"] = backend
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def stop_after_the_first_epoch(monkeypatch, keeper: type) -> None:
+    """Make the callback class ``keeper`` raise KeyboardInterrupt once it has ended the first epoch."""
+    original = keeper.on_epoch_end
+
+    def stop(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(keeper, "on_epoch_end", stop)
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    """History rows without their seconds, which differ from run to run."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]

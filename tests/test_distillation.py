@@ -15,7 +15,7 @@ import pytest
 from keras import ops
 
 import vitkit
-from conftest import ROOT, TINY_BACKBONE, TINY_CLASSES, make_photo_tree, run_commands, run_python
+from conftest import ROOT, TINY_BACKBONE, TINY_CLASSES, make_photo_tree, run_commands, run_python, stop_after_the_first_epoch
 from vitkit.data.batches import load_images
 from vitkit.errors import ConfigError
 from vitkit.models.cnn import small_cnn
@@ -241,14 +241,7 @@ def test_an_interrupted_distilled_run_resumes_to_the_straight_run_without_traini
         photos, tmp_path, monkeypatch):
     options = dict(TINY, epochs=2, teacher="cnn", augment=True, seed=1)
     straight = train(photos, out=tmp_path / "a.weights.h5", **options)
-    original = RunKeeper.on_epoch_end
-
-    def stop(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunKeeper, "on_epoch_end", stop)
+    stop_after_the_first_epoch(monkeypatch, RunKeeper)
     out = tmp_path / "b.weights.h5"
     with pytest.raises(KeyboardInterrupt, match="--resume"):
         train(photos, out=out, **options)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import vitkit
-from conftest import TINY_BACKBONE, make_photo_tree, run_commands, run_python
+from conftest import TINY_BACKBONE, make_photo_tree, run_commands, run_python, stop_after_the_first_epoch, without_timing
 from vitkit.errors import ConfigError, OutputExistsError, WeightsError
 from vitkit.models.backbone import VisionTransformer
 from vitkit.models.backbonefile import write_backbone_file
@@ -187,14 +187,7 @@ def test_an_interrupted_pretraining_resumes_to_the_uninterrupted_result(shape_ar
     options = dict(TINY, epochs=2, seed=2, dropout=0.1)
     whole = vitkit.pretrain(shape_arrays[0], out=tmp_path / "a.backbone.weights.h5", **options)
 
-    original = PretrainKeeper.on_epoch_end
-
-    def stop(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(PretrainKeeper, "on_epoch_end", stop)
+    stop_after_the_first_epoch(monkeypatch, PretrainKeeper)
     out = tmp_path / "b.backbone.weights.h5"
     with pytest.raises(KeyboardInterrupt, match="continue it with --resume"):
         vitkit.pretrain(shape_arrays[0], out=out, **options)
@@ -204,9 +197,6 @@ def test_an_interrupted_pretraining_resumes_to_the_uninterrupted_result(shape_ar
     with pytest.raises(ConfigError, match="other options.*epochs"):
         vitkit.pretrain(shape_arrays[0], out=out, resume=True, **{**options, "epochs": 3})
     resumed = vitkit.pretrain(shape_arrays[0], out=out, resume=True, **options)
-
-    def without_timing(history):
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
     assert without_timing(resumed.history) == without_timing(whole.history)
     for a, b in zip(file_arrays(out), file_arrays(whole.backbone_path)):

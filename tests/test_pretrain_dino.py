@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import vitkit
-from conftest import TINY_BACKBONE, run_commands, run_python
+from conftest import TINY_BACKBONE, run_commands, run_python, stop_after_the_first_epoch, without_timing
 from test_pretrain import SMALL_DATA_TINY, file_arrays, smooth_images
 from vitkit.data import warp
 from vitkit.errors import ConfigError, OutputExistsError
@@ -199,14 +199,7 @@ def test_an_interrupted_dino_run_resumes_to_the_uninterrupted_result(tmp_path, m
     options = dict(DINO_TINY, epochs=2, seed=3)
     whole = vitkit.pretrain(images, out=tmp_path / "a.backbone.weights.h5", **options)
 
-    original = PretrainKeeper.on_epoch_end
-
-    def stop(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(PretrainKeeper, "on_epoch_end", stop)
+    stop_after_the_first_epoch(monkeypatch, PretrainKeeper)
     out = tmp_path / "b.backbone.weights.h5"
     with pytest.raises(KeyboardInterrupt, match="continue it with --resume"):
         vitkit.pretrain(images, out=out, **options)
@@ -215,9 +208,6 @@ def test_an_interrupted_dino_run_resumes_to_the_uninterrupted_result(tmp_path, m
         vitkit.pretrain(images, out=out, resume=True, **{k: v for k, v in options.items()
                                                          if k not in ("method", "prototypes", "local_crops")})
     resumed = vitkit.pretrain(images, out=out, resume=True, **options)
-
-    def without_timing(history):
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
     assert without_timing(resumed.history) == without_timing(whole.history)
     for a, b in zip(file_arrays(out), file_arrays(whole.backbone_path)):
