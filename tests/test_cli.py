@@ -126,3 +126,9 @@ def test_keras_starts_without_the_notebook_and_gallery_modules_which_stay_import
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "KERAS_BACKEND": "jax"})
     assert done.stdout.split() == ["False", "False", "True"], done.stderr[-2000:]
+
+
+def test_building_the_command_line_imports_no_keras_so_that_backend_and_cache_options_apply():
+    code = "import sys, vitkit.cli; vitkit.cli.build_parser(); print(sorted({'keras', 'jax', 'tensorflow'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "[]", done.stderr[-2000:]

@@ -60,7 +60,7 @@ def add_pretrain(commands) -> None:
                         help="backbone file to write")
 
     from vitkit.models.config import PRESETS, TOKENIZERS
-    from vitkit.training.pretrainsettings import METHODS
+    from vitkit.training.recipes import PRETRAIN_METHODS
 
     model = parser.add_argument_group("backbone (default: the small-data recipe's)")
     model.add_argument("--backbone", choices=sorted(PRESETS), help="backbone preset (default vit_micro)")
@@ -78,7 +78,7 @@ def add_pretrain(commands) -> None:
                        help="how photos reach the input size")
 
     fit = parser.add_argument_group("pre-training")
-    fit.add_argument("--method", choices=METHODS, default="simmim",
+    fit.add_argument("--method", choices=PRETRAIN_METHODS, default="simmim",
                      help="simmim: masked image modelling (default); dino: self-distillation")
     fit.add_argument("--epochs", type=int, help="epochs (default 100)")
     fit.add_argument("--batch-size", type=int, help="images per step, over all --devices (default 32)")

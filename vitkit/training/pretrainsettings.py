@@ -33,9 +33,8 @@ from vitkit.errors import ConfigError
 from vitkit.models.classifier import RESIZE_MODES, image_size_pair
 from vitkit.models.config import ViTConfig, resolve_config
 from vitkit.models.masked import LOSSES, check_masking
-from vitkit.training.recipes import SMALL_DATA
+from vitkit.training.recipes import PRETRAIN_METHODS, SMALL_DATA
 
-METHODS = ("simmim", "dino")
 DEFAULTS: Mapping[str, Any] = {
     "epochs": 100, "batch_size": 32, "learning_rate": 1e-3, "weight_decay": 0.05, "warmup_epochs": 10,
 }
@@ -126,12 +125,12 @@ def resolve_pretrain_settings(
         >>> settings.architecture.tokenizer, settings.architecture.patch_size, settings.warmup_epochs
         ('conv', 8, 4)
     """
-    if method not in METHODS:
-        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method not in PRETRAIN_METHODS:
+        raise ConfigError(f"method must be one of {', '.join(PRETRAIN_METHODS)}, got {method!r}")
     method_given = {"mask_ratio": mask_ratio, "mask_patch_size": mask_patch_size, "loss": loss,
                     "normalize_target": normalize_target, "augment": augment, "prototypes": prototypes,
                     "local_crops": local_crops}
-    other = next(name for name in METHODS if name != method)
+    other = next(name for name in PRETRAIN_METHODS if name != method)
     foreign = [key for key in METHOD_OPTIONS[other] if method_given[key] is not None]
     if foreign:
         raise ConfigError(f"{', '.join(foreign)} belong(s) to method {other}, not {method}")

@@ -38,6 +38,9 @@ from typing import Any, Mapping
 from vitkit.models.config import PRETRAINED_PRESETS, ViTConfig
 from vitkit.errors import ConfigError
 
+PRETRAIN_METHODS = ("simmim", "dino")
+"""``vitkit pretrain --method``: masked image modelling, or DINO's self-distillation."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
