@@ -75,21 +75,19 @@ class CheckpointWriter:
 
     def _drain(self, writes: dict[Path, Callable[[], Any]]) -> None:
         while writes:
-            if not self._run(writes):
-                writes = {}
-            with self._lock:
+            self._run(writes)
+            with self._lock:  # a failure drops the pending writes
                 writes, self._pending = (self._pending if self._failure is None else {}), {}
                 if not writes:
                     self._thread = None
 
-    def _run(self, writes: dict[Path, Callable[[], Any]]) -> bool:
+    def _run(self, writes: dict[Path, Callable[[], Any]]) -> None:
         for path, write in writes.items():
             try:
                 write()
             except BaseException as error:  # handed to the training thread, which reports it
                 self._failure = (path, error)
-                return False
-        return True
+                return
 
     def _raise_failure(self) -> None:
         if self._failure is None:
