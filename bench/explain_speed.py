@@ -51,7 +51,7 @@ def main() -> None:
     import keras
 
     from vitkit.models.compat import to_vit_keras
-    from vitkit.data.batches import load_images
+    from vitkit.data.imageset import load_images
     from vitkit.explanation.attention import explain_images
     from vitkit.models.classifier import build_model
     from vitkit.prediction import predict_probabilities

@@ -197,7 +197,8 @@ def _keras_steps(model, make_batches):
 
 def _vitkit_batches(args, pool_x, pool_y):
     from gpu_throughput import _Repeat
-    from vitkit.data.batches import ImageBatches, load_images
+    from vitkit.data.batches import ImageBatches
+    from vitkit.data.imageset import load_images
 
     images = load_images((pool_x, pool_y), (args.image_size, args.image_size))
     names = [str(i) for i in range(CLASSES)]

@@ -61,7 +61,8 @@ def run_vitkit(args, config) -> dict:
     import numpy as np
 
     import vitkit
-    from vitkit.data.batches import ImageBatches, load_images
+    from vitkit.data.batches import ImageBatches
+    from vitkit.data.imageset import load_images
 
     keras.config.set_dtype_policy("mixed_bfloat16" if args.precision == "bf16" else "float32")
     model = vitkit.build_model(CLASSES, backbone=dict(config), image_size=args.image_size, augment=False)

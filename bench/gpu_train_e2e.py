@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import run_vitkit, save_results, table  # noqa: E402
 
 CLASSES = ("bolt", "gear", "lens", "valve")
-# The plain recipe's augmentation (vitkit.data.preprocessing.AugmentConfig defaults).
+# The plain recipe's augmentation (vitkit.data.inputconfig.AugmentConfig defaults).
 PLAIN_AUGMENT = {"rotation_turns": 0.05, "zoom": 0.1, "translation": 0.1, "brightness": 0.1, "contrast": 0.1}
 
 

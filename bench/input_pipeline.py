@@ -64,7 +64,8 @@ def _stream_epoch(batches) -> int:
 
 
 def speed(args) -> dict:
-    from vitkit.data.batches import ImageBatches, load_images
+    from vitkit.data.batches import ImageBatches
+    from vitkit.data.imageset import load_images
 
     size = (args.image_size, args.image_size)
     with tempfile.TemporaryDirectory() as scratch:
@@ -148,7 +149,9 @@ def memory_child(args) -> None:
     """One process: read a manifest -> cache its photos -> one epoch of batches; prints its peak RSS."""
     import keras  # counted in the baseline, like every real run
 
-    from vitkit.data.batches import ImageBatches, load_images
+    from vitkit.data.batches import ImageBatches
+
+    from vitkit.data.imageset import load_images
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()

@@ -45,7 +45,8 @@ def build_arms(args, config, counts: list[int]) -> dict[int, tuple]:
     import numpy as np
 
     import vitkit
-    from vitkit.data.batches import ImageBatches, load_images
+    from vitkit.data.batches import ImageBatches
+    from vitkit.data.imageset import load_images
     from vitkit.training.parallel import plan
 
     keras.config.set_dtype_policy("mixed_bfloat16" if args.precision == "bf16" else "float32")

@@ -57,7 +57,7 @@ def train_cnn(manifests: Path, image_size: tuple[int, int], epochs: int, batch_s
     import keras
     import numpy as np
 
-    from vitkit.data.batches import load_images
+    from vitkit.data.imageset import load_images
     from vitkit.models.cnn import small_cnn
 
     keras.utils.set_random_seed(0)

@@ -50,7 +50,8 @@ elif keras.backend.backend() == "tensorflow":
     import tensorflow as tf
     tf.config.list_logical_devices()
 lap("backend devices")
-from vitkit.models.classifier import ImageClassifier, ModelSpec
+from vitkit.models.classifier import ImageClassifier
+from vitkit.models.spec import ModelSpec
 from vitkit.models.initialvalues import initial_values_skipped
 from vitkit.models.modelfile import read_metadata
 from vitkit.prediction import images_for, predict_probabilities

@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("backbones", nargs="+", metavar="NAME=FILE")
     args = parser.parse_args()
 
-    from vitkit.data.batches import load_images
+    from vitkit.data.imageset import load_images
     from vitkit.models.backbonefile import read_backbone_file
     from vitkit.models.classifier import build_model
 

@@ -15,7 +15,8 @@ import pytest
 from keras import ops
 
 from vitkit.data import colour, warp
-from vitkit.data.preprocessing import RANDAUGMENT_OPS, Augment, AugmentConfig, BatchDraws, RandAugmentOps
+from vitkit.data.preprocessing import RANDAUGMENT_OPS, Augment, BatchDraws, RandAugmentOps
+from vitkit.data.inputconfig import AugmentConfig
 from vitkit.errors import ConfigError
 
 from conftest import ROOT

@@ -21,7 +21,8 @@ from vitkit.data.images import load_image
 from vitkit.data.preprocessing import ScaleImages
 from vitkit.errors import ConfigError
 from vitkit.models.backbone import VisionTransformer
-from vitkit.models.classifier import ImageClassifier, ModelSpec
+from vitkit.models.classifier import ImageClassifier
+from vitkit.models.spec import ModelSpec
 from vitkit.models.config import ViTConfig, resolve_config
 
 V1 = FIXTURES / "vitkit_v1"

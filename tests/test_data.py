@@ -10,7 +10,8 @@ import pytest
 
 import vitkit
 from vitkit.data.cache import ImageStore
-from vitkit.data.batches import ImageBatches, load_images
+from vitkit.data.batches import ImageBatches
+from vitkit.data.imageset import load_images
 from vitkit.errors import ConfigError
 from vitkit.data.images import load_image
 from vitkit.data.textarray import TextArray
@@ -164,7 +165,8 @@ def test_api_reexports_the_loader():
 _JAX_DATA_PATH = """
 import sys, numpy as np
 from pathlib import Path
-from vitkit.data.batches import ImageBatches, load_images
+from vitkit.data.batches import ImageBatches
+from vitkit.data.imageset import load_images
 images = load_images(Path({photos!r}), (24, 24), cache_dir={cache!r}, progress=False)
 batches = ImageBatches(images, 8, class_names=sorted(set(images.labels)), shuffle=True)
 x, y = batches[0]

@@ -16,7 +16,7 @@ from keras import ops
 
 import vitkit
 from conftest import ROOT, TINY_BACKBONE, TINY_CLASSES, make_photo_tree, run_commands, run_python, stop_after_the_first_epoch
-from vitkit.data.batches import load_images
+from vitkit.data.imageset import load_images
 from vitkit.errors import ConfigError
 from vitkit.models.cnn import small_cnn
 from vitkit.explanation.outputs import write_attention_json

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from vitkit.data.batches import load_images
+from vitkit.data.imageset import load_images
 from vitkit.errors import ConfigError, OutputExistsError
 from vitkit.explanation.attention import _scores_with_attention_gradients, attention_weights, explain_images
 from vitkit.explanation.explain import explain

@@ -9,7 +9,7 @@ import pytest
 
 from test_explain import sharpen, shapes
 from vitkit.explanation.figures import masked
-from vitkit.data.batches import load_images
+from vitkit.data.imageset import load_images
 from vitkit.explanation.attention import explain_images
 
 pytestmark = pytest.mark.oracle

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 import vitkit
-from vitkit.data.preprocessing import AugmentConfig
+from vitkit.data.inputconfig import AugmentConfig
 from vitkit.models.modelfile import convert_weights
 from vitkit.models.foreign import backbone_shape
 from vitkit.models.legacy import read_weights

@@ -11,7 +11,7 @@ import pytest
 
 import vitkit
 from vitkit.errors import ConfigError, OutputExistsError, WeightsError
-from vitkit.models.classifier import ModelSpec
+from vitkit.models.spec import ModelSpec
 
 from conftest import TINY_BACKBONE, TINY_CLASSES, run_python
 

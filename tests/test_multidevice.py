@@ -27,7 +27,8 @@ import vitkit
 from conftest import TINY_BACKBONE, run_python
 from test_distillation import assert_predicts_the_mean_of_its_heads
 from vitkit.cli import build_parser
-from vitkit.data.batches import ImageBatches, load_images
+from vitkit.data.batches import ImageBatches
+from vitkit.data.imageset import load_images
 from vitkit.errors import ConfigError
 from vitkit.models.cnn import small_cnn
 from vitkit.training.parallel import SINGLE, parse_devices, plan

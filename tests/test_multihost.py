@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, make_photo_tree, run_cli
 from test_distillation import assert_predicts_the_mean_of_its_heads
 from test_multidevice import TRAINING_FLAGS, assert_same_history, assert_same_model, read_history
-from vitkit.data.batches import load_images
+from vitkit.data.imageset import load_images
 
 
 def free_port() -> int:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from badfiles import encoded
 from conftest import TINY_BACKBONE
-from vitkit.data.batches import load_images
+from vitkit.data.imageset import load_images
 from vitkit.errors import VitkitError
 from vitkit.fileio import safe_file_stem
 from vitkit.data.manifest import check_manifest

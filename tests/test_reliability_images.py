@@ -18,7 +18,7 @@ from PIL import Image
 
 from badfiles import encoded, png_16bit_rgb, png_bytes, quadrants, zlib_bomb_png
 from conftest import run_python
-from vitkit.data.batches import load_images
+from vitkit.data.imageset import load_images
 from vitkit.errors import ImageError
 from vitkit.data.images import load_image
 from vitkit.data.manifestbuild import build_manifests, find_images

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vitkit.data.batches import load_images
+from vitkit.data.imageset import load_images
 from vitkit.errors import ManifestError
 from vitkit.data.manifest import check_manifest, read_manifest
 from vitkit.data.manifestbuild import build_manifests, stratified_split

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from test_explain import sharpen, shapes
-from vitkit.data.batches import load_images
+from vitkit.data.imageset import load_images
 from vitkit.explanation.attention import explain_images
 from vitkit.explanation.report import write_report
 

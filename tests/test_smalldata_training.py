@@ -150,7 +150,8 @@ def test_mix_batch_mixes_sample_weights_and_respects_off():
 
 
 def test_mixed_batches_are_a_function_of_seed_epoch_and_index(shape_arrays):
-    from vitkit.data.batches import ImageBatches, load_images
+    from vitkit.data.batches import ImageBatches
+    from vitkit.data.imageset import load_images
 
     images = load_images(shape_arrays, (32, 32))
     classes = sorted(set(images.labels))
@@ -173,7 +174,8 @@ def test_mixed_batches_are_a_function_of_seed_epoch_and_index(shape_arrays):
 
 
 def test_randaugment_changes_images_per_image_only_in_training():
-    from vitkit.data.preprocessing import AugmentConfig, RandAugmentOps
+    from vitkit.data.preprocessing import RandAugmentOps
+    from vitkit.data.inputconfig import AugmentConfig
 
     images = np.random.default_rng(0).uniform(0, 255, (16, 16, 16, 3)).astype("float32")
     layer = RandAugmentOps(num_ops=2, magnitude=0.5, seed=0)

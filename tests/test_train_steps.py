@@ -13,7 +13,7 @@ import pytest
 
 import vitkit
 from conftest import FIXTURES, TINY_BACKBONE, TINY_CLASSES
-from vitkit.data.batches import ImageSet, SkippedImage
+from vitkit.data.imageset import ImageSet, SkippedImage
 from vitkit.data.mixing import MixedBatches
 from vitkit.errors import ConfigError, ManifestError, OutputExistsError
 from vitkit.models.sources import open_checkpoint

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from vitkit.data.batches import write_skipped
+from vitkit.data.imageset import write_skipped
 from vitkit.errors import ManifestError
 from vitkit.figures import confusion_figure, image_grid_figure, save_figure
 from vitkit.fileio import check_writable, write_text_atomic

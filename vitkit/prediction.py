@@ -10,7 +10,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from vitkit.data.batches import ImageBatches, ImageSet, load_images, write_skipped
+from vitkit.data.batches import ImageBatches
+
+from vitkit.data.imageset import ImageSet, load_images, write_skipped
 from vitkit.device import PRECISIONS, out_of_memory_hint, under_policy
 from vitkit.errors import ConfigError
 from vitkit.figures import image_grid_figure, save_figure, spread_indices
@@ -92,7 +94,7 @@ def predict(
 
     Args:
         model: a classifier or a model file.
-        data: manifest, folder, image files, or arrays (see :func:`vitkit.data.batches.load_images`).
+        data: manifest, folder, image files, or arrays (see :func:`vitkit.data.imageset.load_images`).
         out: CSV file for the table.
         grid: image file (PNG/PDF) with 16 images spread over the set, titled by prediction, green when
             right and red when wrong if the true classes are known.

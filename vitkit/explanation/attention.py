@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from vitkit.data.batches import ImageSet
+from vitkit.data.imageset import ImageSet
 from vitkit.errors import ConfigError
 from vitkit.explanation.result import Explanation
 from vitkit.explanation.rollout import (
@@ -187,7 +187,7 @@ def explain_images(
     batch_size: int = 16,
     progress: bool = True,
 ) -> Explanation:
-    """:func:`explain` for an already loaded :class:`~vitkit.data.batches.ImageSet` at the model's size."""
+    """:func:`explain` for an already loaded :class:`~vitkit.data.imageset.ImageSet` at the model's size."""
     check_options(model, method, head_fusion, discard_ratio, layer, class_name, batch_size)
     layers = model.backbone.config.num_layers
     step = _explanation_step(model, method, head_fusion, float(discard_ratio), layer % layers)

@@ -90,7 +90,7 @@ def explain(
 
     Args:
         model: a classifier or a model file.
-        data: manifest, folder, image files, or arrays (see :func:`vitkit.data.batches.load_images`).
+        data: manifest, folder, image files, or arrays (see :func:`vitkit.data.imageset.load_images`).
         method: ``integrated`` (integrated gradients, class-specific; the default), ``rollout``
             (class-agnostic attention rollout), ``gradient`` (class-specific relevance, Chefer et
             al. 2021) or ``layer`` (one layer's class-token attention).

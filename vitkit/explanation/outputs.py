@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from vitkit.data.batches import ImageSet
+from vitkit.data.imageset import ImageSet
 from vitkit.errors import ConfigError
 from vitkit.fileio import atomic_output, safe_file_stem, write_text_atomic
 from vitkit.progress import Progress
@@ -52,7 +52,7 @@ def write_figures(result: "Explanation", model: "ImageClassifier", out: str | os
     """The figures and table of :func:`explain`'s ``out`` folder (existing files are replaced)."""
     from vitkit.explanation.figures import grid_figure, head_figure, image_figure, layer_figure
     from vitkit.figures import save_figure, spread_indices
-    from vitkit.data.batches import write_skipped
+    from vitkit.data.imageset import write_skipped
     from vitkit.prediction import write_table
 
     out = Path(out)

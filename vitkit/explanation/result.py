@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from vitkit.data.batches import ImageSet
+from vitkit.data.imageset import ImageSet
 from vitkit.explanation.rollout import INTEGRATED_STEPS, resize_maps
 from vitkit.prediction import prediction_table
 
@@ -18,7 +18,7 @@ class Explanation:
     """Attention maps and predictions for a set of images.
 
     Attributes:
-        images: the images as the model saw them (:class:`~vitkit.data.batches.ImageSet`).
+        images: the images as the model saw them (:class:`~vitkit.data.imageset.ImageSet`).
         class_names: the model's classes, in output order.
         probabilities: ``(n, classes)`` class probabilities.
         explained: ``(n,)`` index of the class each map explains (the predicted class unless

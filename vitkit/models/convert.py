@@ -21,8 +21,9 @@ from vitkit.models.foreign import (
     PUBLISHED_HEADS, BackboneShape, ForeignWeights, HeadLayer, backbone_shape, chain_head,
 )
 from vitkit.models.legacy import read_weights
-from vitkit.models.classifier import ImageClassifier, ModelSpec, image_size_pair
-from vitkit.data.preprocessing import AugmentConfig
+from vitkit.models.classifier import ImageClassifier
+from vitkit.models.spec import ModelSpec, image_size_pair
+from vitkit.data.inputconfig import AugmentConfig
 from vitkit.models.weights import backbone_arrays, flax_name
 
 # vit-keras builds its models with dropout 0.1 (only used if training goes on).

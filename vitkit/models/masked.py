@@ -17,7 +17,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from vitkit.data.preprocessing import Augment, AugmentConfig, ScaleImages
+from vitkit.data.preprocessing import Augment, ScaleImages
+
+from vitkit.data.inputconfig import AugmentConfig
 from vitkit.errors import ConfigError
 from vitkit.models.backbone import VisionTransformer
 from vitkit.models.config import ViTConfig

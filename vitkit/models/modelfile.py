@@ -33,7 +33,8 @@ from vitkit.models.convert import build_from_weights, class_names_from, load_for
 from vitkit.models.legacy import file_kind, read_weights
 from vitkit.models.sources import is_timm_checkpoint
 from vitkit.models.weights import sha256_of
-from vitkit.models.classifier import ImageClassifier, ModelSpec
+from vitkit.models.classifier import ImageClassifier
+from vitkit.models.spec import ModelSpec
 from vitkit.models.initialvalues import initial_values_skipped
 
 FORMAT_NAME = "vitkit"

@@ -12,7 +12,9 @@ from typing import Any, Mapping
 import keras
 import numpy as np
 
-from vitkit.data.batches import ImageBatches, ImageSet, load_images
+from vitkit.data.batches import ImageBatches
+
+from vitkit.data.imageset import ImageSet, load_images
 from vitkit.data.manifest import Manifest, read_manifest
 from vitkit.data.manifestbuild import stratified_split
 from vitkit.data.mixing import MixConfig, MixedBatches
@@ -24,7 +26,7 @@ from vitkit.training.settings import RunSettings
 
 @dataclasses.dataclass(frozen=True)
 class DataSource:
-    """How images are found and read (see :func:`~vitkit.data.batches.load_images`); not recorded
+    """How images are found and read (see :func:`~vitkit.data.imageset.load_images`); not recorded
     with the run, since they do not change what it learns from."""
 
     label_from: str = "auto"

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from vitkit.data.batches import ImageSet, write_skipped
+from vitkit.data.imageset import ImageSet, write_skipped
 from vitkit.errors import ConfigError
 from vitkit.figures import history_figure, save_figure
 from vitkit.fileio import check_writable, remove_temporaries

@@ -112,7 +112,7 @@ def pretrain(
         loss: ``l1`` (default) or ``mse``, over the hidden patches only.
         normalize_target: predict each patch normalized by its own mean and std (default True).
         augment: True (default: flips, zoom 0.2, translation 0.1), False, or options over those
-            (see :class:`~vitkit.data.preprocessing.AugmentConfig`); simmim only (dino's views
+            (see :class:`~vitkit.data.inputconfig.AugmentConfig`); simmim only (dino's views
             are its augmentation).
         prototypes: dino: the head's output size (default 1024).
         local_crops: dino: local views per photo, at half the image size (default 4; 2 global

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vitkit.data.batches import ImageSet, load_images
+from vitkit.data.imageset import ImageSet, load_images
 from vitkit.data.manifest import SPLITS, Manifest, read_manifest
 from vitkit.data.pixelcsv import is_pixel_csv
 from vitkit.data.textarray import TextArray

@@ -28,9 +28,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Sequence
 
-from vitkit.data.preprocessing import AugmentConfig
+from vitkit.data.inputconfig import AugmentConfig
 from vitkit.errors import ConfigError
-from vitkit.models.classifier import RESIZE_MODES, image_size_pair
+from vitkit.models.spec import RESIZE_MODES, image_size_pair
 from vitkit.models.config import ViTConfig, resolve_config
 from vitkit.models.masked import LOSSES, check_masking
 from vitkit.training.recipes import PRETRAIN_METHODS, SMALL_DATA

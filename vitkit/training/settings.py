@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 from vitkit.errors import ConfigError
-from vitkit.models.classifier import image_size_pair
+from vitkit.models.spec import image_size_pair
 from vitkit.models.config import PRETRAINED_PRESETS, SMALL_DATA_OPTIONS
 from vitkit.models.sources import Pretrained, weights_kind
 from vitkit.training.recipes import choose_recipe, resolve_options

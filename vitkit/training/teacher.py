@@ -23,7 +23,9 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from vitkit.data.batches import ImageBatches, ImageSet, follow_epochs
+from vitkit.data.batches import ImageBatches, follow_epochs
+
+from vitkit.data.imageset import ImageSet
 from vitkit.device import under_policy
 from vitkit.errors import ConfigError
 from vitkit.fileio import atomic_output

@@ -101,7 +101,7 @@ def train(
     Args:
         train_data: training images: a manifest CSV (if it has a ``split`` column, its
             ``train`` rows, and its ``val`` rows for validation), a pixel CSV, a folder tree,
-            ``(x, y)`` arrays or a :class:`~vitkit.data.batches.ImageSet`.
+            ``(x, y)`` arrays or a :class:`~vitkit.data.imageset.ImageSet`.
         val_data: validation images in the same forms; by default ``val_fraction`` of the
             training images, stratified and seeded.
         out: model file, ``models/NAME.weights.h5``.
@@ -126,7 +126,7 @@ def train(
         class_weights: ``balanced``, a dict class -> weight, or None.
         freeze_backbone_epochs: epochs that train only the head before the backbone joins.
         augment: training augmentation (True/False or options, see
-            :class:`~vitkit.data.preprocessing.AugmentConfig`).
+            :class:`~vitkit.data.inputconfig.AugmentConfig`).
         head_width: hidden width of the head (21 in the original recipe).
         preprocess: ``tf`` (pixels to [-1, 1]) or ``raw``; default the checkpoint's (its mean
             and std for timm checkpoints), else ``tf``.
