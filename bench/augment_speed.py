@@ -42,7 +42,7 @@ import keras  # noqa: E402
 
 from common import save_results, table  # noqa: E402
 from vitkit.data.preprocessing import Augment  # noqa: E402
-from vitkit.data.inputconfig import AugmentConfig
+from vitkit.data.inputconfig import AugmentConfig  # noqa: E402
 from vitkit.training.recipes import PLAIN, SMALL_DATA  # noqa: E402
 
 RECIPE_AUGMENT = {"plain": AugmentConfig(),

@@ -150,7 +150,6 @@ def memory_child(args) -> None:
     import keras  # counted in the baseline, like every real run
 
     from vitkit.data.batches import ImageBatches
-
     from vitkit.data.imageset import load_images
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

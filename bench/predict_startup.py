@@ -6,9 +6,10 @@ Writes a model file of ``--backbone`` (random weights, 4 classes, 224 px) and 25
 times whole ``vitkit predict`` processes: one photo with an empty compilation cache, then again
 (the cache filled by the first run), in float32 and with ``--precision mixed_bfloat16``, and all
 ``--photos`` photos (each precision decoding them into its own empty image cache, as a first
-run on new photos does). A last process runs the same steps in-process with a timer around each
-(importing Keras, the backend's devices, building the model, reading its weights, the first
-prediction, a second one), to show where a second run's seconds go. Prints one table and writes
+run on new photos does). A last process runs a second run's steps in-process with a timer around each
+(imports, JAX's devices, reading the kept forward pass and the weights, the photo, the first
+prediction, a second one), to show where its seconds go. JAX backend only: a second run
+predicts through the forward pass the first run exported (:mod:`vitkit.models.exported`). Prints one table and writes
 bench/results/predict_startup.json.
 """
 
@@ -37,34 +38,18 @@ def lap(name):
     now = time.perf_counter(); phases[name] = now - last; last = now
 from vitkit.device import configure_compilation_cache, configure_xla
 configure_xla(); configure_compilation_cache()
-import numpy as np
-lap("python and vitkit.device")
-from vitkit.cli import _start_keras
-_start_keras()  # as the vitkit command imports Keras
-import keras
-lap("import keras")
-if keras.backend.backend() == "jax":
-    import jax
-    jax.devices()
-elif keras.backend.backend() == "tensorflow":
-    import tensorflow as tf
-    tf.config.list_logical_devices()
-lap("backend devices")
-from vitkit.models.classifier import ImageClassifier
-from vitkit.models.spec import ModelSpec
-from vitkit.models.initialvalues import initial_values_skipped
-from vitkit.models.modelfile import read_metadata
-from vitkit.prediction import images_for, predict_probabilities
-lap("import vitkit")
-with initial_values_skipped():  # as vitkit.load_model builds it
-    model = ImageClassifier(ModelSpec.from_dict(read_metadata(sys.argv[1])["spec"]))
-lap("build the model")
-model.load_weights(sys.argv[1])
-lap("read the weights")
+from vitkit.prediction import images_for, kept_predictor, predict_probabilities
+lap("python, numpy, pandas, vitkit.prediction")
+import jax
+jax.devices()
+lap("import jax, devices")
+model = kept_predictor(sys.argv[1])
+assert model is not None, "no kept program: run vitkit predict on the JAX backend first"
+lap("read the kept program and the weights")
 images = images_for(model, [sys.argv[2]])
 lap("read the photo")
 predict_probabilities(model, images)
-lap("first prediction (compiles or reads the cache)")
+lap("first prediction (compiled program from the cache)")
 predict_probabilities(model, images)
 lap("second prediction")
 phases["total"] = time.perf_counter() - started
@@ -99,8 +84,10 @@ def main() -> None:
                                 "--batch-size", "128", "--out", str(work / f"{precision}.csv"), "--overwrite",
                                 "--cache-dir", str(work / f"image-cache-{precision}"))
         rows.append({"run": f"{args.photos} photos, {precision}, batch 128 (decoding them)", "seconds": seconds})
-    done = subprocess.run([sys.executable, "-c", PHASES, str(model), str(one)], env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", PHASES, str(model), str(one)], capture_output=True, text=True,
+                          env={**env, "VITKIT_COMPILE_CACHE": str(cache), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if done.returncode:
+        sys.exit(f"the timed second run failed:\n{done.stderr[-3000:]}")
     phases = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("PHASES "))[7:])
     rows += [{"run": f"  in-process: {name}", "seconds": seconds} for name, seconds in phases.items()]
     print(f"\n`vitkit predict`, {args.backbone} model file, in new processes")

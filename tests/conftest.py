@@ -158,9 +158,11 @@ def run_commands(commands: list[list], backend: str | None = None, env: dict[str
     return [(status, printed) for status, printed in json.loads(line[len("RESULTS "):])], done.stderr
 
 
-def run_python(code: str, backend: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run a Python snippet in a new process (optionally on another Keras backend)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+def run_python(code: str, backend: str | None = None, timeout: float = 600,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a Python snippet in a new process (optionally on another Keras backend, with more
+    environment variables)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     if backend:
         env["KERAS_BACKEND"] = backend
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)

@@ -120,7 +120,7 @@ def test_option_values_are_checked(capsys):
 
 
 def test_keras_starts_without_the_notebook_and_gallery_modules_which_stay_importable():
-    code = ("import sys; from vitkit.cli import _start_keras; _start_keras(); "
+    code = ("import sys; from vitkit.cli import start_keras; start_keras(); "
             "print('IPython' in sys.modules, 'matplotlib.pyplot' in sys.modules); "
             "import matplotlib.pyplot; print(matplotlib.pyplot.figure is not None)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,

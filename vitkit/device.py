@@ -7,7 +7,9 @@ backend starts.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -35,6 +37,22 @@ def accelerator() -> str:
 
         return "gpu" if torch.cuda.is_available() else "cpu"
     return "cpu"
+
+
+def configured_backend() -> str:
+    """The Keras backend in use, or the one importing Keras will choose, without importing it:
+    ``$KERAS_BACKEND``, else the ``backend`` in Keras' ``keras.json`` (in ``$KERAS_HOME``, else
+    ``~/.keras``), else ``tensorflow``."""
+    keras = sys.modules.get("keras")
+    if keras is not None and hasattr(keras, "backend"):
+        return keras.backend.backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    config = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "keras.json"
+    try:
+        return str(json.loads(config.read_text(encoding="utf-8")).get("backend", "tensorflow"))
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
 
 
 def resolve_precision(precision: str) -> str:

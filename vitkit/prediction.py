@@ -5,19 +5,22 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
-from vitkit.data.batches import ImageBatches
-
 from vitkit.data.imageset import ImageSet, load_images, write_skipped
-from vitkit.device import PRECISIONS, out_of_memory_hint, under_policy
+from vitkit.device import PRECISIONS, configured_backend, out_of_memory_hint, under_policy
 from vitkit.errors import ConfigError
-from vitkit.figures import image_grid_figure, save_figure, spread_indices
 from vitkit.fileio import atomic_output, check_writable, spreadsheet_safe
-from vitkit.models.classifier import ImageClassifier
+from vitkit.models.exported import ExportedPredictor, export_predictor, load_exported, programs_folder
+
+if TYPE_CHECKING:
+    from vitkit.models.classifier import ImageClassifier
+
+# What predicts: a Keras classifier, or a model file's exported forward pass (JAX backend).
+Predictor = Union["ImageClassifier", ExportedPredictor]
 
 # Dtype policies prediction runs in. float32 gives the exact probabilities; mixed_bfloat16 runs
 # the matrix products in bfloat16: faster where the hardware computes it (GPUs, CPUs with
@@ -37,26 +40,67 @@ def as_model(model: ImageClassifier | str | os.PathLike, classes: Sequence[str] 
     """
     if precision not in PREDICTION_PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PREDICTION_PRECISIONS)}, got {precision!r}")
-    if isinstance(model, ImageClassifier):
-        return model
+    from vitkit.models.classifier import ImageClassifier
     from vitkit.models.modelfile import is_model_file, load_model
 
+    if isinstance(model, ImageClassifier):
+        return model
     if is_model_file(model):
         return under_policy(precision, load_model, model, **foreign_options)
     return under_policy(precision, load_model, model, classes=classes, **foreign_options)
 
 
-def images_for(model: ImageClassifier, data: Any, **load_options: Any) -> ImageSet:
+def as_predictor(model: Predictor | str | os.PathLike, classes: Sequence[str] | None = None,
+                 precision: str = "float32", **foreign_options: Any) -> Predictor:
+    """:func:`as_model`, but a vitkit model file on the JAX backend becomes its exported forward
+    pass (:mod:`vitkit.models.exported`): kept from an earlier run, or exported now and kept, so
+    that the next process neither imports Keras nor compiles. Where no compilation cache folder
+    is set, the file loads as a Keras model.
+    """
+    if isinstance(model, ExportedPredictor):
+        return model
+    if isinstance(model, (str, os.PathLike)) and _programs_apply(foreign_options):
+        kept = load_exported(model, precision)
+        if kept is not None:
+            return kept
+        from vitkit.models.modelfile import is_model_file
+
+        if is_model_file(model):
+            loaded = as_model(model, precision=precision)
+            if configured_backend() != "jax":  # keras.json named another backend than Keras chose
+                return loaded
+            return export_predictor(loaded, model, precision)
+    return as_model(model, classes, precision, **foreign_options)
+
+
+def kept_predictor(path: str | os.PathLike, precision: str = "float32", **foreign_options: Any) -> ExportedPredictor | None:
+    """Model file ``path``'s forward pass kept by an earlier run (see :func:`as_predictor`), or
+    None; looking imports no Keras."""
+    return load_exported(path, precision) if _programs_apply(foreign_options) else None
+
+
+def _programs_apply(foreign_options: dict[str, Any]) -> bool:
+    """Whether model files predict through kept programs: on the JAX backend, with a
+    compilation cache folder, for vitkit files (no options for another tool's file)."""
+    return (configured_backend() == "jax" and programs_folder() is not None
+            and all(value is None for value in foreign_options.values()))
+
+
+def images_for(model: Predictor, data: Any, **load_options: Any) -> ImageSet:
     """Load ``data`` at the model's image size, resize mode and interpolation."""
     return load_images(data, model.spec.image_size, model.spec.resize_mode,
                        interpolation=model.spec.interpolation, **load_options)
 
 
-def predict_probabilities(model: ImageClassifier, images: ImageSet, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
+def predict_probabilities(model: Predictor, images: ImageSet, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
     """``(n, classes)`` probabilities for every image of the set."""
     if not len(images):
         return np.zeros((0, len(model.class_names)), dtype=np.float32)
     with out_of_memory_hint(batch_size):
+        if isinstance(model, ExportedPredictor):
+            return model.probabilities(images, batch_size)
+        from vitkit.data.batches import ImageBatches
+
         return np.asarray(model.predict(ImageBatches(images, batch_size), verbose=verbose))
 
 
@@ -77,7 +121,7 @@ def prediction_table(images: ImageSet, probabilities: np.ndarray, class_names: S
 
 
 def predict(
-    model: ImageClassifier | str | os.PathLike,
+    model: Predictor | str | os.PathLike,
     data: Any,
     *,
     out: str | os.PathLike | None = None,
@@ -93,7 +137,9 @@ def predict(
     """Predict classes for images and optionally write ``predictions.csv`` and a 4x4 grid.
 
     Args:
-        model: a classifier or a model file.
+        model: a classifier or a model file. On the JAX backend a vitkit model file predicts
+            through its forward pass exported and kept in the compilation cache folder
+            (:mod:`vitkit.models.exported`), so a later process starts without compiling.
         data: manifest, folder, image files, or arrays (see :func:`vitkit.data.imageset.load_images`).
         out: CSV file for the table.
         grid: image file (PNG/PDF) with 16 images spread over the set, titled by prediction, green when
@@ -121,7 +167,7 @@ def predict(
     for target in (out, grid, skipped):
         if target is not None:
             check_writable(target, overwrite)
-    model = as_model(model, load_options.get("classes"), precision, preprocess=preprocess, num_heads=num_heads)
+    model = as_predictor(model, load_options.get("classes"), precision, preprocess=preprocess, num_heads=num_heads)
     images = images_for(model, data, **load_options)
     _warn_unknown_classes(images, model.class_names)
     probabilities = predict_probabilities(model, images, batch_size)
@@ -133,6 +179,8 @@ def predict(
         if images.skipped:
             write_skipped(images.skipped, skipped, overwrite=True)
     if grid is not None and len(table):
+        from vitkit.figures import save_figure
+
         save_figure(prediction_grid(images, table), grid, overwrite)
     return table
 
@@ -155,6 +203,8 @@ def _warn_unknown_classes(images: ImageSet, class_names: Sequence[str]) -> None:
 
 def prediction_grid(images: ImageSet, table: pd.DataFrame, count: int = 16):
     """A 4x4 grid of ``count`` images spread over the table (:func:`~vitkit.figures.spread_indices`), titled with their predictions."""
+    from vitkit.figures import image_grid_figure, spread_indices
+
     chosen = spread_indices(len(table), count)
     pixels = images.read(chosen)
     titles, verdicts = [], []

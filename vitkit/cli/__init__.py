@@ -3,13 +3,12 @@
 Every subcommand maps its options onto one API call; errors vitkit raises on purpose
 (:class:`~vitkit.errors.VitkitError`) are printed as one line and exit with status 2.
 Keras is imported only after the options are parsed, so ``--backend`` takes effect and
-``vitkit --help`` is instant.
+``vitkit --help`` is instant; ``predict`` imports it only where it builds the model.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import warnings
@@ -17,15 +16,12 @@ from typing import Sequence
 
 from vitkit.cli.pretrain import add_pretrain
 from vitkit.cli.setup import add_demo, add_manifest
+from vitkit.cli.startup import start_keras
 from vitkit.cli.train import add_train
 from vitkit.cli.use import add_evaluate, add_explain, add_predict
 from vitkit.cli.weights import add_export, add_weights
 
 BACKENDS = ("tensorflow", "jax", "torch")
-
-# Keras imports these, where installed, for notebook display and image galleries that the
-# command line never uses; they cost seconds of every command's start-up.
-_UNUSED_AT_KERAS_IMPORT = ("IPython", "matplotlib.pyplot")
 
 _DESCRIPTION = """\
 Fine-tune Vision Transformers on product photos, save one .weights.h5 file, reload it to
@@ -56,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vitkit.errors import VitkitError
 
     try:
-        _start_keras()
+        if not getattr(args, "starts_keras_itself", False):
+            start_keras()
         return int(args.run(args) or 0)
     except VitkitError as error:
         print(f"vitkit: error: {error}", file=sys.stderr)
@@ -65,47 +62,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = f": {interrupt}" if str(interrupt) else ""
         print(f"vitkit: interrupted{detail}", file=sys.stderr)
         return 130
-
-
-def _start_keras() -> None:
-    """Import Keras, hiding the backend's native start-up log lines (CUDA probing, CPU features).
-
-    Those lines bypass Python logging; ``TF_CPP_MIN_LOG_LEVEL=0`` shows them. TensorFlow probes
-    for GPUs only when devices are first listed, so that happens here too, while hidden.
-    """
-    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
-    if quiet:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-        sys.stderr.flush()
-        saved = os.dup(2)
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-    try:
-        with _modules_hidden(_UNUSED_AT_KERAS_IMPORT):
-            import keras
-
-        if quiet and keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
-    finally:
-        if quiet:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-@contextlib.contextmanager
-def _modules_hidden(names: Sequence[str]):
-    """Imports of ``names`` (not yet imported) fail inside the block and work again after it."""
-    hidden = [name for name in names if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # an import of it raises ImportError, which Keras expects
-    try:
-        yield
-    finally:
-        for name in hidden:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -71,14 +71,21 @@ def add_predict(commands) -> None:
     parser.add_argument("--grid", type=Path, metavar="PNG", help="also draw 16 of the images, spread over the set, titled with predictions")
     add_prediction_precision(parser)
     add_model_use_options(parser, batch_size=32)
+    parser.set_defaults(starts_keras_itself=True)
 
 
 def _run_predict(args: argparse.Namespace) -> None:
-    from vitkit.prediction import predict, skipped_path
+    from vitkit.cli.startup import start_keras
+    from vitkit.prediction import kept_predictor, predict, skipped_path
+
+    # A model file's kept forward pass predicts without Keras (JAX backend, second run on).
+    model = kept_predictor(args.model, args.precision, **foreign_options(args))
+    if model is None:
+        start_keras()
 
     # A printed table leaves no file to sit beside, so a run never stops over an earlier list.
     skipped = skipped_path(args.out) if args.out else unused_path(skipped_path(DEFAULT_PREDICTIONS))
-    table = predict(args.model, parse_inputs(args.inputs), out=args.out, grid=args.grid, skipped=skipped,
+    table = predict(model or args.model, parse_inputs(args.inputs), out=args.out, grid=args.grid, skipped=skipped,
                     batch_size=args.batch_size, overwrite=args.overwrite, precision=args.precision,
                     **foreign_options(args), **load_options(args))
     shown = [c for c in ("image", "predicted", "confidence", "true") if c in table]

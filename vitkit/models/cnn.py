@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import keras
 
+from vitkit.data.inputconfig import AugmentConfig
 from vitkit.data.preprocessing import Augment
 
 # Keras' RandomFlip, RandomTranslation(0.1, 0.1) and RandomZoom(0.1, 0.1), as one fused resampling:
-
-from vitkit.data.inputconfig import AugmentConfig
 # those layers cannot be compiled by XLA, so on JAX they would run the whole training step op by op.
 CNN_AUGMENTATION = AugmentConfig(flip="horizontal", rotation=0.0, zoom=0.1, translation=0.1, brightness=0.0,
                                  contrast=0.0, randaugment_ops=0)

@@ -18,7 +18,6 @@ import keras
 from keras import ops
 
 from vitkit.data.preprocessing import Augment, ScaleImages
-
 from vitkit.data.inputconfig import AugmentConfig
 from vitkit.errors import ConfigError
 from vitkit.models.backbone import VisionTransformer

@@ -73,7 +73,7 @@ def snapshot_model(model: ImageClassifier) -> ModelSnapshot:
     if not model.built:
         raise WeightsError("the model is not built yet; call it on a batch first")
     groups = tuple((group, metadata, {key: detached_copy(value) for key, value in values.items()})
-                   for group, metadata, values in _layout(model))
+                   for group, metadata, values in weight_groups(model))
     return ModelSnapshot(model.spec.to_dict(), groups)
 
 
@@ -93,7 +93,7 @@ def host_array(value: Any) -> np.ndarray:
 _LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _layout(model: keras.Model) -> list[tuple[str, dict[str, Any] | None, dict[str, Any]]]:
+def weight_groups(model: keras.Model) -> list[tuple[str, dict[str, Any] | None, dict[str, Any]]]:
     """What ``save_weights`` writes of ``model``: ``(group, group metadata, {name: variable or value})``."""
     weights = [id(variable) for variable in model.weights]
     cached = _LAYOUTS.get(model)

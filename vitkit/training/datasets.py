@@ -13,7 +13,6 @@ import keras
 import numpy as np
 
 from vitkit.data.batches import ImageBatches
-
 from vitkit.data.imageset import ImageSet, load_images
 from vitkit.data.manifest import Manifest, read_manifest
 from vitkit.data.manifestbuild import stratified_split

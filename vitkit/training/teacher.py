@@ -24,7 +24,6 @@ import keras
 import numpy as np
 
 from vitkit.data.batches import ImageBatches, follow_epochs
-
 from vitkit.data.imageset import ImageSet
 from vitkit.device import under_policy
 from vitkit.errors import ConfigError

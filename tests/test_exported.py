@@ -1,0 +1,92 @@
+"""A model file's forward pass exported and kept (JAX backend): the same probabilities as the Keras
+model, found again only for the same file, and a second `vitkit predict` that needs no Keras."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pandas as pd
+
+from conftest import TINY_BACKBONE, make_photo_tree, run_cli, run_python
+
+API_CHECKS = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = sys.argv[1] + "/cache"
+    import vitkit
+    from vitkit.models.exported import ExportedPredictor, load_exported
+    from vitkit.prediction import as_predictor, predict_probabilities
+    from vitkit.data.imageset import load_images
+
+    path = sys.argv[1] + "/m.weights.h5"
+    def model(seed, **options):
+        built = vitkit.build_model(["a", "b", "c"], backbone=BACKBONE, image_size=32, augment=True,
+                                   seed=seed, **options)
+        vitkit.save_model(built, path, overwrite=True)
+        return built
+    images = load_images(np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8), (32, 32))
+    report = {}
+    for name, options in [("plain", {}), ("distilled, raw", {"distillation_token": True, "preprocess": "raw", "head_width": 0})]:
+        keras_model = model(1, **options)
+        expected = keras_model.predict(images.all_pixels(), verbose=0)
+        exported = as_predictor(path)
+        kept = load_exported(path, "float32")
+        report[name] = {
+            "exported": type(exported).__name__, "kept": type(kept).__name__,
+            "exported_error": float(np.abs(predict_probabilities(exported, images, batch_size=2) - expected).max()),
+            "kept_error": float(np.abs(predict_probabilities(kept, images, batch_size=2) - expected).max()),
+            "kept_one_batch_error": float(np.abs(predict_probabilities(kept, images, batch_size=8) - expected).max()),
+        }
+    replaced = model(2)
+    report["after the file is replaced"] = type(load_exported(path, "float32")).__name__
+    report["other precision"] = type(load_exported(path, "mixed_bfloat16")).__name__
+    again = as_predictor(path)
+    report["replaced_error"] = float(np.abs(predict_probabilities(again, images) - replaced.predict(images.all_pixels(), verbose=0)).max())
+    del os.environ["JAX_COMPILATION_CACHE_DIR"]
+    report["without a cache folder"] = type(as_predictor(path)).__name__
+    print("REPORT " + json.dumps(report))
+""").replace("BACKBONE", repr(dict(TINY_BACKBONE)))
+
+
+def test_exported_forward_pass_predicts_what_the_keras_model_does(tmp_path):
+    done = run_python(API_CHECKS.replace("sys.argv[1]", repr(str(tmp_path))), backend="jax")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("REPORT "))[7:])
+    for name in ("plain", "distilled, raw"):
+        assert report[name]["exported"] == "ExportedPredictor"
+        assert report[name]["kept"] == "ExportedPredictor"
+        for error in ("exported_error", "kept_error", "kept_one_batch_error"):
+            assert report[name][error] < 1e-6, (name, error, report[name][error])
+    assert report["after the file is replaced"] == "NoneType"
+    assert report["other precision"] == "NoneType"
+    assert report["replaced_error"] < 1e-6
+    assert report["without a cache folder"] == "ImageClassifier"
+
+
+NO_KERAS = textwrap.dedent("""
+    import sys
+    sys.modules["keras"] = sys.modules["tensorflow"] = None  # importing either now fails
+    from vitkit.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_second_predict_runs_without_keras(tmp_path):
+    photos = make_photo_tree(tmp_path / "photos", per_class=2, size=40)
+    model = tmp_path / "m.weights.h5"
+    done = run_python(
+        "import vitkit; vitkit.save_model(vitkit.build_model(['circle', 'square', 'triangle'], "
+        f"backbone={dict(TINY_BACKBONE)!r}, image_size=32, augment=False), {str(model)!r})")
+    assert done.returncode == 0, done.stderr[-2000:]
+    env = {"VITKIT_COMPILE_CACHE": str(tmp_path / "cache")}
+    first = run_cli("--backend", "jax", "predict", str(model), str(photos), "--out", str(tmp_path / "first.csv"), env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert list((tmp_path / "cache" / "programs").glob("*.program"))
+    second = run_python(NO_KERAS.replace("sys.argv[1:]", repr(["--backend", "jax", "predict", str(model), str(photos),
+                                                                "--out", str(tmp_path / "second.csv")])),
+                        env=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    first_table, second_table = pd.read_csv(tmp_path / "first.csv"), pd.read_csv(tmp_path / "second.csv")
+    pd.testing.assert_frame_equal(first_table, second_table)
+    assert len(second_table) == 6
