@@ -245,17 +245,21 @@ def test_pretrain_command_line_errors(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_pretrain_then_train_on_jax(photo_tree, tmp_path):
+@pytest.mark.parametrize("method", [[], ["--method", "dino", "--prototypes", "32", "--local-crops", "2"]],
+                         ids=["simmim", "dino"])
+def test_pretrain_then_train_on_jax(photo_tree, tmp_path, method):
     backbone = tmp_path / "p.backbone.weights.h5"
     tiny = ["--patch-size", "8", "--layers", "2", "--hidden-size", "32", "--heads", "4", "--mlp-dim", "64",
             "--image-size", "32", "--batch-size", "8", "--cache-dir", tmp_path / "cache"]
     results, stderr = run_commands([
-        ["pretrain", photo_tree, "--out", backbone, "--epochs", "2", *tiny],
+        ["pretrain", photo_tree, "--out", backbone, "--epochs", "2", *method, *tiny],
         ["train", photo_tree, "--weights", backbone, "--out", tmp_path / "m.weights.h5", "--epochs", "1",
          "--batch-size", "8", "--cache-dir", tmp_path / "cache"],
     ], backend="jax")
     assert [status for status, _ in results] == [0, 0], stderr[-2000:]
     assert "pre-trained on 24 images, 2 epochs" in results[0][1] and "next:     vitkit train" in results[0][1]
+    recorded = json.loads(h5py.File(backbone, "r").attrs["vitkit"])["pretraining"]["method"]
+    assert recorded == ("dino" if method else "simmim")
     model = vitkit.load_model(tmp_path / "m.weights.h5")
     assert model.spec.backbone.tokenizer == "conv" and model.spec.backbone.locality_attention
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import vitkit
-from conftest import TINY_BACKBONE, run_commands, run_python, stop_after_the_first_epoch, without_timing
+from conftest import TINY_BACKBONE, run_python, stop_after_the_first_epoch, without_timing
 from test_pretrain import SMALL_DATA_TINY, file_arrays, smooth_images
 from vitkit.data import warp
 from vitkit.errors import ConfigError, OutputExistsError
@@ -214,23 +214,6 @@ def test_an_interrupted_dino_run_resumes_to_the_uninterrupted_result(tmp_path, m
         np.testing.assert_array_equal(a, b)
     with pytest.raises(OutputExistsError):
         vitkit.pretrain(images, out=out, **options)
-
-
-@pytest.mark.slow
-def test_dino_then_train_on_jax(photo_tree, tmp_path):
-    backbone = tmp_path / "p.backbone.weights.h5"
-    tiny = ["--patch-size", "8", "--layers", "2", "--hidden-size", "32", "--heads", "4", "--mlp-dim", "64",
-            "--image-size", "32", "--batch-size", "8", "--cache-dir", tmp_path / "cache"]
-    results, stderr = run_commands([
-        ["pretrain", photo_tree, "--out", backbone, "--epochs", "2", "--method", "dino", "--prototypes", "32",
-         "--local-crops", "2", *tiny],
-        ["train", photo_tree, "--weights", backbone, "--out", tmp_path / "m.weights.h5", "--epochs", "1",
-         "--batch-size", "8", "--cache-dir", tmp_path / "cache"],
-    ], backend="jax")
-    assert [status for status, _ in results] == [0, 0], stderr[-2000:]
-    assert "pre-trained on 24 images, 2 epochs" in results[0][1]
-    assert json.loads(h5py.File(backbone, "r").attrs["vitkit"])["pretraining"]["method"] == "dino"
-    assert vitkit.load_model(tmp_path / "m.weights.h5").spec.backbone.tokenizer == "conv"
 
 
 @pytest.mark.slow
