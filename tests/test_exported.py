@@ -7,6 +7,7 @@ import json
 import textwrap
 
 import pandas as pd
+import pytest
 
 from conftest import TINY_BACKBONE, make_photo_tree, run_cli, run_python
 
@@ -90,3 +91,21 @@ def test_second_predict_runs_without_keras(tmp_path):
     first_table, second_table = pd.read_csv(tmp_path / "first.csv"), pd.read_csv(tmp_path / "second.csv")
     pd.testing.assert_frame_equal(first_table, second_table)
     assert len(second_table) == 6
+
+
+def test_a_program_jax_refuses_to_export_leaves_the_keras_model_predicting(tiny_model, tmp_path, monkeypatch):
+    import vitkit
+    from vitkit import prediction
+    from vitkit.models.classifier import ImageClassifier
+
+    path = vitkit.save_model(tiny_model(), tmp_path / "m.weights.h5")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(prediction, "configured_backend", lambda: "jax")
+
+    def refuse(*args):
+        raise ValueError("Cannot serialize code with custom calls\nmore detail")
+
+    monkeypatch.setattr(prediction, "export_predictor", refuse)
+    with pytest.warns(UserWarning, match="predicting without keeping the compiled program .Cannot serialize code"):
+        model = prediction.as_predictor(path)
+    assert isinstance(model, ImageClassifier)

@@ -48,3 +48,9 @@ class OutputExistsError(OutputError):
 
 class ResourceError(VitkitError):
     """The accelerator or the host ran out of memory."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

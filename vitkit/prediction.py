@@ -12,7 +12,7 @@ import pandas as pd
 
 from vitkit.data.imageset import ImageSet, load_images, write_skipped
 from vitkit.device import PRECISIONS, configured_backend, out_of_memory_hint, under_policy
-from vitkit.errors import ConfigError
+from vitkit.errors import ConfigError, first_line
 from vitkit.fileio import atomic_output, check_writable, spreadsheet_safe
 from vitkit.models.exported import ExportedPredictor, export_predictor, load_exported, programs_folder
 
@@ -69,7 +69,12 @@ def as_predictor(model: Predictor | str | os.PathLike, classes: Sequence[str] | 
             loaded = as_model(model, precision=precision)
             if configured_backend() != "jax":  # keras.json named another backend than Keras chose
                 return loaded
-            return export_predictor(loaded, model, precision)
+            try:
+                return export_predictor(loaded, model, precision)
+            except (ValueError, TypeError, NotImplementedError) as error:  # jax.export refused the program
+                warnings.warn(f"{model}: predicting without keeping the compiled program ({first_line(error)})",
+                              stacklevel=2)
+                return loaded
     return as_model(model, classes, precision, **foreign_options)
 
 

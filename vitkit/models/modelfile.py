@@ -25,7 +25,7 @@ import keras
 import numpy as np
 from keras.src.saving.saving_lib import H5IOStore, _save_state
 
-from vitkit.errors import VitkitError, WeightsError
+from vitkit.errors import VitkitError, WeightsError, first_line
 from vitkit.fileio import atomic_output, check_writable
 from vitkit.models.backbonefile import BACKBONE_FORMAT, software_versions
 from vitkit.models.h5layout import H5Group, write_h5
@@ -258,7 +258,7 @@ def load_model(
             warnings.simplefilter("always")
             model.load_weights(path)
     except (ValueError, KeyError, OSError, TypeError) as error:
-        raise _mismatch(path, _first_line(error)) from None
+        raise _mismatch(path, first_line(error)) from None
     # Keras loads what it finds and only warns about parts it skipped; a model with some
     # layers left at their random start must not pass for the trained one.
     skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)]
@@ -273,11 +273,6 @@ def _mismatch(path: str | os.PathLike, detail: str) -> WeightsError:
     return WeightsError(
         f"{path}: weights do not match the model described in the file, or the file is damaged ({detail})"
     )
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _check_agrees(path, spec: ModelSpec, classes, preprocess: str | None, foreign_options: dict[str, Any]) -> None:
