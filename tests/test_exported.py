@@ -69,11 +69,11 @@ NO_KERAS = textwrap.dedent("""
     import sys
     sys.modules["keras"] = sys.modules["tensorflow"] = None  # importing either now fails
     from vitkit.cli import main
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(max(main(command) for command in COMMANDS))
 """)
 
 
-def test_second_predict_runs_without_keras(tmp_path):
+def test_second_predict_and_evaluate_run_without_keras(tmp_path):
     photos = make_photo_tree(tmp_path / "photos", per_class=2, size=40)
     model = tmp_path / "m.weights.h5"
     done = run_python(
@@ -84,13 +84,15 @@ def test_second_predict_runs_without_keras(tmp_path):
     first = run_cli("--backend", "jax", "predict", str(model), str(photos), "--out", str(tmp_path / "first.csv"), env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     assert list((tmp_path / "cache" / "programs").glob("*.program"))
-    second = run_python(NO_KERAS.replace("sys.argv[1:]", repr(["--backend", "jax", "predict", str(model), str(photos),
-                                                                "--out", str(tmp_path / "second.csv")])),
-                        env=env)
+    commands = [["--backend", "jax", "predict", str(model), str(photos), "--out", str(tmp_path / "second.csv")],
+                ["--backend", "jax", "evaluate", str(model), str(photos), "--out", str(tmp_path / "report")]]
+    second = run_python(NO_KERAS.replace("COMMANDS", repr(commands)), env=env)
     assert second.returncode == 0, second.stderr[-2000:]
     first_table, second_table = pd.read_csv(tmp_path / "first.csv"), pd.read_csv(tmp_path / "second.csv")
     pd.testing.assert_frame_equal(first_table, second_table)
     assert len(second_table) == 6
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["images"] == 6 and metrics["accuracy"] == pytest.approx(first_table["correct"].mean())
 
 
 def test_a_program_jax_refuses_to_export_leaves_the_keras_model_predicting(tiny_model, tmp_path, monkeypatch):

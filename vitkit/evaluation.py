@@ -14,8 +14,7 @@ from vitkit.data.imageset import write_skipped
 from vitkit.errors import ManifestError
 from vitkit.figures import confusion_figure, image_grid_figure, save_figure
 from vitkit.fileio import check_writable, write_text_atomic
-from vitkit.models.classifier import ImageClassifier
-from vitkit.prediction import as_model, images_for, predict_probabilities, prediction_table, write_table
+from vitkit.prediction import Predictor, as_predictor, images_for, predict_probabilities, prediction_table, write_table
 
 OUTPUT_FILES = (
     "metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "misclassified.png",
@@ -61,7 +60,7 @@ def classification_metrics(true: np.ndarray, probabilities: np.ndarray, class_na
 
 
 def evaluate(
-    model: ImageClassifier | str | os.PathLike,
+    model: Predictor | str | os.PathLike,
     data: Any,
     *,
     out: str | os.PathLike | None = None,
@@ -88,7 +87,7 @@ def evaluate(
     if out is not None:
         for name in OUTPUT_FILES:
             check_writable(Path(out) / name, overwrite)
-    model = as_model(model, load_options.get("classes"), precision, preprocess=preprocess, num_heads=num_heads)
+    model = as_predictor(model, load_options.get("classes"), precision, preprocess=preprocess, num_heads=num_heads)
     images = images_for(model, data, **load_options)
     if images.labels is None:
         raise ManifestError("evaluation needs labelled images: give a manifest with classes")

@@ -38,12 +38,25 @@ def add_evaluate(commands) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="report folder")
     add_prediction_precision(parser)
     add_model_use_options(parser, batch_size=32)
+    parser.set_defaults(starts_keras_itself=True)
+
+
+def _kept_or_keras(args: argparse.Namespace):
+    """The model file's forward pass kept by an earlier run (JAX backend), which predicts without
+    Keras; otherwise the file's path, once Keras is imported to load it."""
+    from vitkit.cli.startup import start_keras
+    from vitkit.prediction import kept_predictor
+
+    kept = kept_predictor(args.model, args.precision, **foreign_options(args))
+    if kept is None:
+        start_keras()
+    return kept or args.model
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
     from vitkit.evaluation import evaluate
 
-    metrics = evaluate(args.model, args.data, out=args.out, batch_size=args.batch_size,
+    metrics = evaluate(_kept_or_keras(args), args.data, out=args.out, batch_size=args.batch_size,
                        overwrite=args.overwrite, precision=args.precision, **foreign_options(args), **load_options(args))
     print(f"{metrics['images']} images: accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, "
           f"macro F1 {metrics['macro_f1']:.4f}")
@@ -75,17 +88,11 @@ def add_predict(commands) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> None:
-    from vitkit.cli.startup import start_keras
-    from vitkit.prediction import kept_predictor, predict, skipped_path
-
-    # A model file's kept forward pass predicts without Keras (JAX backend, second run on).
-    model = kept_predictor(args.model, args.precision, **foreign_options(args))
-    if model is None:
-        start_keras()
+    from vitkit.prediction import predict, skipped_path
 
     # A printed table leaves no file to sit beside, so a run never stops over an earlier list.
     skipped = skipped_path(args.out) if args.out else unused_path(skipped_path(DEFAULT_PREDICTIONS))
-    table = predict(model or args.model, parse_inputs(args.inputs), out=args.out, grid=args.grid, skipped=skipped,
+    table = predict(_kept_or_keras(args), parse_inputs(args.inputs), out=args.out, grid=args.grid, skipped=skipped,
                     batch_size=args.batch_size, overwrite=args.overwrite, precision=args.precision,
                     **foreign_options(args), **load_options(args))
     shown = [c for c in ("image", "predicted", "confidence", "true") if c in table]
