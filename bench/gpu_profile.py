@@ -9,6 +9,8 @@ Times the same model several ways, so that differences locate the cost:
 - ``compute:sgd``, ``compute:adamw``, ``compute:flatadam``: the same step with another optimizer
   (plain SGD: the floor of any update; Keras' AdamW; Adam over all weights as one flat vector,
   one update for the model instead of one per weight, as fused multi-tensor optimizers do);
+- ``compute:fusedln``: the same step with the encoder blocks' LayerNorms, and the residual add
+  before the second, as Pallas kernels (``VITKIT_FUSED_LAYERNORM=1``, vitkit/models/fusedln.py);
 - ``keras, arrays``: Keras ``fit`` / ``predict`` fed one NumPy batch over and over;
 - ``keras, vitkit batches``: Keras ``fit`` / ``predict`` fed by vitkit's batch stream, as
   ``vitkit train`` / ``vitkit predict`` run (shuffled reads from an image set).
@@ -23,7 +25,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -117,9 +121,21 @@ def _model(args, variant: str):
         vitkit.models.attention.fused_attention = _attention_variants()[variant]
     elif variant == "fusedqkv":
         vitkit.models.attention.MultiHeadSelfAttention.call = _fused_projection_call
+    from vitkit.models.blocks import FUSED_LAYERNORM, EncoderBlock
+
     keras.config.set_dtype_policy("mixed_bfloat16")
-    model = vitkit.build_model(CLASSES, backbone=dict(TINY if args.tiny else VIT_B16), image_size=args.image_size,
-                               augment=False)
+    switch = os.environ.get(FUSED_LAYERNORM, "0")
+    # --tiny checks the script on a CPU, where the kernels run in Pallas' interpreter.
+    os.environ[FUSED_LAYERNORM] = ("interpret" if args.tiny else "1") if variant == "fusedln" else "0"
+    try:
+        model = vitkit.build_model(CLASSES, backbone=dict(TINY if args.tiny else VIT_B16),
+                                   image_size=args.image_size, augment=False)
+    finally:
+        os.environ[FUSED_LAYERNORM] = switch
+    fused = {layer.fused_norm for layer in model._flatten_layers() if isinstance(layer, EncoderBlock)}
+    if fused != {variant == "fusedln"}:
+        raise RuntimeError(f"fused LayerNorm kernels engaged: {fused}, wanted {variant == 'fusedln'} "
+                           "(they need the JAX backend and a GPU)")
     model.compile(optimizer=_optimizer(variant), loss="categorical_crossentropy", metrics=["accuracy"],
                   steps_per_execution=args.steps_per_execution)
     return model
@@ -210,6 +226,25 @@ def _vitkit_batches(args, pool_x, pool_y):
     return make
 
 
+def _measure(args, variant: str, x, y, pool_x, pool_y) -> dict:
+    """Training and prediction images per second of one variant."""
+    model = _model(args, variant.split(":")[1] if ":" in variant else "vitkit")
+    if variant.startswith("compute"):
+        train, forward = _compute_steps(model, x, y, variant.split(":")[1] if ":" in variant else "vitkit")
+    elif variant == "keras-arrays":
+        from gpu_throughput import _array_batches
+
+        train, forward = _keras_steps(model, _array_batches(x, y))
+    else:
+        train, forward = _keras_steps(model, _vitkit_batches(args, pool_x, pool_y))
+    train(args.warmup)
+    train_seconds = train(args.steps)
+    forward(args.warmup)
+    forward_seconds = forward(args.steps)
+    return {"train_images_per_s": args.steps * args.batch / train_seconds,
+            "infer_images_per_s": args.steps * args.batch / forward_seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=128)
@@ -219,7 +254,8 @@ def main() -> None:
     parser.add_argument("--steps-per-execution", type=int, default=1)
     parser.add_argument("--tiny", action="store_true", help="a 2-layer, 32-wide model: checks the script on a CPU")
     parser.add_argument("--variants", default="compute,compute:fusedqkv,compute:unpadded,keras-arrays,keras-vitkit",
-                        help="compute[:VARIANT] (unpadded, xla, fusedqkv, sgd, adamw, flatadam), keras-arrays, keras-vitkit")
+                        help="compute[:VARIANT] (unpadded, xla, fusedqkv, sgd, adamw, flatadam, fusedln), "
+                             "keras-arrays, keras-vitkit")
     parser.add_argument("--no-xla-defaults", action="store_true", help="leave XLA_FLAGS as they are")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_profile.json")
     args = parser.parse_args()
@@ -236,24 +272,17 @@ def main() -> None:
     y = np.eye(CLASSES, dtype="float32")[np.arange(args.batch) % CLASSES]
 
     rows = {}
-    for variant in args.variants.split(","):
-        model = _model(args, variant.split(":")[1] if ":" in variant else "vitkit")
-        if variant.startswith("compute"):
-            train, forward = _compute_steps(model, x, y, variant.split(":")[1] if ":" in variant else "vitkit")
-        elif variant == "keras-arrays":
-            from gpu_throughput import _array_batches
-
-            train, forward = _keras_steps(model, _array_batches(x, y))
-        else:
-            train, forward = _keras_steps(model, _vitkit_batches(args, pool_x, pool_y))
-        train(args.warmup)
-        train_seconds = train(args.steps)
-        forward(args.warmup)
-        forward_seconds = forward(args.steps)
-        rows[variant] = {"train_images_per_s": args.steps * args.batch / train_seconds,
-                         "infer_images_per_s": args.steps * args.batch / forward_seconds}
-        print(f"{variant:<18} train {rows[variant]['train_images_per_s']:8.0f} img/s   "
-              f"infer {rows[variant]['infer_images_per_s']:8.0f} img/s", flush=True)
+    for number, variant in enumerate(args.variants.split(",")):
+        name = variant if variant not in rows else f"{variant}#{number}"  # a variant repeated to bracket others
+        try:
+            rows[name] = _measure(args, variant, x, y, pool_x, pool_y)
+        except Exception as error:  # one failing variant must not lose the others' figures
+            traceback.print_exc()
+            rows[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
+            print(f"{name:<18} failed: {rows[name]['error'][:300]}", flush=True)
+            continue
+        print(f"{name:<18} train {rows[name]['train_images_per_s']:8.0f} img/s   "
+              f"infer {rows[name]['infer_images_per_s']:8.0f} img/s", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"batch": args.batch, "steps_per_execution": args.steps_per_execution,
                                     "variants": rows}, indent=2))

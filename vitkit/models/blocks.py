@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import math
+import os
 
 import keras
 from keras import ops
 
+from vitkit.errors import ConfigError
 from vitkit.models.attention import MultiHeadSelfAttention
+
+FUSED_LAYERNORM = "VITKIT_FUSED_LAYERNORM"
+
+
+def fused_layer_norm_wanted() -> bool:
+    """Whether new encoder blocks run their LayerNorms (and the residual add before the second)
+    as the Pallas kernels of :mod:`vitkit.models.fusedln`.
+
+    Off unless the environment variable ``VITKIT_FUSED_LAYERNORM`` says otherwise: ``1`` engages
+    them on the JAX backend with a GPU, ``interpret`` on the JAX backend with any device (Pallas'
+    interpreter off GPUs, for tests). Never under a Keras distribution: the kernels are
+    single-device calls the partitioner would gather. The weights are the same either way.
+    """
+    mode = os.environ.get(FUSED_LAYERNORM, "0")
+    if mode not in ("", "0", "1", "interpret"):
+        raise ConfigError(f"{FUSED_LAYERNORM} must be 0, 1 or interpret, not {mode!r}")
+    if mode in ("", "0") or keras.backend.backend() != "jax" or keras.distribution.distribution() is not None:
+        return False
+    import jax
+
+    return mode == "interpret" or jax.default_backend() == "gpu"
 
 
 def gelu_tanh(x):
@@ -151,6 +174,7 @@ class EncoderBlock(keras.layers.Layer):
             self.scale_mlp = LayerScale(layer_scale, name="LayerScale_mlp")
         if drop_path > 0:
             self.seed_generator = keras.random.SeedGenerator(seed)
+        self.fused_norm = fused_layer_norm_wanted()
 
     def build(self, input_shape):
         scales = (self.scale_attention, self.scale_mlp) if self.layer_scale is not None else ()
@@ -168,16 +192,26 @@ class EncoderBlock(keras.layers.Layer):
         mask = keras.random.uniform(shape, seed=self.seed_generator) < keep
         return branch * ops.cast(mask, branch.dtype) / keep
 
+    def _add_norm(self, norm: keras.layers.LayerNormalization, x, branch=None):
+        """``(s, norm(s))`` with ``s = x + branch`` (``x`` without a branch), fused when engaged."""
+        if not self.fused_norm:
+            s = x if branch is None else x + branch
+            return s, norm(s)
+        from vitkit.models import fusedln
+
+        s, normed = fusedln.add_layer_norm(x, branch, norm.gamma.value, norm.beta.value, norm.epsilon)
+        return s, ops.cast(normed, norm.compute_dtype)
+
     def call(self, x, training=None, return_attention: bool = False, attention_offset=None):
         attended = self.attention(
-            self.norm_0(x), training=training, return_attention=return_attention,
+            self._add_norm(self.norm_0, x)[1], training=training, return_attention=return_attention,
             attention_offset=attention_offset,
         )
         if return_attention:
             attended, weights = attended
         attended = self._scaled(self.attention_output_dropout(attended, training=training), "scale_attention")
-        x = x + self._residual(attended, training)
-        mixed = self._scaled(self.mlp(self.norm_2(x), training=training), "scale_mlp")
+        x, normed = self._add_norm(self.norm_2, x, self._residual(attended, training))
+        mixed = self._scaled(self.mlp(normed, training=training), "scale_mlp")
         x = x + self._residual(mixed, training)
         return (x, weights) if return_attention else x
 
