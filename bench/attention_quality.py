@@ -13,8 +13,10 @@ For every photo ``PHOTOS/<class>/<stem>.<ext>`` with a mask ``MASKS/<class>/<ste
 
 beside what a uniform map gets (energy and hit rate = the product's share of the image) and a
 centred Gaussian (the "products are in the middle" prior). Maps and masks are compared at the
-model's input size, the mask brought there with the model's resize mode. The seconds of each
-method (decoding excluded, the step's compilation included) come with it.
+model's input size, the mask brought there with the model's resize mode, each map as
+``vitkit explain`` ships it (``Explanation.maps``): a map per pixel (``integrated``) as it is, a
+map per patch resized bilinearly. The seconds of each method (decoding excluded, the step's
+compilation included) come with it.
 
 Without ``--model`` a small model is trained first, from scratch on the train/val split of the
 photos (vit_micro at 48 px, AdamW 1e-3 with cosine decay), and the test split is measured.
@@ -162,7 +164,8 @@ def main() -> None:
     for label, options in METHODS.items():
         started = time.perf_counter()
         result = explain_images(model, images, progress=False, **options)
-        rows[label] = {**scores(result.maps()), "seconds": time.perf_counter() - started}
+        rows[label] = {**scores(result.maps()), "resolution": result.resolution,
+                       "seconds": time.perf_counter() - started}
         if result.correct is not None:
             accuracy = float(result.correct.mean())
     rows["centred Gaussian (baseline)"] = scores(centre_maps(len(masks), size))

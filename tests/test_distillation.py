@@ -191,7 +191,8 @@ def test_train_with_a_cnn_teacher_then_load_predict_and_explain(cli, photos, tmp
     report = tmp_path / "report.html"
     for method in ("integrated", "rollout", "gradient"):
         result = vitkit.explain(model, photos, method=method, report=report, overwrite=True, progress=False)
-        assert result.grid_maps.shape == (18, 4, 4) and np.isfinite(result.grid_maps).all()
+        grid = (32, 32) if method == "integrated" else (4, 4)
+        assert result.native_maps.shape == (18, *grid) and np.isfinite(result.native_maps).all()
         np.testing.assert_allclose(result.probabilities, table[[f"p_{name}" for name in TINY_CLASSES]].to_numpy(), atol=1e-5)
     assert result.tokens_read() == ("the class token's row over the 16 patch tokens; "
                                     "left out: the class token and the distillation token")
@@ -320,7 +321,7 @@ def test_jax_backend_distils_resumes_and_explains(tmp_path):
         print(json.dumps({{
             "teacher": (root / "m.teacher.keras").is_file() and result.teacher_seconds is not None,
             "token": model.spec.backbone.distillation_token,
-            "finite": all(bool(np.isfinite(e.grid_maps).all()) for e in maps.values()),
+            "finite": all(bool(np.isfinite(e.native_maps).all()) for e in maps.values()),
             "same": bool(np.allclose(maps["gradient"].probabilities, predicted[["p_" + name for name in model.class_names]].to_numpy(), atol=1e-5)),
             "trained": result.history[0]["loss"] != result.history[-1]["loss"],
         }}))

@@ -15,14 +15,17 @@ from vitkit.explanation.explain import explain
 from vitkit.explanation.rollout import (
     INTEGRATED_STEPS,
     attention_rollout,
+    blur_matrix,
     class_token_attention,
     discard_lowest,
+    gaussian_blur,
     gradient_rollout,
     integrated_gradients,
+    map_resolution,
     mean_colour,
     normalise_maps,
     path_points,
-    positive_patch_sums,
+    positive_pixel_map,
     resize_maps,
 )
 from vitkit.explanation.outputs import bertviz_attention, focus_position, map_keys, save_maps_file, token_names
@@ -65,16 +68,16 @@ def numpy_relevance(attention: np.ndarray, gradients: np.ndarray) -> np.ndarray:
     return np.array(rows)
 
 
-def numpy_positive_patch_sums(attribution: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Per image and patch, a loop summing the attribution's positive pixels; ``(batch, rows * cols)``."""
-    height, width = attribution.shape[1] // rows, attribution.shape[2] // cols
-    sums = np.zeros((len(attribution), rows * cols))
-    for b in range(len(attribution)):
-        for r in range(rows):
-            for c in range(cols):
-                patch = attribution[b, r * height:(r + 1) * height, c * width:(c + 1) * width]
-                sums[b, r * cols + c] = patch[patch > 0].sum()
-    return sums
+def scipy_blur(maps: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of ``(batch, H, W)`` maps with the kernel cut at the edges and renormalised
+    there: SciPy's blur of the map padded with zeros over its blur of the map's own support (a
+    kernel reaching over the whole map)."""
+    from scipy.ndimage import gaussian_filter
+
+    reach = max(maps.shape[1:]) / sigma + 1
+    support = gaussian_filter(np.ones(maps.shape[1:]), sigma, mode="constant", truncate=reach)
+    return np.stack([gaussian_filter(m.astype(np.float64), sigma, mode="constant", truncate=reach) / support
+                     for m in maps])
 
 
 def numpy_integrated_gradients(score, images: np.ndarray, steps: int, step: float = 1e-2) -> np.ndarray:
@@ -148,10 +151,21 @@ def test_integrated_gradient_maths_match_numpy_reference():
     np.testing.assert_allclose(baseline[:, 0, 0], [image.reshape(-1, 3).mean(axis=0) for image in images], rtol=1e-5)
     attribution = to_numpy(integrated_gradients(images, baseline, gradients, 4))
     np.testing.assert_allclose(attribution, ((images - baseline) * gradients).sum(-1) / 4, rtol=1e-4, atol=1e-3)
-    # 10 x 13 pixels on a 3 x 4 grid: patches of 3 x 3, the last row and column seen by no patch
-    np.testing.assert_allclose(to_numpy(positive_patch_sums(attribution, (3, 4))),
-                               numpy_positive_patch_sums(attribution, 3, 4), rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(path_points(4), [0.125, 0.375, 0.625, 0.875])
+
+
+@pytest.mark.parametrize("shape, sigma", [((2, 10, 13), 1.5), ((1, 32, 24), 4.0), ((1, 7, 5), 0.5)])
+def test_gaussian_blur_matches_scipy_with_the_kernel_renormalised_at_the_edges(shape, sigma):
+    maps = np.random.default_rng(6).normal(size=shape).astype(np.float32)
+    np.testing.assert_allclose(to_numpy(gaussian_blur(maps, sigma)), scipy_blur(maps, sigma), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(blur_matrix(9, 2.0).sum(axis=1), 1.0, rtol=1e-6)
+    flat = np.full((1, 6, 11), 3.0, np.float32)
+    np.testing.assert_allclose(to_numpy(gaussian_blur(flat, sigma)), flat, rtol=1e-5)
+    pixel_map = to_numpy(positive_pixel_map(maps, patch_size=2 * sigma))
+    assert pixel_map.shape == shape and pixel_map.min() >= 0
+    np.testing.assert_allclose(pixel_map, scipy_blur(np.maximum(maps, 0), sigma), rtol=1e-4, atol=1e-5)
+    assert map_resolution("integrated") == "pixels"
+    assert {map_resolution(m) for m in ("rollout", "gradient", "layer")} == {"patches"}
 
 
 def test_resize_matches_opencv_linear():
@@ -214,7 +228,7 @@ def test_explained_rollout_equals_numpy_rollout_of_the_model_attention(tiny_mode
                             discard_ratio=0.5, batch_size=2, progress=False)
     probabilities, attention = model.attention_model().predict(images, verbose=0)
     expected = normalise_maps(numpy_rollout(attention, "max", 0.5).reshape(5, 4, 4))
-    np.testing.assert_allclose(result.grid_maps, expected, atol=1e-5)
+    np.testing.assert_allclose(result.native_maps, expected, atol=1e-5)
     np.testing.assert_allclose(result.probabilities, probabilities, atol=1e-5)
     np.testing.assert_allclose(result.layer_maps, class_token_attention(attention.max(axis=2)).reshape(5, 2, 4, 4), atol=1e-5)
     maps = result.maps()
@@ -230,7 +244,7 @@ def test_layer_method_is_one_layers_class_token_attention(tiny_model):
     for layer in (0, -1):
         result = explain_images(model, load_images(images, (32, 32)), method="layer", layer=layer, progress=False)
         expected = normalise_maps(attention[:, layer].mean(axis=1)[:, 0, 1:].reshape(3, 4, 4))
-        np.testing.assert_allclose(result.grid_maps, expected, atol=1e-5)
+        np.testing.assert_allclose(result.native_maps, expected, atol=1e-5)
 
 
 def test_attention_gradients_match_finite_differences(tiny_model):
@@ -256,39 +270,45 @@ def test_gradient_maps_follow_chefer_rule_differ_from_rollout_and_depend_on_the_
     model = sharpen(tiny_model(), seed=2)
     images, labels = shapes(count=4)
     data = load_images((images, labels), (32, 32))
-    rollout_maps = explain_images(model, data, method="rollout", progress=False).grid_maps
+    rollout_maps = explain_images(model, data, method="rollout", progress=False).native_maps
     predicted = explain_images(model, data, method="gradient", progress=False)
     per_class = {name: explain_images(model, data, method="gradient", class_name=name, progress=False)
                  for name in model.class_names}
     _, attention, gradients = _scores_with_attention_gradients(model, images, np.full(4, -1, "int32"))
     expected = normalise_maps(numpy_relevance(to_numpy(attention), to_numpy(gradients)).reshape(4, 4, 4))
-    np.testing.assert_allclose(predicted.grid_maps, expected, atol=1e-5)
-    assert np.abs(predicted.grid_maps - rollout_maps).max() > 0.05
-    first, second = per_class["circle"].grid_maps, per_class["square"].grid_maps
+    np.testing.assert_allclose(predicted.native_maps, expected, atol=1e-5)
+    assert np.abs(predicted.native_maps - rollout_maps).max() > 0.05
+    first, second = per_class["circle"].native_maps, per_class["square"].native_maps
     assert np.abs(first - second).max() > 0.05
     assert (per_class["square"].explained == 1).all()
     for i, best in enumerate(predicted.predicted):
-        np.testing.assert_allclose(per_class[model.class_names[best]].grid_maps[i], predicted.grid_maps[i], atol=1e-6)
+        np.testing.assert_allclose(per_class[model.class_names[best]].native_maps[i], predicted.native_maps[i], atol=1e-6)
 
 
-def test_integrated_maps_equal_finite_difference_integrated_gradients_and_depend_on_the_class(tiny_model):
+def test_integrated_maps_equal_blurred_finite_difference_integrated_gradients_and_depend_on_the_class(tiny_model):
     model = sharpen(tiny_model(image_size=16, patch_size=4), seed=3)
     images, labels = shapes(count=2, size=(16, 16))
     data = load_images((images, labels), (16, 16))
     predicted = explain_images(model, data, method="integrated", progress=False)
+    assert predicted.resolution == "pixels" and predicted.native_maps.shape == (2, 16, 16)
     for i, explained in enumerate(predicted.explained):
         def score(batch, i=i, explained=explained):
             return to_numpy(model.logits_and_attention(batch)[0])[:, explained].astype(np.float64)
 
         attribution = numpy_integrated_gradients(score, images[i:i + 1], INTEGRATED_STEPS)
-        expected = normalise_maps(numpy_positive_patch_sums(attribution, 4, 4).reshape(1, 4, 4))
-        np.testing.assert_allclose(predicted.grid_maps[i:i + 1], expected, atol=2e-3)
-    rollout_maps = explain_images(model, data, method="rollout", progress=False).grid_maps
-    assert np.abs(predicted.grid_maps - rollout_maps).max() > 0.05
+        # the positive part, blurred by half a patch (sigma 2 px), divided by its maximum
+        expected = normalise_maps(scipy_blur(np.maximum(attribution, 0), 2.0))
+        np.testing.assert_allclose(predicted.native_maps[i:i + 1], expected, atol=2e-3)
+    maps = predicted.maps()
+    np.testing.assert_array_equal(maps, predicted.native_maps)
+    assert maps.dtype == np.float32 and maps.min() >= 0 and np.allclose(maps.max(axis=(1, 2)), 1)
+    rollout_maps = explain_images(model, data, method="rollout", progress=False).maps()
+    assert np.abs(maps - rollout_maps).max() > 0.05
     circle = explain_images(model, data, method="integrated", class_name="circle", progress=False)
     square = explain_images(model, data, method="integrated", class_name="square", progress=False)
-    assert np.abs(circle.grid_maps - square.grid_maps).max() > 0.05 and (square.explained == 1).all()
+    assert np.abs(circle.native_maps - square.native_maps).max() > 0.05 and (square.explained == 1).all()
     assert predicted.description().startswith("integrated gradients")
+    assert "per pixel" in predicted.description() and predicted.tokens_read().startswith("no tokens")
 
 
 @pytest.mark.parametrize("image_size, patch_size", [((32, 48), 8), ((24, 40), 4)])
@@ -298,11 +318,11 @@ def test_non_square_images_and_other_patch_sizes(tiny_model, image_size, patch_s
     rows, cols = image_size[0] // patch_size, image_size[1] // patch_size
     for method in ("integrated", "rollout", "gradient", "layer"):
         result = explain_images(model, load_images((images, labels), image_size), method=method, progress=False)
-        assert result.grid_maps.shape == (3, rows, cols)
+        assert result.native_maps.shape == ((3, *image_size) if method == "integrated" else (3, rows, cols))
         assert result.layer_maps.shape == (3, 2, rows, cols)
         assert result.maps().shape == (3, *image_size)
     _, attention = model.attention_model().predict(images, verbose=0)
-    rollout_maps = explain_images(model, load_images(images, image_size), method="rollout", progress=False).grid_maps
+    rollout_maps = explain_images(model, load_images(images, image_size), method="rollout", progress=False).native_maps
     np.testing.assert_allclose(rollout_maps, normalise_maps(numpy_rollout(attention).reshape(3, rows, cols)), atol=1e-5)
 
 
@@ -396,6 +416,33 @@ def test_explain_writes_figures_pdf_and_table(tiny_model, tmp_path):
     assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page\n") + pdf.count(b"/Type /Page ") >= 5
     with pytest.raises(OutputExistsError):
         explain(model, (images, labels), out=out, progress=False)
+
+
+def test_default_pixel_maps_reach_every_output(tiny_model, tmp_path):
+    from PIL import Image
+
+    from vitkit.explanation.figures import image_figure, overlay
+    from vitkit.figures import plt
+
+    model = sharpen(tiny_model())
+    images, labels = shapes(count=3)
+    out = tmp_path / "out"
+    result = explain(model, (images, labels), out=out, pdf=tmp_path / "maps.pdf", report=tmp_path / "report.html",
+                     save_maps=tmp_path / "maps.npz", progress=False)
+    assert result.method == "integrated" and result.native_maps.shape == (3, 32, 32)
+    with np.load(tmp_path / "maps.npz") as saved:
+        for index, name in enumerate(result.names):
+            np.testing.assert_array_equal(saved[name], result.native_maps[index])
+    assert len(list((out / "figures").iterdir())) == 3
+    for name in ("grid.png", "layers.png", "heads.png"):
+        assert Image.open(out / name).size[0] > 300
+    page = (tmp_path / "report.html").read_text()
+    assert "positive part per pixel" in page and "no tokens: one value for each of the 32 x 32 pixels" in page
+    assert (tmp_path / "maps.pdf").read_bytes().startswith(b"%PDF")
+    figure = image_figure(result, 0)
+    np.testing.assert_array_equal(np.asarray(figure.axes[1].images[0].get_array()),
+                                  overlay(result.pixels([0])[0], result.native_maps[0]))
+    plt.close(figure)
 
 
 @pytest.mark.parametrize("total", [0, 1, 5, 16, 17, 24, 1000])

@@ -32,10 +32,10 @@ def test_cli_writes_every_output(model_file, few_photos, tmp_path):
     extra = {"report": tmp_path / "report.html", "pdf": tmp_path / "maps.pdf",
              "save-maps": tmp_path / "maps.npz", "export-attention": tmp_path / "attention.json"}
     options = [item for key, path in extra.items() for item in (f"--{key}", str(path))]
-    done = run_cli("explain", str(model_file), str(few_photos), "--out", str(out), "--method", "gradient",
-                   "--focus", "square_01.png", *options)
+    done = run_cli("explain", str(model_file), str(few_photos), "--out", str(out), "--focus", "square_01.png",
+                   *options)
     assert done.returncode == 0, done.stderr
-    assert "9 images explained (gradient)" in done.stdout
+    assert "9 images explained (integrated)" in done.stdout
     assert "warning: skipped 1 of" in done.stderr and "broken.png" in done.stderr
     assert pd.read_csv(out / "skipped.csv")["image"].str.endswith("broken.png").all()
     images = sorted(str(p) for p in few_photos.rglob("*.png") if p.name != "broken.png")
@@ -46,7 +46,7 @@ def test_cli_writes_every_output(model_file, few_photos, tmp_path):
         assert sorted(maps.files) == images
         for key in maps.files:
             assert maps[key].shape == (32, 32) and maps[key].dtype == np.float32
-            assert 0 <= maps[key].min() and maps[key].max() <= 1
+            assert 0 <= maps[key].min() and maps[key].max() == 1  # the default's maps per pixel, as computed
     attention = json.loads(extra["export-attention"].read_text())
     assert attention["image"].endswith("square_01.png")
     assert np.array(attention["attention"][0]["attn"]).shape == (2, 4, 17, 17)
@@ -88,7 +88,7 @@ images = np.load({str(tmp_path / 'images.npy')!r})
 found = {{}}
 for method in {methods!r}:
     result = explain({str(model_file)!r}, images, method=method, discard_ratio=0.0, progress=False)
-    found[method] = {{"maps": result.grid_maps.tolist(), "probabilities": result.probabilities.tolist()}}
+    found[method] = {{"maps": result.native_maps.tolist(), "probabilities": result.probabilities.tolist()}}
 found["tensorflow_imported"] = any(name.split(".")[0] == "tensorflow" for name in sys.modules)
 print(json.dumps(found))
 """
@@ -98,4 +98,4 @@ print(json.dumps(found))
     assert found["tensorflow_imported"] is False
     for method, result in expected.items():
         np.testing.assert_allclose(found[method]["probabilities"], result.probabilities, atol=1e-5)
-        np.testing.assert_allclose(found[method]["maps"], result.grid_maps, atol=1e-4)
+        np.testing.assert_allclose(found[method]["maps"], result.native_maps, atol=1e-4)

@@ -100,14 +100,14 @@ def test_explain_a_mean_pooled_model_with_registers(register_model, method, tmp_
     photos = make_photo_tree(tmp_path / "photos", per_class=1, size=32)
     report = tmp_path / "report.html"
     result = vitkit.explain(register_model, photos, method=method, layer=-1, report=report, progress=False)
-    assert result.grid_maps.shape == (3, 4, 4) and result.layer_maps.shape == (3, 2, 4, 4)
+    assert result.native_maps.shape == (3, 4, 4) and result.layer_maps.shape == (3, 2, 4, 4)
     _, attention = attention_weights(register_model, result.pixels(range(3)))
     assert attention.shape[-1] == 1 + 2 + 16
     expected_layers = attention.mean(axis=2)[..., 3:, 3:].mean(axis=-2).reshape(3, 2, 4, 4)
     np.testing.assert_allclose(result.layer_maps, expected_layers, rtol=1e-4, atol=1e-6)
     if method == "rollout":
         expected = normalise_maps(numpy_rollout(attention, 3, "mean").reshape(3, 4, 4))
-        np.testing.assert_allclose(result.grid_maps, expected, atol=1e-4)
+        np.testing.assert_allclose(result.native_maps, expected, atol=1e-4)
     page = report.read_text()
     assert "the mean of the patch tokens&#x27; rows" in page or "the mean of the patch tokens' rows" in page
     assert "left out: the class token and 2 register tokens" in page

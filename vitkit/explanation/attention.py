@@ -1,6 +1,6 @@
-"""The compiled explanation step: probabilities, patch relevance and per-layer class-token maps of
-a batch in the forward pass that predicts (with integrated gradients, also the passes along the
-path from the image's mean colour)."""
+"""The compiled explanation step: probabilities, the method's map and per-layer class-token maps
+of a batch in the forward pass that predicts (with integrated gradients, also the passes along
+the path from the image's mean colour)."""
 
 from __future__ import annotations
 
@@ -22,17 +22,21 @@ from vitkit.explanation.rollout import (
     fuse_heads,
     gradient_rollout,
     integrated_gradients,
+    map_resolution,
     mean_colour,
     normalise_maps,
     path_points,
-    positive_patch_sums,
+    positive_pixel_map,
 )
 from vitkit.models.classifier import ImageClassifier
 from vitkit.progress import Progress
 
 
 class _ExplanationStep(keras.Model):
-    """One forward pass: probabilities, the method's patch relevance and per-layer class-token maps.
+    """One forward pass: probabilities, the method's map and per-layer class-token maps.
+
+    The map is ``(batch, height, width)`` for a method with maps per pixel and ``(batch, rows,
+    cols)`` (the patch grid) for the others (:func:`~vitkit.explanation.rollout.map_resolution`).
 
     A model wrapping the classifier's layers, so ``predict_on_batch`` compiles it the way plain
     prediction is compiled (XLA on TensorFlow, ``jax.jit`` on JAX).
@@ -58,8 +62,8 @@ class _ExplanationStep(keras.Model):
         layer_rows = class_token_attention(fuse_heads(attention, self.head_fusion), **readout)
         if self.method == "integrated":
             classes = _explained_classes(logits, targets)
-            relevance = positive_patch_sums(_integrated_gradients(self.classifier, images, classes),
-                                            self.classifier.backbone.grid_shape(self.classifier.spec.image_size))
+            relevance = positive_pixel_map(_integrated_gradients(self.classifier, images, classes),
+                                           config.patch_size)
         elif self.method == "gradient":
             relevance = gradient_rollout(attention, gradients, **readout)
         elif self.method == "rollout":
@@ -68,7 +72,7 @@ class _ExplanationStep(keras.Model):
             relevance = layer_rows[:, self.layer]
         return {
             "probabilities": ops.softmax(ops.cast(logits, "float32"), axis=-1),
-            "relevance": relevance,
+            "relevance": ops.reshape(relevance, (-1, *map_shape(self.classifier, self.method))),
             "layer_maps": layer_rows,
             "explained": _explained_classes(logits, targets),
         }
@@ -89,6 +93,14 @@ def _explanation_step(model: ImageClassifier, method: str, head_fusion: str, dis
     if key not in steps:
         steps[key] = _ExplanationStep(model, method, head_fusion, discard_ratio, layer)
     return steps[key]
+
+
+def map_shape(model: ImageClassifier, method: str) -> tuple[int, int]:
+    """``(rows, cols)`` of one map of ``method``: the image the model sees for maps per pixel, the
+    patch grid for maps per patch."""
+    if map_resolution(method) == "pixels":
+        return tuple(model.spec.image_size)
+    return model.backbone.grid_shape(model.spec.image_size)
 
 
 def _explained_classes(logits, targets):
@@ -214,9 +226,10 @@ def explain_images(
         class_names=model.class_names,
         probabilities=_or_empty(joined["probabilities"], (count, len(model.class_names))),
         explained=_or_empty(joined["explained"], (count,)).astype(np.int64),
-        grid_maps=normalise_maps(_or_empty(joined["relevance"], (count, rows * cols)).reshape(count, rows, cols)),
+        native_maps=normalise_maps(_or_empty(joined["relevance"], (count, *map_shape(model, method)))),
         layer_maps=_or_empty(joined["layer_maps"], (count, layers, rows * cols)).reshape(count, layers, rows, cols),
         method=method,
+        resolution=map_resolution(method),
         head_fusion=head_fusion,
         discard_ratio=float(discard_ratio),
         layer=layer % layers,

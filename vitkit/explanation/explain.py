@@ -8,10 +8,11 @@ Methods (``method=``):
     colour (no shape, and no credit for being bright, as a black start gives). The gradients
     with respect to the pixels are averaged over 8 points of the straight path to the photo (the
     midpoint rule), multiplied by the photo minus that start and summed over the channels; the
-    map is, per patch, the sum of the positive part (the evidence for the class). Eight forward
-    and backward passes per batch. Its maps point at the product more often than the attention
-    methods' on the generated hard product photos, where the later layers' attention is nearly
-    uniform, and on the bundled sample (``bench/README.md``).
+    map is the positive part (the evidence for the class) at pixel resolution, blurred with a
+    Gaussian of half a patch (sigma ``patch_size / 2`` pixels, the kernel renormalised at the
+    edges). Eight forward and backward passes per batch. Its maps point at the product more often
+    than the attention methods' on the generated hard product photos, where the later layers'
+    attention is nearly uniform, and on the bundled sample (``bench/README.md``).
 ``rollout``
     Attention rollout (Abnar & Zuidema 2020). Per layer the heads are fused (``mean``, ``max`` or
     ``min``), optionally the lowest ``discard_ratio`` of the fused weights are set to zero (never
@@ -26,16 +27,19 @@ Methods (``method=``):
     The class token's attention over the patches in one layer, heads fused (layer 0, the first,
     by default; ``-1`` is the last).
 
-Maps cover the patch tokens only: register tokens (DINOv2 with registers), the distillation token
-(DeiT) and the class token are left out, and the report says so; a distilled model's maps read
-the class token's row (its prediction also averages the distillation head's). A model that pools by the mean of its patch tokens (timm's
+The attention methods' maps cover the patch tokens only: register tokens (DINOv2 with
+registers), the distillation token (DeiT) and the class token are left out, and the report says
+so; a distilled model's maps read the class token's row (its prediction also averages the
+distillation head's). A model that pools by the mean of its patch tokens (timm's
 ``global_pool="avg"``) has no class token to read: its maps read the mean of the patch tokens'
 rows instead of the class token's row (see :mod:`vitkit.explanation.rollout`).
 
-Every map is reshaped to the patch grid, divided by its maximum (values in [0, 1]) and resized
-bilinearly to the image. The maths runs inside the compiled prediction step on a batch: with the
-attention methods explaining a set costs little more than predicting it, integrated gradients
-about eight times as much.
+Every map is divided by its maximum (values in [0, 1]). Integrated gradients give one value per
+pixel of the image the model sees; the attention methods one per patch, resized bilinearly to
+the image (``Explanation.native_maps`` holds either, ``Explanation.maps`` the image-sized maps).
+The maths runs inside the compiled prediction step on a batch: with the attention methods
+explaining a set costs little more than predicting it, integrated gradients about eight times
+as much.
 
 Example:
     >>> result = vitkit.explain("models/products.weights.h5", "photos/test")
@@ -105,7 +109,9 @@ def explain(
             when some images could not be read, ``skipped.csv``.
         pdf: a PDF with one page per image (original | overlay | masked).
         report: a self-contained HTML report (see :mod:`vitkit.explanation.report`).
-        save_maps: an ``.npz`` with every map at image resolution, keyed by image.
+        save_maps: an ``.npz`` with every map at image resolution, keyed by image: ``(height,
+            width)`` float32 arrays, per pixel for ``integrated``, resized from the patch grid for
+            the other methods.
         export_attention: a JSON file with the ``focus`` image's attention in BertViz's layout
             (every layer and head: about 50 MB for ViT-B/16 at 224 px).
         focus: the image for ``layers.png``, ``heads.png`` and ``export_attention``: a position

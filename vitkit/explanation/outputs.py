@@ -72,6 +72,10 @@ def save_maps_file(explanation: "Explanation", path: str | os.PathLike, overwrit
                    chunk: int = 64) -> Path:
     """Write every map (float32 in [0, 1], at the size the model sees images) to an ``.npz``, keyed by image.
 
+    Each array is ``(height, width)`` (:meth:`~vitkit.explanation.result.Explanation.maps`): the
+    map itself for a method with maps per pixel (``integrated``), the patch grid resized
+    bilinearly for the others.
+
     Keys are the image names (file paths as read); a name seen twice gets ``#2``, ``#3``...
     Maps are written a chunk at a time, so memory does not grow with the number of images.
 

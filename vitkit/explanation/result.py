@@ -23,10 +23,16 @@ class Explanation:
         probabilities: ``(n, classes)`` class probabilities.
         explained: ``(n,)`` index of the class each map explains (the predicted class unless
             another was asked for; rollout and layer maps do not depend on the class).
-        grid_maps: ``(n, rows, cols)`` maps on the patch grid, values in [0, 1].
+        native_maps: ``(n, rows, cols)`` maps at the method's own resolution, each divided by its
+            maximum (values in [0, 1]): ``(n, height, width)``, one value per pixel of the image
+            the model sees, when ``resolution`` is ``pixels`` (integrated gradients);
+            ``(n, grid rows, grid cols)``, one value per patch, when it is ``patches`` (the
+            attention methods). :meth:`maps` brings either to image resolution.
         layer_maps: ``(n, layers, rows, cols)`` class-token attention of every layer, heads fused
             with ``head_fusion`` (raw attention weights, not normalised).
         method, head_fusion, discard_ratio, layer: how the maps were made.
+        resolution: ``pixels`` or ``patches``, what one value of ``native_maps`` covers
+            (:func:`~vitkit.explanation.rollout.map_resolution` of the method).
         distillation_token: whether the model has DeiT's distillation token (left out of every
             map, like the class token itself).
         register_tokens, pooling: the model's register tokens (left out of every map) and
@@ -38,9 +44,10 @@ class Explanation:
     class_names: list[str]
     probabilities: np.ndarray
     explained: np.ndarray
-    grid_maps: np.ndarray
+    native_maps: np.ndarray
     layer_maps: np.ndarray
     method: str
+    resolution: str
     head_fusion: str
     discard_ratio: float
     layer: int
@@ -81,9 +88,12 @@ class Explanation:
         return tuple(self.images.image_size)
 
     def maps(self, indices: Sequence[int] | None = None) -> np.ndarray:
-        """``(k, height, width)`` float32 maps at image resolution, values in [0, 1]."""
+        """``(k, height, width)`` float32 maps at image resolution, values in [0, 1]: maps per pixel
+        as they are, maps per patch resized bilinearly (:func:`~vitkit.explanation.rollout.resize_maps`)."""
         chosen = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
-        return np.clip(resize_maps(self.grid_maps[chosen], self.image_size), 0.0, 1.0)
+        if self.resolution == "pixels":
+            return self.native_maps[chosen].astype(np.float32)
+        return np.clip(resize_maps(self.native_maps[chosen], self.image_size), 0.0, 1.0)
 
     def pixels(self, indices: Sequence[int]) -> np.ndarray:
         """``(k, height, width, 3)`` uint8 images the maps belong to."""
@@ -93,7 +103,7 @@ class Explanation:
         """The method in words, e.g. ``rollout (heads: max, discard ratio 0.9)``."""
         if self.method == "integrated":
             return (f"integrated gradients (Sundararajan et al. 2017, {INTEGRATED_STEPS} steps from the mean colour), "
-                    "positive part per patch")
+                    "positive part per pixel, blurred by a Gaussian of half a patch")
         if self.method == "gradient":
             return "gradient relevance (Chefer et al. 2021)"
         details = f"heads: {self.head_fusion}"
@@ -103,9 +113,10 @@ class Explanation:
 
     def tokens_read(self) -> str:
         """Which tokens the maps read and which they leave out, in words."""
-        patches = self.grid_maps.shape[1] * self.grid_maps.shape[2]
-        if self.method == "integrated":
-            return f"the pixels, their positive attribution summed over each of the {patches} patches"
+        if self.resolution == "pixels":
+            height, width = self.image_size
+            return f"no tokens: one value for each of the {height} x {width} pixels"
+        patches = self.native_maps.shape[1] * self.native_maps.shape[2]
         row = ("the mean of the patch tokens' rows (the model pools by the mean)" if self.pooling == "mean"
                else "the class token's row")
         left_out = ["the class token"] + (["the distillation token"] if self.distillation_token else [])

@@ -7,8 +7,9 @@ only: the class token, the distillation token and the register tokens (the first
 Which row depends on how the model pools: with ``pooling="token"`` the class token's row (what
 the classifier reads), with ``pooling="mean"`` the mean of the patch tokens' rows (the classifier
 reads the mean of the patch tokens, so the map is how much that mean draws from each patch).
-Integrated gradients work on the pixels instead and are summed per patch
-(:func:`positive_patch_sums`), so every method gives one value per patch.
+Integrated gradients work on the pixels instead and stay there: their positive part is blurred
+with a Gaussian of half a patch (:func:`positive_pixel_map`), so that method's maps have one value
+per pixel and the attention methods' one per patch (:func:`map_resolution`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ from keras import ops
 from vitkit.errors import ConfigError
 
 METHODS = ("integrated", "rollout", "gradient", "layer")
+PIXEL_METHODS = ("integrated",)
 INTEGRATED_STEPS = 8
 HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def map_resolution(method: str) -> str:
+    """``pixels`` for a method whose maps have one value per pixel of the image the model sees,
+    ``patches`` for one whose maps have one value per patch (on the backbone's patch grid)."""
+    return "pixels" if method in PIXEL_METHODS else "patches"
 
 
 def fuse_heads(attention, head_fusion: str = "mean"):
@@ -123,18 +131,33 @@ def path_points(steps: int) -> np.ndarray:
     return (np.arange(steps, dtype=np.float32) + 0.5) / steps
 
 
-def positive_patch_sums(attribution, grid: tuple[int, int]):
-    """Per patch, the sum of the positive part of a pixel attribution: ``(batch, H, W)`` ->
-    ``(batch, rows * cols)``, row-major like the patch tokens.
+def positive_pixel_map(attribution, patch_size: int):
+    """The map of a pixel attribution: its positive part (the evidence for the class), blurred with
+    a Gaussian of half a patch (sigma ``patch_size / 2`` pixels, :func:`gaussian_blur`);
+    ``(batch, H, W)`` -> ``(batch, H, W)``.
 
-    The patch is ``H // rows`` by ``W // cols`` pixels; pixels past the last whole patch (which
-    no patch token sees) are left out.
+    The blur spreads a pixel's credit over about the area a patch token sees, so the map's
+    maximum falls on a region the model uses rather than on one sharp pixel, without the patch
+    grid's steps.
     """
-    rows, cols = grid
-    height, width = attribution.shape[1] // rows, attribution.shape[2] // cols
-    cropped = ops.relu(attribution[:, :rows * height, :cols * width])
-    patches = ops.reshape(cropped, (-1, rows, height, cols, width))
-    return ops.reshape(ops.sum(patches, axis=(2, 4)), (-1, rows * cols))
+    return gaussian_blur(ops.relu(attribution), patch_size / 2)
+
+
+def gaussian_blur(maps, sigma: float):
+    """Separable Gaussian blur of ``(batch, H, W)`` maps, ``sigma`` in pixels, as two matrix
+    products (:func:`blur_matrix`): the kernel is cut at the map's edges and renormalised there,
+    so every output pixel is a weighted mean of the map's own pixels."""
+    vertical = ops.convert_to_tensor(blur_matrix(maps.shape[1], sigma), maps.dtype)
+    horizontal = ops.convert_to_tensor(blur_matrix(maps.shape[2], sigma), maps.dtype)
+    return ops.einsum("hr,brc,wc->bhw", vertical, maps, horizontal)
+
+
+def blur_matrix(size: int, sigma: float) -> np.ndarray:
+    """``(size, size)`` float32 weights of a 1-D Gaussian blur along an axis of ``size`` pixels:
+    row ``i`` holds ``exp(-(i - j)**2 / (2 sigma**2))`` over the pixels ``j``, divided by its sum."""
+    pixels = np.arange(size, dtype=np.float64)
+    weights = np.exp(-(pixels[:, None] - pixels[None, :]) ** 2 / (2.0 * sigma ** 2))
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def class_token_attention(attention, prefix_tokens: int = 1, pooling: str = "token"):
