@@ -12,9 +12,9 @@ import pandas as pd
 
 from vitkit.data.imageset import ImageSet, load_images, write_skipped
 from vitkit.device import PRECISIONS, configured_backend, out_of_memory_hint, under_policy
-from vitkit.errors import ConfigError, first_line
+from vitkit.errors import ConfigError
 from vitkit.fileio import atomic_output, check_writable, spreadsheet_safe
-from vitkit.models.exported import ExportedPredictor, export_predictor, load_exported, programs_folder
+from vitkit.models.exported import ExportedPredictor, ExportRefused, export_predictor, load_exported, programs_folder
 
 if TYPE_CHECKING:
     from vitkit.models.classifier import ImageClassifier
@@ -69,12 +69,7 @@ def as_predictor(model: Predictor | str | os.PathLike, classes: Sequence[str] | 
             loaded = as_model(model, precision=precision)
             if configured_backend() != "jax":  # keras.json named another backend than Keras chose
                 return loaded
-            try:
-                return export_predictor(loaded, model, precision)
-            except (ValueError, TypeError, NotImplementedError) as error:  # jax.export refused the program
-                warnings.warn(f"{model}: predicting without keeping the compiled program ({first_line(error)})",
-                              stacklevel=2)
-                return loaded
+            return export_predictor(loaded, model, precision)
     return as_model(model, classes, precision, **foreign_options)
 
 
@@ -103,7 +98,11 @@ def predict_probabilities(model: Predictor, images: ImageSet, batch_size: int = 
         return np.zeros((0, len(model.class_names)), dtype=np.float32)
     with out_of_memory_hint(batch_size):
         if isinstance(model, ExportedPredictor):
-            return model.probabilities(images, batch_size)
+            try:
+                return model.probabilities(images, batch_size)
+            except ExportRefused as refused:
+                warnings.warn(f"{model.path}: predicting without keeping the compiled program ({refused})", stacklevel=2)
+                model = refused.model
         from vitkit.data.batches import ImageBatches
 
         return np.asarray(model.predict(ImageBatches(images, batch_size), verbose=verbose))

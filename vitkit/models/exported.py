@@ -1,21 +1,20 @@
 """A model file's forward pass kept on disk, so that a later process predicts without Keras.
 
 On the JAX backend, the first prediction from a model file exports the model's forward pass
-with ``jax.export`` (StableHLO taking the weights as arguments, for any batch size) into
-``programs/`` of the compilation cache folder (:func:`vitkit.device.configure_compilation_cache`).
-A later process finds the program by the file's identity (path, size, modification time), the
-precision and the software versions, reads the weights from the file with h5py and runs the
-program, which JAX's persistent cache keeps compiled: it imports neither Keras nor builds the
-model, and traces nothing. Turning the compilation cache off turns this off too.
-
-Only this module's callers import Keras, and only where no program is kept yet.
+with ``jax.export`` (StableHLO taking the weights as arguments, one program per batch size)
+into ``programs/`` of the compilation cache folder
+(:func:`vitkit.device.configure_compilation_cache`), beside a record of the file's spec and of
+the HDF5 dataset of each argument. A later process finds them by the file's identity (path,
+size, modification time, inode), the precision and the software versions, reads the weights
+from the file with h5py and runs the program, which JAX's persistent cache keeps compiled: it
+imports no Keras, builds no model and traces nothing. A batch size with no program yet loads
+the Keras model once to export one. Turning the compilation cache off turns this off too.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import hashlib
 import importlib.metadata
 import json
@@ -29,6 +28,7 @@ import numpy as np
 
 from vitkit import __version__
 from vitkit.data.imageset import ImageSet
+from vitkit.errors import first_line
 from vitkit.fileio import atomic_output
 from vitkit.models.spec import ModelSpec
 
@@ -36,39 +36,80 @@ if TYPE_CHECKING:
     from vitkit.models.classifier import ImageClassifier
 
 PROGRAMS_FOLDER = "programs"
-# Programs of model files that changed or went stay behind; the oldest beyond this are removed.
-KEPT_PROGRAMS = 32
+# Records of model files that changed or went stay behind; the oldest beyond this are removed.
+KEPT_MODELS = 32
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+class ExportRefused(Exception):
+    """``jax.export`` refused a model's forward pass; ``model`` is the Keras model, to predict with instead."""
+
+    def __init__(self, model: ImageClassifier, error: BaseException):
+        super().__init__(first_line(error))
+        self.model = model
+
+
+@dataclasses.dataclass(eq=False)
 class ExportedPredictor:
-    """A model file's forward pass as an exported JAX program and the weights it takes.
+    """A model file's forward pass as exported JAX programs (one per batch size) and their weights.
 
     ``spec`` is the file's :class:`~vitkit.models.spec.ModelSpec`; :meth:`probabilities` gives
-    what the Keras model's ``predict`` gives for the same images.
+    what the Keras model's ``predict`` gives for the same images. ``model`` is the Keras model
+    where one is loaded (it exports the programs not kept yet; loaded from ``path`` if needed).
     """
 
+    path: Path
+    precision: str
     spec: ModelSpec
-    program: Any  # jax.export.Exported
-    weights: tuple[Any, ...]  # on the device, in the program's argument order
-
-    @functools.cached_property
-    def _run(self) -> Callable[..., Any]:
-        import jax
-
-        return jax.jit(self.program.call)
+    weights: tuple[Any, ...]  # on the device, in the programs' argument order
+    model: ImageClassifier | None = None
+    _runs: dict[int, Callable[..., Any]] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def class_names(self) -> list[str]:
         return list(self.spec.class_names)
 
     def probabilities(self, images: ImageSet, batch_size: int) -> np.ndarray:
-        """``(n, classes)`` probabilities, in batches of ``batch_size`` (the last one padded, so one
-        compiled shape serves the whole set)."""
+        """``(n, classes)`` probabilities, in batches of ``batch_size`` (of all images where there
+        are fewer; the last batch is padded, so one program serves the whole set)."""
         size = min(batch_size, len(images))
-        outputs = [self._run(self.weights, pixels) for pixels in _padded_batches(images, size)]
+        run = self._program(size)
+        outputs = [run(self.weights, pixels) for pixels in _padded_batches(images, size)]
         probabilities = np.concatenate([np.asarray(output) for output in outputs])
         return probabilities[:len(images)].astype(np.float32, copy=False)
+
+    def _program(self, batch: int) -> Callable[..., Any]:
+        """The compiled call of the program for ``batch`` images: kept, or exported now and kept."""
+        if batch not in self._runs:
+            import jax
+
+            program = _read_program(self.path, self.precision, batch)
+            if program is None:
+                program = self._export(batch)
+            self._runs[batch] = jax.jit(program.call)
+        return self._runs[batch]
+
+    def _export(self, batch: int):
+        """Export the program for ``batch`` images from the Keras model (loading it if needed) and keep it.
+
+        Raises:
+            ExportRefused: ``jax.export`` cannot export the model.
+        """
+        if self.model is None:
+            from vitkit.device import under_policy
+            from vitkit.models.modelfile import load_model
+
+            self.model = under_policy(self.precision, load_model, self.path)
+        try:
+            program = _export_forward(self.model, batch)
+        except (ValueError, TypeError, NotImplementedError) as error:
+            raise ExportRefused(self.model, error) from error
+        folder = programs_folder()
+        if folder is not None:
+            serialized = program.serialize()
+            with atomic_output(folder / f"{_model_key(self.path, self.precision)}-{batch}.program",
+                               overwrite=True) as temporary:
+                temporary.write_bytes(serialized)
+        return program
 
 
 def _padded_batches(images: ImageSet, size: int, read_ahead: int = 2) -> Iterator[np.ndarray]:
@@ -98,34 +139,46 @@ def programs_folder() -> Path | None:
 
 
 def load_exported(path: str | os.PathLike, precision: str) -> ExportedPredictor | None:
-    """The kept program of model file ``path`` at ``precision``, or None where there is none
-    (or it no longer fits the file)."""
+    """The kept record of model file ``path`` at ``precision`` with the file's weights, or None
+    where there is none (or it no longer fits the file). Imports no Keras."""
     folder = programs_folder()
     if folder is None:
         return None
     try:
-        key = _program_key(path, precision)
-        record = json.loads((folder / f"{key}.json").read_text(encoding="utf-8"))
-        serialized = (folder / f"{key}.program").read_bytes()
+        record = json.loads((folder / f"{_model_key(path, precision)}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    from jax import export
-
-    program = export.deserialize(bytearray(serialized))
-    weights = _read_weights(path, record["weights"], program.in_avals[:len(record["weights"])])
+    weights = _read_weights(path, record["weights"])
     if weights is None:
         return None
-    return ExportedPredictor(ModelSpec.from_dict(record["spec"]), program, weights)
+    return ExportedPredictor(Path(path), precision, ModelSpec.from_dict(record["spec"]), weights)
 
 
 def export_predictor(model: ImageClassifier, path: str | os.PathLike, precision: str) -> ExportedPredictor:
-    """Export ``model``, loaded from model file ``path`` at ``precision``, and keep the program
-    (where a compilation cache folder is set) for :func:`load_exported`."""
+    """A predictor of ``model``, loaded from model file ``path`` at ``precision``; its record is
+    kept (where a compilation cache folder is set) for :func:`load_exported`, and its programs
+    as they are exported."""
     import jax
-    from jax import export
 
     dataset_of = _dataset_paths(model)
     arguments = [variable for variable in model.weights if id(variable) in dataset_of]
+    folder = programs_folder()
+    if folder is not None:
+        record = {"spec": model.spec.to_dict(),
+                  "weights": [[dataset_of[id(v)], list(v.shape), str(v.dtype)] for v in arguments]}
+        _keep_record(folder, _model_key(path, precision), record)
+    return ExportedPredictor(Path(path), precision, model.spec, tuple(jax.device_put([v.value for v in arguments])),
+                             model)
+
+
+def _export_forward(model: ImageClassifier, batch: int):
+    """``model``'s forward pass for ``batch`` images as a ``jax.export.Exported`` taking
+    ``(weights, images)``: the weights its model file holds, in ``model.weights`` order."""
+    import jax
+    from jax import export
+
+    in_file = _dataset_paths(model)
+    arguments = [variable for variable in model.weights if id(variable) in in_file]
     position = {id(variable): index for index, variable in enumerate(arguments)}
 
     def forward(weights, images):
@@ -136,19 +189,13 @@ def export_predictor(model: ImageClassifier, path: str | os.PathLike, precision:
                                           images, training=False)
         return outputs
 
-    batch, = export.symbolic_shape("batch")
     height, width = model.spec.image_size
     # Custom calls (cuDNN's fused attention) are not guaranteed stable across jaxlib versions;
     # a program is only read again by the versions that made it (its key), so all are allowed.
-    program = export.export(jax.jit(forward), disabled_checks=[export.DisabledSafetyCheck.custom_call("ALL")])(
+    return export.export(jax.jit(forward), disabled_checks=[export.DisabledSafetyCheck.custom_call("ALL")])(
         tuple(jax.ShapeDtypeStruct(variable.shape, variable.dtype) for variable in arguments),
         jax.ShapeDtypeStruct((batch, height, width, 3), "uint8"),
     )
-    folder = programs_folder()
-    if folder is not None:
-        record = {"spec": model.spec.to_dict(), "weights": [dataset_of[id(v)] for v in arguments]}
-        _keep(folder, _program_key(path, precision), program.serialize(), record)
-    return ExportedPredictor(model.spec, program, tuple(jax.device_put([v.value for v in arguments])))
 
 
 def _dataset_paths(model: ImageClassifier) -> dict[int, str]:
@@ -159,17 +206,17 @@ def _dataset_paths(model: ImageClassifier) -> dict[int, str]:
             for group, _, variables in weight_groups(model) for name, variable in variables.items()}
 
 
-def _read_weights(path: str | os.PathLike, datasets: list[str], expected) -> tuple[Any, ...] | None:
-    """The arrays of ``datasets``, on the device; None where one is missing or differs from the
-    program's argument (the file was replaced by one of another layout)."""
+def _read_weights(path: str | os.PathLike, datasets: list[list]) -> tuple[Any, ...] | None:
+    """The arrays of ``datasets`` (``[name, shape, dtype]``), on the device; None where one is
+    missing or differs (the file was replaced by one of another layout)."""
     import jax
 
     arrays = []
     try:
         with h5py.File(path, "r") as handle:
-            for name, aval in zip(datasets, expected):
+            for name, shape, dtype in datasets:
                 dataset = handle.get(name)
-                if dataset is None or dataset.shape != aval.shape or dataset.dtype != np.dtype(aval.dtype):
+                if dataset is None or list(dataset.shape) != shape or dataset.dtype != np.dtype(dtype):
                     return None
                 arrays.append(dataset[()])
     except OSError:
@@ -177,9 +224,23 @@ def _read_weights(path: str | os.PathLike, datasets: list[str], expected) -> tup
     return tuple(jax.device_put(arrays))
 
 
-def _program_key(path: str | os.PathLike, precision: str) -> str:
-    """What a kept program depends on: the file as it is now, the precision, the device kind
-    and every version that shapes the program, hashed."""
+def _read_program(path: Path, precision: str, batch: int):
+    """The kept program of ``path`` at ``precision`` for ``batch`` images, or None."""
+    folder = programs_folder()
+    if folder is None:
+        return None
+    try:
+        serialized = (folder / f"{_model_key(path, precision)}-{batch}.program").read_bytes()
+    except OSError:
+        return None
+    from jax import export
+
+    return export.deserialize(bytearray(serialized))
+
+
+def _model_key(path: str | os.PathLike, precision: str) -> str:
+    """What kept programs depend on: the file as it is now, the precision, the device kind and
+    every version that shapes a program, hashed. Raises OSError for a missing file."""
     import jax
 
     status = Path(path).stat()
@@ -198,14 +259,13 @@ def _installed_version(name: str) -> str:
         return "unknown"
 
 
-def _keep(folder: Path, key: str, serialized: bytes, record: dict[str, Any]) -> None:
-    """Write a program and its record (the record last: a program without one is never read),
-    then remove the oldest beyond :data:`KEPT_PROGRAMS`."""
-    with atomic_output(folder / f"{key}.program", overwrite=True) as temporary:
-        temporary.write_bytes(serialized)
+def _keep_record(folder: Path, key: str, record: dict[str, Any]) -> None:
+    """Write a model's record, then remove the oldest records beyond :data:`KEPT_MODELS` with
+    their programs."""
     with atomic_output(folder / f"{key}.json", overwrite=True) as temporary:
         temporary.write_text(json.dumps(record), encoding="utf-8")
     records = sorted(folder.glob("*.json"), key=lambda kept: kept.stat().st_mtime_ns, reverse=True)
-    for old in records[KEPT_PROGRAMS:]:
+    for old in records[KEPT_MODELS:]:
         old.unlink(missing_ok=True)
-        old.with_suffix(".program").unlink(missing_ok=True)
+        for program in folder.glob(f"{old.stem}-*.program"):
+            program.unlink(missing_ok=True)
