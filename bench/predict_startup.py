@@ -90,9 +90,11 @@ def main() -> None:
         sys.exit(f"the timed second run failed:\n{done.stderr[-3000:]}")
     phases = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("PHASES "))[7:])
     rows += [{"run": f"  in-process: {name}", "seconds": seconds} for name, seconds in phases.items()]
-    print(f"\n`vitkit predict`, {args.backbone} model file, in new processes")
+    kept = len(list((cache / "programs").glob("*.program")))
+    print(f"\n`vitkit predict`, {args.backbone} model file, in new processes ({kept} programs kept)")
     print(table(rows, ["run", "seconds"]))
-    save_results("predict_startup", {"backbone": args.backbone, "photos": args.photos, "rows": rows})
+    save_results("predict_startup", {"backbone": args.backbone, "photos": args.photos, "programs_kept": kept,
+                                     "rows": rows})
 
 
 if __name__ == "__main__":

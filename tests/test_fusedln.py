@@ -168,7 +168,8 @@ def test_the_switch(monkeypatch):
     with pytest.raises(ConfigError, match="VITKIT_FUSED_LAYERNORM must be 0, 1 or interpret"):
         fused_layer_norm_wanted()
     on_jax = keras.backend.backend() == "jax"
-    for mode, wanted in (("0", False), ("", False), ("1", on_jax and jax.default_backend() == "gpu"),
+    on_gpu = on_jax and jax.default_backend() == "gpu"
+    for mode, wanted in (("0", False), ("", on_gpu), ("1", on_gpu),
                          ("interpret", on_jax)):
         monkeypatch.setenv(FUSED_LAYERNORM, mode)
         assert fused_layer_norm_wanted() is wanted

@@ -216,7 +216,8 @@ def _read_weights(path: str | os.PathLike, datasets: list[list]) -> tuple[Any, .
         with h5py.File(path, "r") as handle:
             for name, shape, dtype in datasets:
                 dataset = handle.get(name)
-                if dataset is None or list(dataset.shape) != shape or dataset.dtype != np.dtype(dtype):
+                if not isinstance(dataset, h5py.Dataset) or list(dataset.shape) != shape \
+                        or dataset.dtype != np.dtype(dtype):
                     return None
                 arrays.append(dataset[()])
     except OSError:
