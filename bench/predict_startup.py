@@ -7,7 +7,7 @@ times whole ``vitkit predict`` processes: one photo with an empty compilation ca
 (the cache filled by the first run), in float32 and with ``--precision mixed_bfloat16``, and all
 ``--photos`` photos (each precision decoding them into its own empty image cache, as a first
 run on new photos does). A last process runs a second run's steps in-process with a timer around each
-(imports, JAX's devices, reading the kept record and the weights, the photo, the first
+(imports, JAX's devices, reading the kept record, the photo, the first
 prediction, a second one), to show where its seconds go. JAX backend only: a second run
 predicts through the forward pass the first run exported (:mod:`vitkit.models.exported`). Prints one table and writes
 bench/results/predict_startup.json.
@@ -45,11 +45,11 @@ jax.devices()
 lap("import jax, devices")
 model = kept_predictor(sys.argv[1])
 assert model is not None, "no kept program: run vitkit predict on the JAX backend first"
-lap("read the kept record and the weights")
+lap("read the kept record")
 images = images_for(model, [sys.argv[2]])
 lap("read the photo")
 predict_probabilities(model, images)
-lap("first prediction (compiled program from the cache)")
+lap("first prediction (reads the weights; the compiled program from the cache)")
 predict_probabilities(model, images)
 lap("second prediction")
 phases["total"] = time.perf_counter() - started

@@ -53,15 +53,17 @@ class ExportedPredictor:
     """A model file's forward pass as exported JAX programs (one per batch size) and their weights.
 
     ``spec`` is the file's :class:`~vitkit.models.spec.ModelSpec`; :meth:`probabilities` gives
-    what the Keras model's ``predict`` gives for the same images. ``model`` is the Keras model
-    where one is loaded (it exports the programs not kept yet; loaded from ``path`` if needed).
+    what the Keras model's ``predict`` gives for the same images. ``datasets`` name the weights
+    in the file, in the programs' argument order. ``model`` is the Keras model where one is
+    loaded: it exports the programs not kept yet (loaded from ``path`` when one is needed).
     """
 
     path: Path
     precision: str
     spec: ModelSpec
-    weights: tuple[Any, ...]  # on the device, in the programs' argument order
+    datasets: list[list]  # [name, shape, dtype] of each argument
     model: ImageClassifier | None = None
+    _weights: tuple[Any, ...] | None = dataclasses.field(default=None, repr=False)  # on the device
     _runs: dict[int, Callable[..., Any]] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -73,17 +75,20 @@ class ExportedPredictor:
         are fewer; the last batch is padded, so one program serves the whole set)."""
         size = min(batch_size, len(images))
         run = self._program(size)
-        outputs = [run(self.weights, pixels) for pixels in _padded_batches(images, size)]
+        outputs = [run(self._weights, pixels) for pixels in _padded_batches(images, size)]
         probabilities = np.concatenate([np.asarray(output) for output in outputs])
         return probabilities[:len(images)].astype(np.float32, copy=False)
 
     def _program(self, batch: int) -> Callable[..., Any]:
-        """The compiled call of the program for ``batch`` images: kept, or exported now and kept."""
+        """The compiled call of the program for ``batch`` images: kept, or exported now and kept;
+        the weights are read from the file only for a kept program (an export has them)."""
         if batch not in self._runs:
             import jax
 
             program = _read_program(self.path, self.precision, batch)
-            if program is None:
+            if program is not None and self._weights is None:
+                self._weights = _read_weights(self.path, self.datasets)
+            if program is None or self._weights is None:
                 program = self._export(batch)
             self._runs[batch] = jax.jit(program.call)
         return self._runs[batch]
@@ -99,6 +104,8 @@ class ExportedPredictor:
             from vitkit.models.modelfile import load_model
 
             self.model = under_policy(self.precision, load_model, self.path)
+        if self._weights is None:
+            self._weights = _weights_of(self.model)
         try:
             program = _export_forward(self.model, batch)
         except (ValueError, TypeError, NotImplementedError) as error:
@@ -139,8 +146,8 @@ def programs_folder() -> Path | None:
 
 
 def load_exported(path: str | os.PathLike, precision: str) -> ExportedPredictor | None:
-    """The kept record of model file ``path`` at ``precision`` with the file's weights, or None
-    where there is none (or it no longer fits the file). Imports no Keras."""
+    """The kept record of model file ``path`` at ``precision``, or None where there is none.
+    Imports no Keras; the weights are read when a kept program needs them."""
     folder = programs_folder()
     if folder is None:
         return None
@@ -148,27 +155,32 @@ def load_exported(path: str | os.PathLike, precision: str) -> ExportedPredictor 
         record = json.loads((folder / f"{_model_key(path, precision)}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    weights = _read_weights(path, record["weights"])
-    if weights is None:
-        return None
-    return ExportedPredictor(Path(path), precision, ModelSpec.from_dict(record["spec"]), weights)
+    return ExportedPredictor(Path(path), precision, ModelSpec.from_dict(record["spec"]), record["weights"])
 
 
 def export_predictor(model: ImageClassifier, path: str | os.PathLike, precision: str) -> ExportedPredictor:
     """A predictor of ``model``, loaded from model file ``path`` at ``precision``; its record is
     kept (where a compilation cache folder is set) for :func:`load_exported`, and its programs
     as they are exported."""
-    import jax
-
     dataset_of = _dataset_paths(model)
-    arguments = [variable for variable in model.weights if id(variable) in dataset_of]
+    datasets = [[dataset_of[id(v)], list(v.shape), str(v.dtype)] for v in _arguments(model, dataset_of)]
     folder = programs_folder()
     if folder is not None:
-        record = {"spec": model.spec.to_dict(),
-                  "weights": [[dataset_of[id(v)], list(v.shape), str(v.dtype)] for v in arguments]}
-        _keep_record(folder, _model_key(path, precision), record)
-    return ExportedPredictor(Path(path), precision, model.spec, tuple(jax.device_put([v.value for v in arguments])),
-                             model)
+        _keep_record(folder, _model_key(path, precision), {"spec": model.spec.to_dict(), "weights": datasets})
+    return ExportedPredictor(Path(path), precision, model.spec, datasets, model)
+
+
+def _arguments(model: ImageClassifier, dataset_of: dict[int, str]) -> list:
+    """The variables of ``model`` that its file holds (``dataset_of``), in ``model.weights`` order:
+    the programs' weight arguments."""
+    return [variable for variable in model.weights if id(variable) in dataset_of]
+
+
+def _weights_of(model: ImageClassifier) -> tuple[Any, ...]:
+    """The programs' weight arguments from a loaded model, on the device."""
+    import jax
+
+    return tuple(jax.device_put([variable.value for variable in _arguments(model, _dataset_paths(model))]))
 
 
 def _export_forward(model: ImageClassifier, batch: int):
@@ -177,8 +189,7 @@ def _export_forward(model: ImageClassifier, batch: int):
     import jax
     from jax import export
 
-    in_file = _dataset_paths(model)
-    arguments = [variable for variable in model.weights if id(variable) in in_file]
+    arguments = _arguments(model, _dataset_paths(model))
     position = {id(variable): index for index, variable in enumerate(arguments)}
 
     def forward(weights, images):
