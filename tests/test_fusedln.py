@@ -8,14 +8,16 @@ import os
 import re
 import subprocess
 import sys
+import types
 
 import keras
 import numpy as np
+
 import pytest
 
 from conftest import ROOT
 from vitkit.errors import ConfigError
-from vitkit.models.blocks import FUSED_LAYERNORM, EncoderBlock, fused_layer_norm_wanted
+from vitkit.models.blocks import FUSED_LAYERNORM, EncoderBlock, _recent_nvidia_gpu, fused_layer_norm_wanted
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
@@ -168,12 +170,22 @@ def test_the_switch(monkeypatch):
     with pytest.raises(ConfigError, match="VITKIT_FUSED_LAYERNORM must be 0, 1 or interpret"):
         fused_layer_norm_wanted()
     on_jax = keras.backend.backend() == "jax"
-    on_gpu = on_jax and jax.default_backend() == "gpu"
+    on_gpu = on_jax and _recent_nvidia_gpu(jax.devices()[0])
     for mode, wanted in (("0", False), ("", on_gpu), ("1", on_gpu),
                          ("interpret", on_jax)):
         monkeypatch.setenv(FUSED_LAYERNORM, mode)
         assert fused_layer_norm_wanted() is wanted
         assert EncoderBlock(32, 4, 64).fused_norm is wanted
+
+
+def test_the_kernels_are_for_nvidia_gpus_from_ampere_on():
+    def device(platform, capability=None):
+        return types.SimpleNamespace(platform=platform, **({"compute_capability": capability} if capability else {}))
+
+    assert _recent_nvidia_gpu(device("gpu", "9.0")) and _recent_nvidia_gpu(device("gpu", "8.0"))
+    assert not _recent_nvidia_gpu(device("gpu", "7.5"))  # Turing
+    assert not _recent_nvidia_gpu(device("gpu", "gfx90a"))  # an AMD GPU
+    assert not _recent_nvidia_gpu(device("gpu")) and not _recent_nvidia_gpu(device("cpu"))
 
 
 def _tiny_vit_step(model, x, y):

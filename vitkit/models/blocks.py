@@ -18,8 +18,9 @@ def fused_layer_norm_wanted() -> bool:
     """Whether new encoder blocks run their LayerNorms (and the residual add before the second)
     as the Pallas kernels of :mod:`vitkit.models.fusedln`.
 
-    On the JAX backend with a GPU, where they make a ViT-B/16 training step about 4% faster
-    (bench/README.md); the environment variable ``VITKIT_FUSED_LAYERNORM`` says otherwise: ``0``
+    On the JAX backend with an NVIDIA GPU of compute capability 8.0 or more (Ampere on, where
+    Triton compiles them; measured on Hopper), where they make a ViT-B/16 training step about 4%
+    faster (bench/README.md); the environment variable ``VITKIT_FUSED_LAYERNORM`` says otherwise: ``0``
     turns them off, ``interpret`` engages them on the JAX backend with any device (Pallas'
     interpreter off GPUs, for tests). Never under a Keras distribution: the kernels are
     single-device calls the partitioner would gather. The weights are the same either way.
@@ -31,7 +32,16 @@ def fused_layer_norm_wanted() -> bool:
         return False
     import jax
 
-    return mode == "interpret" or jax.default_backend() == "gpu"
+    return mode == "interpret" or _recent_nvidia_gpu(jax.devices()[0])
+
+
+def _recent_nvidia_gpu(device) -> bool:
+    """Whether ``device`` is an NVIDIA GPU of compute capability 8.0 or more."""
+    capability = getattr(device, "compute_capability", None)  # CUDA devices only
+    try:
+        return device.platform == "gpu" and capability is not None and float(capability) >= 8.0
+    except ValueError:
+        return False
 
 
 def gelu_tanh(x):
