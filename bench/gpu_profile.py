@@ -197,20 +197,6 @@ def _compute_steps(model, x, y, variant: str = "vitkit"):
     return run_train, run_forward
 
 
-def _keras_steps(model, make_batches):
-    def run_train(steps):
-        started = time.perf_counter()
-        model.fit(make_batches(steps, True), epochs=1, verbose=0)
-        return time.perf_counter() - started
-
-    def run_forward(steps):
-        started = time.perf_counter()
-        model.predict(make_batches(steps, False), verbose=0)
-        return time.perf_counter() - started
-
-    return run_train, run_forward
-
-
 def _vitkit_batches(args, pool_x, pool_y):
     from gpu_throughput import _Repeat
     from vitkit.data.batches import ImageBatches
@@ -228,15 +214,15 @@ def _vitkit_batches(args, pool_x, pool_y):
 
 def _measure(args, variant: str, x, y, pool_x, pool_y) -> dict:
     """Training and prediction images per second of one variant."""
+    from gpu_throughput import _array_batches, keras_steps
+
     model = _model(args, variant.split(":")[1] if ":" in variant else "vitkit")
     if variant.startswith("compute"):
         train, forward = _compute_steps(model, x, y, variant.split(":")[1] if ":" in variant else "vitkit")
     elif variant == "keras-arrays":
-        from gpu_throughput import _array_batches
-
-        train, forward = _keras_steps(model, _array_batches(x, y))
+        train, forward = keras_steps(model, _array_batches(x, y))
     else:
-        train, forward = _keras_steps(model, _vitkit_batches(args, pool_x, pool_y))
+        train, forward = keras_steps(model, _vitkit_batches(args, pool_x, pool_y))
     train(args.warmup)
     train_seconds = train(args.steps)
     forward(args.warmup)

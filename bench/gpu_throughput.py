@@ -74,19 +74,28 @@ def run_vitkit(args, config) -> dict:
     images = load_images((x, y), (args.image_size, args.image_size))
     class_names = [str(i) for i in range(CLASSES)]
 
+    def batches(steps, labelled):
+        return _Repeat(ImageBatches(images, args.batch, class_names if labelled else None, shuffle=labelled), steps)
+
+    return _measure(args, *keras_steps(model, batches))
+
+
+def keras_steps(model, make_batches):
+    """``(fit, predict)``: the seconds of ``steps`` training or prediction steps of a compiled Keras
+    model on ``make_batches(steps, labelled)``, made before the clock starts."""
     def fit(steps):
-        batches = _Repeat(ImageBatches(images, args.batch, class_names, shuffle=True), steps)
+        batches = make_batches(steps, True)
         started = time.perf_counter()
         model.fit(batches, epochs=1, verbose=0)
         return time.perf_counter() - started
 
     def predict(steps):
-        batches = _Repeat(ImageBatches(images, args.batch), steps)
+        batches = make_batches(steps, False)
         started = time.perf_counter()
         model.predict(batches, verbose=0)
         return time.perf_counter() - started
 
-    return _measure(args, fit, predict)
+    return fit, predict
 
 
 def _array_batches(x, y):
@@ -131,19 +140,7 @@ def run_recipe(args, config) -> dict:
     x = rng.integers(0, 256, (args.batch, args.image_size, args.image_size, 3)).astype("float32") / 127.5 - 1
     y = np.eye(CLASSES, dtype="float32")[rng.integers(0, CLASSES, args.batch)]
 
-    Batches = _array_batches(x, y)
-
-    def fit(steps):
-        started = time.perf_counter()
-        model.fit(Batches(steps, True), epochs=1, verbose=0)
-        return time.perf_counter() - started
-
-    def predict(steps):
-        started = time.perf_counter()
-        model.predict(Batches(steps, False), verbose=0)
-        return time.perf_counter() - started
-
-    return _measure(args, fit, predict)
+    return _measure(args, *keras_steps(model, _array_batches(x, y)))
 
 
 def run_timm(args, config) -> dict:
