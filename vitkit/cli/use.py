@@ -73,6 +73,10 @@ def add_predict(commands) -> None:
         commands, "predict", "predict the class of images", _run_predict,
         description="One row per image: the file, the predicted class, its confidence and every "
                     "class's probability (and the true class when the input has labels).\n\n"
+                    "On the JAX backend the first run from a model file keeps its compiled forward pass "
+                    "in the compilation cache folder (~/.keras/vitkit/compile-cache, or "
+                    "$VITKIT_COMPILE_CACHE; off turns it off), and later runs, of predict and evaluate, "
+                    "start without loading Keras.\n\n"
                     "examples:\n"
                     "  vitkit predict models/products.weights.h5 new_photos/ --out predictions.csv\n"
                     "  vitkit predict models/products.weights.h5 a.jpg b.jpg --grid grid.png",
