@@ -162,25 +162,28 @@ def export_predictor(model: ImageClassifier, path: str | os.PathLike, precision:
     """A predictor of ``model``, loaded from model file ``path`` at ``precision``; its record is
     kept (where a compilation cache folder is set) for :func:`load_exported`, and its programs
     as they are exported."""
-    dataset_of = _dataset_paths(model)
-    datasets = [[dataset_of[id(v)], list(v.shape), str(v.dtype)] for v in _arguments(model, dataset_of)]
+    datasets = [[name, list(variable.shape), str(variable.dtype)] for variable, name in _arguments(model)]
     folder = programs_folder()
     if folder is not None:
         _keep_record(folder, _model_key(path, precision), {"spec": model.spec.to_dict(), "weights": datasets})
     return ExportedPredictor(Path(path), precision, model.spec, datasets, model)
 
 
-def _arguments(model: ImageClassifier, dataset_of: dict[int, str]) -> list:
-    """The variables of ``model`` that its file holds (``dataset_of``), in ``model.weights`` order:
-    the programs' weight arguments."""
-    return [variable for variable in model.weights if id(variable) in dataset_of]
+def _arguments(model: ImageClassifier) -> list[tuple[Any, str]]:
+    """The programs' weight arguments: ``(variable, its HDF5 dataset)`` for each variable of
+    ``model`` that the file ``save_model`` writes holds, in ``model.weights`` order."""
+    from vitkit.models.modelfile import weight_groups
+
+    dataset_of = {id(variable): f"{group}/vars/{name}" if group else f"vars/{name}"
+                  for group, _, variables in weight_groups(model) for name, variable in variables.items()}
+    return [(variable, dataset_of[id(variable)]) for variable in model.weights if id(variable) in dataset_of]
 
 
 def _weights_of(model: ImageClassifier) -> tuple[Any, ...]:
     """The programs' weight arguments from a loaded model, on the device."""
     import jax
 
-    return tuple(jax.device_put([variable.value for variable in _arguments(model, _dataset_paths(model))]))
+    return tuple(jax.device_put([variable.value for variable, _ in _arguments(model)]))
 
 
 def _export_forward(model: ImageClassifier, batch: int):
@@ -189,7 +192,7 @@ def _export_forward(model: ImageClassifier, batch: int):
     import jax
     from jax import export
 
-    arguments = _arguments(model, _dataset_paths(model))
+    arguments = [variable for variable, _ in _arguments(model)]
     position = {id(variable): index for index, variable in enumerate(arguments)}
 
     def forward(weights, images):
@@ -207,14 +210,6 @@ def _export_forward(model: ImageClassifier, batch: int):
         tuple(jax.ShapeDtypeStruct(variable.shape, variable.dtype) for variable in arguments),
         jax.ShapeDtypeStruct((batch, height, width, 3), "uint8"),
     )
-
-
-def _dataset_paths(model: ImageClassifier) -> dict[int, str]:
-    """The HDF5 dataset of each variable (by ``id``) in the file ``save_model`` writes of ``model``."""
-    from vitkit.models.modelfile import weight_groups
-
-    return {id(variable): f"{group}/vars/{name}" if group else f"vars/{name}"
-            for group, _, variables in weight_groups(model) for name, variable in variables.items()}
 
 
 def _read_weights(path: str | os.PathLike, datasets: list[list]) -> tuple[Any, ...] | None:
