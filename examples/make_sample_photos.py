@@ -68,6 +68,11 @@ DIFFICULTIES = {
         min_visible=0.5, camouflage=0.3, inside=0.85, blur=(0.0, 0.9), noise=(2.0, 7.0), jpeg_quality=(60, 90),
         size=64, per_class=300,
     ),
+    "severe": Difficulty(
+        product_height=(0.22, 0.75), offset=0.3, tilt=35.0, clutter=(5, 9), occlusion=0.6, hand=0.5,
+        min_visible=0.4, camouflage=0.5, inside=0.75, blur=(0.2, 1.2), noise=(3.0, 9.0), jpeg_quality=(45, 85),
+        size=64, per_class=300,
+    ),
 }
 
 
@@ -781,7 +786,11 @@ def build_parser() -> argparse.ArgumentParser:
                "  hard      the product from a fifth of the frame to nearly all of it, anywhere, partly\n"
                "            cut off by the frame edge, tilted up to 20 degrees, sometimes coloured like\n"
                "            the background, 3-7 pieces of clutter, more occlusion, blur and noise\n"
-               "            (64 px, 300 per class by default: a benchmark set)\n\n"
+               "            (64 px, 300 per class by default: a benchmark set)\n"
+               "  severe    harder still: smaller products (a fifth to three quarters of the frame),\n"
+               "            tilted up to 35 degrees, more often camouflaged, cut off or occluded,\n"
+               "            5-9 pieces of clutter, more blur, noise and JPEG loss\n"
+               "            (64 px, 300 per class by default: a check of how results hold up)\n\n"
                "examples:\n"
                "  python examples/make_sample_photos.py --out examples/photos --masks examples/masks\n"
                "  python examples/make_sample_photos.py --out /tmp/hard/photos --difficulty hard\n"
@@ -795,7 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how varied and cluttered the photos are (default: standard)")
     parser.add_argument("--per-class", type=int, default=None,
                         help="photos per class (default: 300 for either difficulty)")
-    parser.add_argument("--size", type=int, default=None, help="side of the square photos in pixels (default: 96 standard, 64 hard)")
+    parser.add_argument("--size", type=int, default=None, help="side of the square photos in pixels (default: 96 standard, 64 hard and severe)")
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same photos (default: 0)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the photos of an earlier run in non-empty output folders")
