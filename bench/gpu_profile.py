@@ -11,6 +11,7 @@ Times the same model several ways, so that differences locate the cost:
   one update for the model instead of one per weight, as fused multi-tensor optimizers do);
 - ``compute:fusedln``: the same step with the encoder blocks' LayerNorms, and the residual add
   before the second, as Pallas kernels (``VITKIT_FUSED_LAYERNORM=1``, vitkit/models/fusedln.py);
+  ``compute:fusedln2``: the same with tiles of two rows (four warps) instead of the default four;
 - ``keras, arrays``: Keras ``fit`` / ``predict`` fed one NumPy batch over and over;
 - ``keras, vitkit batches``: Keras ``fit`` / ``predict`` fed by vitkit's batch stream, as
   ``vitkit train`` / ``vitkit predict`` run (shuffled reads from an image set).
@@ -121,24 +122,33 @@ def _model(args, variant: str):
         vitkit.models.attention.fused_attention = _attention_variants()[variant]
     elif variant == "fusedqkv":
         vitkit.models.attention.MultiHeadSelfAttention.call = _fused_projection_call
+    from vitkit.models import fusedln
     from vitkit.models.blocks import FUSED_LAYERNORM, EncoderBlock
 
     keras.config.set_dtype_policy("mixed_bfloat16")
     switch = os.environ.get(FUSED_LAYERNORM, "0")
+    kernels = variant.startswith("fusedln")
+    # The tile size is read when the step is traced, after this returns: set for every variant.
+    fusedln.TILE_ELEMENTS = 2 * 1024 if variant == "fusedln2" else _profile_tile(fusedln)
     # --tiny checks the script on a CPU, where the kernels run in Pallas' interpreter.
-    os.environ[FUSED_LAYERNORM] = ("interpret" if args.tiny else "1") if variant == "fusedln" else "0"
+    os.environ[FUSED_LAYERNORM] = ("interpret" if args.tiny else "1") if kernels else "0"
     try:
         model = vitkit.build_model(CLASSES, backbone=dict(TINY if args.tiny else VIT_B16),
                                    image_size=args.image_size, augment=False)
     finally:
         os.environ[FUSED_LAYERNORM] = switch
     fused = {layer.fused_norm for layer in model._flatten_layers() if isinstance(layer, EncoderBlock)}
-    if fused != {variant == "fusedln"}:
-        raise RuntimeError(f"fused LayerNorm kernels engaged: {fused}, wanted {variant == 'fusedln'} "
+    if fused != {kernels}:
+        raise RuntimeError(f"fused LayerNorm kernels engaged: {fused}, wanted {kernels} "
                            "(they need the JAX backend and a GPU)")
     model.compile(optimizer=_optimizer(variant), loss="categorical_crossentropy", metrics=["accuracy"],
                   steps_per_execution=args.steps_per_execution)
     return model
+
+
+def _profile_tile(fusedln) -> int:
+    """The module's own tile size, as it was before any variant changed it."""
+    return fusedln.__dict__.setdefault("_profile_tile", fusedln.TILE_ELEMENTS)
 
 
 def jitted_steps(model, optimizer):
@@ -240,7 +250,7 @@ def main() -> None:
     parser.add_argument("--steps-per-execution", type=int, default=1)
     parser.add_argument("--tiny", action="store_true", help="a 2-layer, 32-wide model: checks the script on a CPU")
     parser.add_argument("--variants", default="compute,compute:fusedqkv,compute:unpadded,keras-arrays,keras-vitkit",
-                        help="compute[:VARIANT] (unpadded, xla, fusedqkv, sgd, adamw, flatadam, fusedln), "
+                        help="compute[:VARIANT] (unpadded, xla, fusedqkv, sgd, adamw, flatadam, fusedln, fusedln2), "
                              "keras-arrays, keras-vitkit")
     parser.add_argument("--no-xla-defaults", action="store_true", help="leave XLA_FLAGS as they are")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_profile.json")

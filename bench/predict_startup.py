@@ -3,14 +3,16 @@
     python bench/predict_startup.py [--photos 8192] [--backbone vit_b16]
 
 Writes a model file of ``--backbone`` (random weights, 4 classes, 224 px) and 256-px JPEGs, then
-times whole ``vitkit predict`` processes: one photo with an empty compilation cache, then again
-(the cache filled by the first run), in float32 and with ``--precision mixed_bfloat16``, and all
-``--photos`` photos (each precision decoding them into its own empty image cache, as a first
-run on new photos does). A last process runs a second run's steps in-process with a timer around each
-(imports, JAX's devices, reading the kept record, the photo, the first
-prediction, a second one), to show where its seconds go. JAX backend only: a second run
-predicts through the forward pass the first run exported (:mod:`vitkit.models.exported`). Prints one table and writes
-bench/results/predict_startup.json.
+times whole ``vitkit predict`` processes, each with the command's defaults (batch size
+included): one photo with an empty compilation cache, then again (the cache filled by the
+first run), in float32 and with ``--precision mixed_bfloat16``, and all ``--photos`` photos
+(each precision decoding them into its own empty image cache, as a first run on new photos
+does). The many photos run once more in float32 with an empty compilation cache, as a first
+run ever. A last process runs a second run's steps in-process with a timer around each
+(imports, the kept record, the photo, the program compiled from the cache, the weights on the
+device, the first prediction, a second one), to show where its seconds go. JAX backend only:
+a second run predicts through the forward pass the first run exported
+(:mod:`vitkit.models.exported`). Prints one table and writes bench/results/predict_startup.json.
 """
 
 from __future__ import annotations
@@ -40,16 +42,18 @@ from vitkit.device import configure_compilation_cache, configure_xla
 configure_xla(); configure_compilation_cache()
 from vitkit.prediction import images_for, kept_predictor, predict_probabilities
 lap("python, numpy, pandas, vitkit.prediction")
-import jax
-jax.devices()
-lap("import jax, devices")
 model = kept_predictor(sys.argv[1])
 assert model is not None, "no kept program: run vitkit predict on the JAX backend first"
-lap("read the kept record")
+lap("import jax, read the kept record (the weights start for the device)")
 images = images_for(model, [sys.argv[2]])
 lap("read the photo")
+import jax
+model._program(32 if jax.default_backend() != "cpu" else 1)
+lap("JAX's devices, the program compiled from the cache")
+model._device_weights()
+lap("the weights on the device (what is left of it)")
 predict_probabilities(model, images)
-lap("first prediction (reads the weights; the compiled program from the cache)")
+lap("first prediction")
 predict_probabilities(model, images)
 lap("second prediction")
 phases["total"] = time.perf_counter() - started
@@ -81,9 +85,13 @@ def main() -> None:
             seconds, _ = run_vitkit("predict", str(model), str(one), "--precision", precision)
             rows.append({"run": f"one photo, {precision}, {attempt} run", "seconds": seconds})
         seconds, _ = run_vitkit("predict", str(model), str(photos), "--precision", precision,
-                                "--batch-size", "128", "--out", str(work / f"{precision}.csv"), "--overwrite",
+                                "--out", str(work / f"{precision}.csv"), "--overwrite",
                                 "--cache-dir", str(work / f"image-cache-{precision}"))
-        rows.append({"run": f"{args.photos} photos, {precision}, batch 128 (decoding them)", "seconds": seconds})
+        rows.append({"run": f"{args.photos} photos, {precision} (decoding them)", "seconds": seconds})
+    os.environ["VITKIT_COMPILE_CACHE"] = str(work / "empty-compile-cache")
+    seconds, _ = run_vitkit("predict", str(model), str(photos), "--out", str(work / "cold.csv"), "--overwrite",
+                            "--cache-dir", str(work / "image-cache-cold"))
+    rows.append({"run": f"{args.photos} photos, float32, empty compilation cache (a first run)", "seconds": seconds})
     done = subprocess.run([sys.executable, "-c", PHASES, str(model), str(one)], capture_output=True, text=True,
                           env={**env, "VITKIT_COMPILE_CACHE": str(cache), "TF_CPP_MIN_LOG_LEVEL": "3"})
     if done.returncode:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -13,6 +14,7 @@ from conftest import TINY_BACKBONE, make_photo_tree, run_cli, run_python
 
 API_CHECKS = textwrap.dedent("""
     import json, os, sys
+    from pathlib import Path
     import numpy as np
     os.environ["JAX_COMPILATION_CACHE_DIR"] = sys.argv[1] + "/cache"
     import vitkit
@@ -43,7 +45,17 @@ API_CHECKS = textwrap.dedent("""
     report["after the file is replaced"] = type(load_exported(path, "float32")).__name__
     report["other precision"] = type(load_exported(path, "mixed_bfloat16")).__name__
     again = as_predictor(path)
-    report["replaced_error"] = float(np.abs(predict_probabilities(again, images) - replaced.predict(images.all_pixels(), verbose=0)).max())
+    expected = replaced.predict(images.all_pixels(), verbose=0)
+    report["replaced_error"] = float(np.abs(predict_probabilities(again, images) - expected).max())
+    import jax
+    on_this_cpu = jax.default_backend
+    jax.default_backend = lambda: "gpu"  # an accelerator's rule, on this CPU: the program of the whole batch
+    report["padded_error"] = float(np.abs(predict_probabilities(load_exported(path, "float32"), images, batch_size=8) - expected).max())
+    one = load_exported(path, "float32")
+    report["padded_one_error"] = float(np.abs(predict_probabilities(one, images.subset([3]), batch_size=8) - expected[3:4]).max())
+    report["padded_one_loaded_keras"] = one.model is not None
+    jax.default_backend = on_this_cpu
+    report["programs"] = sorted(p.name.split("-", 1)[1] for p in (Path(sys.argv[1]) / "cache" / "programs").glob("*.program"))
     os.environ["JAX_COMPILATION_CACHE_DIR"] = sys.argv[1] + "/other-cache"
     import warnings
     from vitkit.models import exported as exported_module
@@ -73,10 +85,38 @@ def test_exported_forward_pass_predicts_what_the_keras_model_does(tmp_path):
     assert report["after the file is replaced"] == "NoneType"
     assert report["other precision"] == "NoneType"
     assert report["replaced_error"] < 1e-6
+    # on an accelerator a set smaller than the batch is padded, so one program serves every run
+    assert report["padded_error"] < 1e-6 and report["padded_one_error"] < 1e-6
+    assert not report["padded_one_loaded_keras"]
+    assert "gpu-8.program" in report["programs"] and "cpu-5.program" in report["programs"]
+    assert "gpu-5.program" not in report["programs"] and "gpu-1.program" not in report["programs"]
     assert report["refused_error"] < 1e-6
     assert any("predicting without keeping the compiled program (Cannot serialize code with custom calls)" in w
                for w in report["refused_warnings"]), report["refused_warnings"]
     assert report["without a cache folder"] == "ImageClassifier"
+
+
+def test_weights_are_mapped_or_read_and_checked_against_the_record(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    from vitkit.models.exported import _read_weights
+
+    rng = np.random.default_rng(0)
+    contiguous, chunked = rng.normal(size=(40, 3)).astype("float32"), rng.normal(size=(64, 8)).astype("float32")
+    small = np.arange(3, dtype="int32")
+    path = tmp_path / "w.h5"
+    with h5py.File(path, "w") as handle:
+        handle["a/vars/0"] = contiguous
+        handle.create_dataset("b/vars/0", data=chunked, chunks=(16, 8), compression="gzip")
+        handle["vars/0"] = small
+    datasets = [["a/vars/0", [40, 3], "float32"], ["b/vars/0", [64, 8], "float32"], ["vars/0", [3], "int32"]]
+    arrays = _read_weights(path, datasets)
+    for read, written in zip(arrays, (contiguous, chunked, small)):
+        np.testing.assert_array_equal(np.asarray(read), written)
+        assert np.asarray(read).dtype == written.dtype
+    assert _read_weights(path, [["a/vars/0", [3, 40], "float32"]]) is None  # another layout
+    assert _read_weights(path, [["a/vars/0", [40, 3], "float16"]]) is None
+    assert _read_weights(path, [["c/vars/0", [1], "float32"]]) is None
+    assert _read_weights(tmp_path / "gone.h5", datasets) is None
 
 
 NO_KERAS = textwrap.dedent("""

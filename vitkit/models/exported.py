@@ -5,10 +5,14 @@ with ``jax.export`` (StableHLO taking the weights as arguments, one program per 
 into ``programs/`` of the compilation cache folder
 (:func:`vitkit.device.configure_compilation_cache`), beside a record of the file's spec and of
 the HDF5 dataset of each argument. A later process finds them by the file's identity (path,
-size, modification time, inode), the precision and the software versions, reads the weights
-from the file with h5py and runs the program, which JAX's persistent cache keeps compiled: it
-imports no Keras, builds no model and traces nothing. A batch size with no program yet loads
-the Keras model once to export one. Turning the compilation cache off turns this off too.
+size, modification time, inode), the precision and the software versions, and runs the
+program, which JAX's persistent cache keeps compiled: it imports no Keras, builds no model and
+traces nothing. The weights are mapped from the file and copied to the device in a thread as
+soon as the record is found, while the program is prepared. On an accelerator every run uses
+the program of its batch size, a smaller set padded (a few milliseconds there), so one program
+serves one photo and many; on a CPU, where padding costs real work, a set smaller than a batch
+gets a program of its own size. A batch size with no program yet loads the Keras model once to
+export one. Turning the compilation cache off turns this off too.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import mmap
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -71,27 +76,41 @@ class ExportedPredictor:
         return list(self.spec.class_names)
 
     def probabilities(self, images: ImageSet, batch_size: int) -> np.ndarray:
-        """``(n, classes)`` probabilities, in batches of ``batch_size`` (of all images where there
-        are fewer; the last batch is padded, so one program serves the whole set)."""
-        size = min(batch_size, len(images))
+        """``(n, classes)`` probabilities, in batches of ``batch_size``: on a CPU, of all images
+        where there are fewer. The last batch is padded, so one program serves the whole set."""
+        import jax
+
+        size = min(batch_size, len(images)) if jax.default_backend() == "cpu" else batch_size
         run = self._program(size)
-        outputs = [run(self._weights, pixels) for pixels in _padded_batches(images, size)]
+        weights = self._device_weights()
+        if weights is None:  # the file no longer holds what its record names: export from the file itself
+            run = self._program(size, kept=False)
+            weights = self._device_weights()
+        outputs = [run(weights, pixels) for pixels in _padded_batches(images, size)]
         probabilities = np.concatenate([np.asarray(output) for output in outputs])
         return probabilities[:len(images)].astype(np.float32, copy=False)
 
-    def _program(self, batch: int) -> Callable[..., Any]:
-        """The compiled call of the program for ``batch`` images: kept, or exported now and kept;
-        the weights are read from the file only for a kept program (an export has them)."""
-        if batch not in self._runs:
+    def _program(self, batch: int, kept: bool = True) -> Callable[..., Any]:
+        """The compiled program for ``batch`` images: the ``kept`` one where there is one, else
+        exported now and kept. It compiles (from JAX's cache, for a kept one) while the weights
+        are still on their way to the device."""
+        if batch not in self._runs or not kept:
             import jax
 
-            program = _read_program(self.path, self.precision, batch)
-            if program is not None and self._weights is None:
-                self._weights = _read_weights(self.path, self.datasets)
-            if program is None or self._weights is None:
+            program = _read_program(self.path, self.precision, batch) if kept else None
+            if program is None:
                 program = self._export(batch)
-            self._runs[batch] = jax.jit(program.call)
+            arguments = (tuple(jax.ShapeDtypeStruct(shape, dtype) for _, shape, dtype in self.datasets),
+                         jax.ShapeDtypeStruct((batch, *self.spec.image_size, 3), "uint8"))
+            self._runs[batch] = jax.jit(program.call).lower(*arguments).compile()
         return self._runs[batch]
+
+    def _device_weights(self) -> tuple[Any, ...] | None:
+        """The weights on the device (waiting for them if they are on their way); None where
+        the file's could not be read."""
+        if isinstance(self._weights, Future):
+            self._weights = self._weights.result()
+        return self._weights
 
     def _export(self, batch: int):
         """Export the program for ``batch`` images from the Keras model (loading it if needed) and keep it.
@@ -104,7 +123,8 @@ class ExportedPredictor:
             from vitkit.models.modelfile import load_model
 
             self.model = under_policy(self.precision, load_model, self.path)
-        if self._weights is None:
+            self.datasets = _keep_datasets(self.model, self.path, self.precision)
+        if self._device_weights() is None:
             self._weights = _weights_of(self.model)
         try:
             program = _export_forward(self.model, batch)
@@ -113,8 +133,7 @@ class ExportedPredictor:
         folder = programs_folder()
         if folder is not None:
             serialized = program.serialize()
-            with atomic_output(folder / f"{_model_key(self.path, self.precision)}-{batch}.program",
-                               overwrite=True) as temporary:
+            with atomic_output(_program_path(folder, self.path, self.precision, batch), overwrite=True) as temporary:
                 temporary.write_bytes(serialized)
         return program
 
@@ -147,7 +166,7 @@ def programs_folder() -> Path | None:
 
 def load_exported(path: str | os.PathLike, precision: str) -> ExportedPredictor | None:
     """The kept record of model file ``path`` at ``precision``, or None where there is none.
-    Imports no Keras; the weights are read when a kept program needs them."""
+    Imports no Keras. The weights start on their way to the device, in a thread."""
     folder = programs_folder()
     if folder is None:
         return None
@@ -155,18 +174,30 @@ def load_exported(path: str | os.PathLike, precision: str) -> ExportedPredictor 
         record = json.loads((folder / f"{_model_key(path, precision)}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return ExportedPredictor(Path(path), precision, ModelSpec.from_dict(record["spec"]), record["weights"])
+    importlib.import_module("jax")  # here, not first in the thread, whose import would hold locks this one may need
+
+    predictor = ExportedPredictor(Path(path), precision, ModelSpec.from_dict(record["spec"]), record["weights"])
+    reader = ThreadPoolExecutor(1, thread_name_prefix="vitkit-weights")
+    predictor._weights = reader.submit(_read_weights, path, predictor.datasets)
+    reader.shutdown(wait=False)
+    return predictor
 
 
 def export_predictor(model: ImageClassifier, path: str | os.PathLike, precision: str) -> ExportedPredictor:
     """A predictor of ``model``, loaded from model file ``path`` at ``precision``; its record is
     kept (where a compilation cache folder is set) for :func:`load_exported`, and its programs
     as they are exported."""
+    return ExportedPredictor(Path(path), precision, model.spec, _keep_datasets(model, path, precision), model)
+
+
+def _keep_datasets(model: ImageClassifier, path: str | os.PathLike, precision: str) -> list[list]:
+    """The programs' arguments of ``model`` as ``[dataset, shape, dtype]``, kept in the record
+    of model file ``path`` at ``precision`` where a compilation cache folder is set."""
     datasets = [[name, list(variable.shape), str(variable.dtype)] for variable, name in _arguments(model)]
     folder = programs_folder()
     if folder is not None:
         _keep_record(folder, _model_key(path, precision), {"spec": model.spec.to_dict(), "weights": datasets})
-    return ExportedPredictor(Path(path), precision, model.spec, datasets, model)
+    return datasets
 
 
 def _arguments(model: ImageClassifier) -> list[tuple[Any, str]]:
@@ -214,30 +245,40 @@ def _export_forward(model: ImageClassifier, batch: int):
 
 def _read_weights(path: str | os.PathLike, datasets: list[list]) -> tuple[Any, ...] | None:
     """The arrays of ``datasets`` (``[name, shape, dtype]``), on the device; None where one is
-    missing or differs (the file was replaced by one of another layout)."""
+    missing or differs (the file was replaced by one of another layout). Contiguous datasets
+    are mapped from the file, not copied in memory first."""
     import jax
 
     arrays = []
     try:
-        with h5py.File(path, "r") as handle:
+        with h5py.File(path, "r") as handle, open(path, "rb") as raw:
+            mapped = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ)
             for name, shape, dtype in datasets:
                 dataset = handle.get(name)
                 if not isinstance(dataset, h5py.Dataset) or list(dataset.shape) != shape \
                         or dataset.dtype != np.dtype(dtype):
                     return None
-                arrays.append(dataset[()])
-    except OSError:
+                arrays.append(_mapped_or_read(dataset, mapped))
+    except (OSError, ValueError):
         return None
     return tuple(jax.device_put(arrays))
 
 
+def _mapped_or_read(dataset: h5py.Dataset, mapped: mmap.mmap) -> np.ndarray:
+    """``dataset``'s array: a view of the mapped file where it is stored contiguously, unfiltered."""
+    offset = dataset.id.get_offset()
+    if offset is None or dataset.chunks is not None or dataset.size == 0:
+        return dataset[()]
+    return np.frombuffer(mapped, dataset.dtype, dataset.size, offset).reshape(dataset.shape)
+
+
 def _read_program(path: Path, precision: str, batch: int):
-    """The kept program of ``path`` at ``precision`` for ``batch`` images, or None."""
+    """The kept program of ``path`` at ``precision`` for ``batch`` images on this platform, or None."""
     folder = programs_folder()
     if folder is None:
         return None
     try:
-        serialized = (folder / f"{_model_key(path, precision)}-{batch}.program").read_bytes()
+        serialized = _program_path(folder, path, precision, batch).read_bytes()
     except OSError:
         return None
     from jax import export
@@ -245,15 +286,20 @@ def _read_program(path: Path, precision: str, batch: int):
     return export.deserialize(bytearray(serialized))
 
 
-def _model_key(path: str | os.PathLike, precision: str) -> str:
-    """What kept programs depend on: the file as it is now, the precision, the device kind and
-    every version that shapes a program, hashed. Raises OSError for a missing file."""
+def _program_path(folder: Path, path: str | os.PathLike, precision: str, batch: int) -> Path:
+    """Where the program of model file ``path`` at ``precision`` for ``batch`` images on this platform is kept."""
     import jax
 
+    return folder / f"{_model_key(path, precision)}-{jax.default_backend()}-{batch}.program"
+
+
+def _model_key(path: str | os.PathLike, precision: str) -> str:
+    """What kept records and programs depend on: the file as it is now, the precision and every
+    version that shapes a program, hashed. Raises OSError for a missing file."""
     status = Path(path).stat()
     identity = {
         "file": str(Path(path).resolve()), "size": status.st_size, "modified": status.st_mtime_ns,
-        "inode": status.st_ino, "precision": precision, "platform": jax.default_backend(),
+        "inode": status.st_ino, "precision": precision,
         "versions": [__version__, *(_installed_version(name) for name in ("keras", "jax", "jaxlib"))],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
