@@ -11,7 +11,7 @@ Times the same model several ways, so that differences locate the cost:
   one update for the model instead of one per weight, as fused multi-tensor optimizers do);
 - ``compute:fusedln``: the same step with the encoder blocks' LayerNorms, and the residual add
   before the second, as Pallas kernels (``VITKIT_FUSED_LAYERNORM=1``, vitkit/models/fusedln.py);
-  ``compute:fusedln2``: the same with tiles of two rows (four warps) instead of the default four;
+  ``compute:fusedln4``: the same with tiles of four rows (eight warps) instead of the default two;
 - ``keras, arrays``: Keras ``fit`` / ``predict`` fed one NumPy batch over and over;
 - ``keras, vitkit batches``: Keras ``fit`` / ``predict`` fed by vitkit's batch stream, as
   ``vitkit train`` / ``vitkit predict`` run (shuffled reads from an image set).
@@ -129,7 +129,7 @@ def _model(args, variant: str):
     switch = os.environ.get(FUSED_LAYERNORM, "0")
     kernels = variant.startswith("fusedln")
     # The tile size is read when the step is traced, after this returns: set for every variant.
-    fusedln.TILE_ELEMENTS = 2 * 1024 if variant == "fusedln2" else _profile_tile(fusedln)
+    fusedln.TILE_ELEMENTS = 4 * 1024 if variant == "fusedln4" else _profile_tile(fusedln)
     # --tiny checks the script on a CPU, where the kernels run in Pallas' interpreter.
     os.environ[FUSED_LAYERNORM] = ("interpret" if args.tiny else "1") if kernels else "0"
     try:
@@ -250,7 +250,7 @@ def main() -> None:
     parser.add_argument("--steps-per-execution", type=int, default=1)
     parser.add_argument("--tiny", action="store_true", help="a 2-layer, 32-wide model: checks the script on a CPU")
     parser.add_argument("--variants", default="compute,compute:fusedqkv,compute:unpadded,keras-arrays,keras-vitkit",
-                        help="compute[:VARIANT] (unpadded, xla, fusedqkv, sgd, adamw, flatadam, fusedln, fusedln2), "
+                        help="compute[:VARIANT] (unpadded, xla, fusedqkv, sgd, adamw, flatadam, fusedln, fusedln4), "
                              "keras-arrays, keras-vitkit")
     parser.add_argument("--no-xla-defaults", action="store_true", help="leave XLA_FLAGS as they are")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_profile.json")

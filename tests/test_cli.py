@@ -132,3 +132,19 @@ def test_building_the_command_line_imports_no_keras_so_that_backend_and_cache_op
     code = "import sys, vitkit.cli; vitkit.cli.build_parser(); print(sorted({'keras', 'jax', 'tensorflow'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.strip() == "[]", done.stderr[-2000:]
+
+
+def test_short_commands_let_jax_take_gpu_memory_as_needed_and_training_keeps_its_reserve(monkeypatch):
+    from vitkit.device import allocate_as_needed
+
+    parser = build_parser()
+    short = {name: parser.parse_args([name, "m.weights.h5", "x", *extra]).short_lived
+             for name, extra in [("predict", []), ("evaluate", ["--out", "r"]), ("explain", ["--out", "r"])]}
+    assert short == {"predict": True, "evaluate": True, "explain": True}
+    assert not getattr(parser.parse_args(["train", "x", "--out", "m.weights.h5"]), "short_lived", False)
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    allocate_as_needed()
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")  # the user's choice wins
+    allocate_as_needed()
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"

@@ -44,10 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend
-    from vitkit.device import configure_compilation_cache, configure_xla
+    from vitkit.device import allocate_as_needed, configure_compilation_cache, configure_xla
 
     configure_xla()
     configure_compilation_cache()
+    if getattr(args, "short_lived", False):
+        allocate_as_needed()
     warnings.showwarning = _show_warning
     from vitkit.errors import VitkitError
 

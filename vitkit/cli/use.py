@@ -38,7 +38,7 @@ def add_evaluate(commands) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="report folder")
     add_prediction_precision(parser)
     add_model_use_options(parser, batch_size=32)
-    parser.set_defaults(starts_keras_itself=True)
+    parser.set_defaults(starts_keras_itself=True, short_lived=True)
 
 
 def _kept_or_keras(args: argparse.Namespace):
@@ -88,7 +88,7 @@ def add_predict(commands) -> None:
     parser.add_argument("--grid", type=Path, metavar="PNG", help="also draw 16 of the images, spread over the set, titled with predictions")
     add_prediction_precision(parser)
     add_model_use_options(parser, batch_size=32)
-    parser.set_defaults(starts_keras_itself=True)
+    parser.set_defaults(starts_keras_itself=True, short_lived=True)
 
 
 def _run_predict(args: argparse.Namespace) -> None:
@@ -162,6 +162,7 @@ def add_explain(commands) -> None:
     files.add_argument("--focus", metavar="IMAGE",
                        help="image for layers.png, heads.png and --export-attention: a file name or a position (default 0, the first)")
     add_model_use_options(parser, batch_size=16)
+    parser.set_defaults(short_lived=True)
 
 
 def _run_explain(args: argparse.Namespace) -> None:
