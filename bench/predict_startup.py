@@ -38,8 +38,8 @@ phases = {}
 def lap(name):
     global last
     now = time.perf_counter(); phases[name] = now - last; last = now
-from vitkit.device import configure_compilation_cache, configure_xla
-configure_xla(); configure_compilation_cache()
+from vitkit.device import allocate_as_needed, configure_compilation_cache, configure_xla
+configure_xla(); configure_compilation_cache(); allocate_as_needed()  # as vitkit predict starts
 from vitkit.prediction import images_for, kept_predictor, predict_probabilities
 lap("python, numpy, pandas, vitkit.prediction")
 model = kept_predictor(sys.argv[1])
