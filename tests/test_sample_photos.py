@@ -126,12 +126,24 @@ def test_refuses_an_existing_mask_folder_too(generator, tmp_path):
     assert not (tmp_path / "photos").exists() or not any((tmp_path / "photos").iterdir())
 
 
-def test_hard_difficulty_runs_with_its_own_defaults(generator, tmp_path):
-    generator.main(["--out", str(tmp_path / "photos"), "--per-class", "2", "--difficulty", "hard"])
+@pytest.mark.parametrize("difficulty", ["hard", "severe"])
+def test_harder_levels_run_with_their_own_defaults(generator, tmp_path, difficulty):
+    generator.main(["--out", str(tmp_path / "photos"), "--per-class", "2", "--difficulty", difficulty])
     photo_paths = sorted((tmp_path / "photos").rglob("*.jpg"))
     assert len(photo_paths) == 8
     assert all(Image.open(path).size == (64, 64) for path in photo_paths)
     assert all(np.asarray(Image.open(tmp_path / "masks" / p.parent.name / f"{p.stem}.png")).any() for p in photo_paths)
+
+
+def test_severe_products_are_smaller_than_hard_ones(generator, tmp_path):
+    """The product's share of the frame (its mask), averaged over 6 photos per class."""
+    share = {}
+    for difficulty in ("hard", "severe"):
+        generator.main(["--out", str(tmp_path / difficulty), "--masks", str(tmp_path / f"{difficulty}_masks"),
+                        "--per-class", "6", "--difficulty", difficulty])
+        share[difficulty] = np.mean([(np.asarray(Image.open(path)) > 127).mean()
+                                     for path in (tmp_path / f"{difficulty}_masks").rglob("*.png")])
+    assert share["severe"] < 0.8 * share["hard"], share
 
 
 def test_help_explains_the_options(generator, capsys):
