@@ -96,8 +96,9 @@ def test_exported_forward_pass_predicts_what_the_keras_model_does(tmp_path):
     assert report["without a cache folder"] == "ImageClassifier"
 
 
-def test_weights_are_mapped_or_read_and_checked_against_the_record(tmp_path):
+def test_weights_are_mapped_or_read_and_checked_against_the_record(tmp_path, monkeypatch):
     h5py = pytest.importorskip("h5py")
+    from vitkit.models import exported
     from vitkit.models.exported import _read_weights
 
     rng = np.random.default_rng(0)
@@ -109,10 +110,12 @@ def test_weights_are_mapped_or_read_and_checked_against_the_record(tmp_path):
         handle.create_dataset("b/vars/0", data=chunked, chunks=(16, 8), compression="gzip")
         handle["vars/0"] = small
     datasets = [["a/vars/0", [40, 3], "float32"], ["b/vars/0", [64, 8], "float32"], ["vars/0", [3], "int32"]]
-    arrays = _read_weights(path, datasets)
-    for read, written in zip(arrays, (contiguous, chunked, small)):
-        np.testing.assert_array_equal(np.asarray(read), written)
-        assert np.asarray(read).dtype == written.dtype
+    mapped = _read_weights(path, datasets)
+    monkeypatch.setattr(exported, "_mapped", lambda path: None)  # a file system that cannot map files
+    for arrays in (mapped, _read_weights(path, datasets)):
+        for read, written in zip(arrays, (contiguous, chunked, small), strict=True):
+            np.testing.assert_array_equal(np.asarray(read), written)
+            assert np.asarray(read).dtype == written.dtype
     assert _read_weights(path, [["a/vars/0", [3, 40], "float32"]]) is None  # another layout
     assert _read_weights(path, [["a/vars/0", [40, 3], "float16"]]) is None
     assert _read_weights(path, [["c/vars/0", [1], "float32"]]) is None

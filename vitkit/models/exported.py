@@ -246,28 +246,37 @@ def _export_forward(model: ImageClassifier, batch: int):
 def _read_weights(path: str | os.PathLike, datasets: list[list]) -> tuple[Any, ...] | None:
     """The arrays of ``datasets`` (``[name, shape, dtype]``), on the device; None where one is
     missing or differs (the file was replaced by one of another layout). Contiguous datasets
-    are mapped from the file, not copied in memory first."""
+    are mapped from the file, not copied in memory first, where the file system allows it."""
     import jax
 
     arrays = []
     try:
-        with h5py.File(path, "r") as handle, open(path, "rb") as raw:
-            mapped = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ)
+        with h5py.File(path, "r") as handle:
+            mapped = _mapped(path)
             for name, shape, dtype in datasets:
                 dataset = handle.get(name)
                 if not isinstance(dataset, h5py.Dataset) or list(dataset.shape) != shape \
                         or dataset.dtype != np.dtype(dtype):
                     return None
                 arrays.append(_mapped_or_read(dataset, mapped))
-    except (OSError, ValueError):
+    except OSError:
         return None
     return tuple(jax.device_put(arrays))
 
 
-def _mapped_or_read(dataset: h5py.Dataset, mapped: mmap.mmap) -> np.ndarray:
-    """``dataset``'s array: a view of the mapped file where it is stored contiguously, unfiltered."""
+def _mapped(path: str | os.PathLike) -> mmap.mmap | None:
+    """The file mapped read-only, or None where it cannot be."""
+    try:
+        with open(path, "rb") as raw:
+            return mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+
+
+def _mapped_or_read(dataset: h5py.Dataset, mapped: mmap.mmap | None) -> np.ndarray:
+    """``dataset``'s array: a view of the ``mapped`` file where it is stored contiguously, unfiltered."""
     offset = dataset.id.get_offset()
-    if offset is None or dataset.chunks is not None or dataset.size == 0:
+    if mapped is None or offset is None or dataset.chunks is not None or dataset.size == 0:
         return dataset[()]
     return np.frombuffer(mapped, dataset.dtype, dataset.size, offset).reshape(dataset.shape)
 
