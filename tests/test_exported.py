@@ -54,6 +54,11 @@ API_CHECKS = textwrap.dedent("""
     one = load_exported(path, "float32")
     report["padded_one_error"] = float(np.abs(predict_probabilities(one, images.subset([3]), batch_size=8) - expected[3:4]).max())
     report["padded_one_loaded_keras"] = one.model is not None
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = sys.argv[1] + "/gpu-cache"  # nothing kept: exported while the images load
+    table = vitkit.predict(path, images.all_pixels(), batch_size=4)
+    report["while_loading_error"] = float(np.abs(table[["p_a", "p_b", "p_c"]].to_numpy() - expected).max())
+    report["while_loading_programs"] = sorted(p.name.split("-", 1)[1] for p in (Path(sys.argv[1]) / "gpu-cache" / "programs").glob("*.program"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = sys.argv[1] + "/cache"
     jax.default_backend = on_this_cpu
     report["programs"] = sorted(p.name.split("-", 1)[1] for p in (Path(sys.argv[1]) / "cache" / "programs").glob("*.program"))
     os.environ["JAX_COMPILATION_CACHE_DIR"] = sys.argv[1] + "/other-cache"
@@ -67,6 +72,14 @@ API_CHECKS = textwrap.dedent("""
         refused = predict_probabilities(as_predictor(path), images)
     report["refused_error"] = float(np.abs(refused - replaced.predict(images.all_pixels(), verbose=0)).max())
     report["refused_warnings"] = [str(w.message) for w in caught]
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = sys.argv[1] + "/refused-gpu-cache"
+    jax.default_backend = lambda: "gpu"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = vitkit.predict(path, images.all_pixels(), batch_size=4)
+    jax.default_backend = on_this_cpu
+    report["refused_while_loading_error"] = float(np.abs(table[["p_a", "p_b", "p_c"]].to_numpy() - expected).max())
+    report["refused_while_loading_warnings"] = len([w for w in caught if "without keeping" in str(w.message)])
     del os.environ["JAX_COMPILATION_CACHE_DIR"]
     report["without a cache folder"] = type(as_predictor(path)).__name__
     print("REPORT " + json.dumps(report))
@@ -90,10 +103,12 @@ def test_exported_forward_pass_predicts_what_the_keras_model_does(tmp_path):
     assert not report["padded_one_loaded_keras"]
     assert "gpu-8.program" in report["programs"] and "cpu-5.program" in report["programs"]
     assert "gpu-5.program" not in report["programs"] and "gpu-1.program" not in report["programs"]
+    assert report["while_loading_error"] < 1e-6 and report["while_loading_programs"] == ["gpu-4.program"]
     assert report["refused_error"] < 1e-6
     assert any("predicting without keeping the compiled program (Cannot serialize code with custom calls)" in w
                for w in report["refused_warnings"]), report["refused_warnings"]
     assert report["without a cache folder"] == "ImageClassifier"
+    assert report["refused_while_loading_error"] < 1e-6 and report["refused_while_loading_warnings"] == 1
 
 
 def test_weights_are_mapped_or_read_and_checked_against_the_record(tmp_path, monkeypatch):

@@ -14,7 +14,8 @@ from vitkit.data.imageset import write_skipped
 from vitkit.errors import ManifestError
 from vitkit.figures import confusion_figure, image_grid_figure, save_figure
 from vitkit.fileio import check_writable, write_text_atomic
-from vitkit.prediction import Predictor, as_predictor, images_for, predict_probabilities, prediction_table, write_table
+from vitkit.prediction import (Predictor, as_predictor, images_while_preparing, predict_probabilities,
+                               prediction_table, write_table)
 
 OUTPUT_FILES = (
     "metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "misclassified.png",
@@ -88,7 +89,7 @@ def evaluate(
         for name in OUTPUT_FILES:
             check_writable(Path(out) / name, overwrite)
     model = as_predictor(model, load_options.get("classes"), precision, preprocess=preprocess, num_heads=num_heads)
-    images = images_for(model, data, **load_options)
+    images = images_while_preparing(model, data, batch_size, **load_options)
     if images.labels is None:
         raise ManifestError("evaluation needs labelled images: give a manifest with classes")
     class_names = model.class_names

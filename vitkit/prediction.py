@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, Union
 
@@ -92,6 +93,20 @@ def images_for(model: Predictor, data: Any, **load_options: Any) -> ImageSet:
                        interpolation=model.spec.interpolation, **load_options)
 
 
+def images_while_preparing(model: Predictor, data: Any, batch_size: int, **load_options: Any) -> ImageSet:
+    """:func:`images_for`; for an exported forward pass on an accelerator, the images are read
+    in a thread while the program for ``batch_size`` is exported or compiled."""
+    if not isinstance(model, ExportedPredictor):
+        return images_for(model, data, **load_options)
+    with ThreadPoolExecutor(1, thread_name_prefix="vitkit-images") as pool:
+        loading = pool.submit(images_for, model, data, **load_options)
+        try:
+            model.prepare(batch_size)
+        except ExportRefused:
+            pass  # predict_probabilities meets the refusal again and predicts with the Keras model
+        return loading.result()
+
+
 def predict_probabilities(model: Predictor, images: ImageSet, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
     """``(n, classes)`` probabilities for every image of the set."""
     if not len(images):
@@ -172,7 +187,7 @@ def predict(
         if target is not None:
             check_writable(target, overwrite)
     model = as_predictor(model, load_options.get("classes"), precision, preprocess=preprocess, num_heads=num_heads)
-    images = images_for(model, data, **load_options)
+    images = images_while_preparing(model, data, batch_size, **load_options)
     _warn_unknown_classes(images, model.class_names)
     probabilities = predict_probabilities(model, images, batch_size)
     table = prediction_table(images, probabilities, model.class_names)

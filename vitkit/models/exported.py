@@ -70,6 +70,7 @@ class ExportedPredictor:
     model: ImageClassifier | None = None
     _weights: tuple[Any, ...] | None = dataclasses.field(default=None, repr=False)  # on the device
     _runs: dict[int, Callable[..., Any]] = dataclasses.field(default_factory=dict, repr=False)
+    _refused: ExportRefused | None = dataclasses.field(default=None, repr=False)
 
     @property
     def class_names(self) -> list[str]:
@@ -89,6 +90,18 @@ class ExportedPredictor:
         outputs = [run(weights, pixels) for pixels in _padded_batches(images, size)]
         probabilities = np.concatenate([np.asarray(output) for output in outputs])
         return probabilities[:len(images)].astype(np.float32, copy=False)
+
+    def prepare(self, batch_size: int) -> None:
+        """Compile the program for batches of ``batch_size`` now, before the images are known,
+        where their number does not change it: on an accelerator (see :meth:`probabilities`).
+
+        Raises:
+            ExportRefused: ``jax.export`` cannot export the model.
+        """
+        import jax
+
+        if jax.default_backend() != "cpu":
+            self._program(batch_size)
 
     def _program(self, batch: int, kept: bool = True) -> Callable[..., Any]:
         """The compiled program for ``batch`` images: the ``kept`` one where there is one, else
@@ -116,8 +129,10 @@ class ExportedPredictor:
         """Export the program for ``batch`` images from the Keras model (loading it if needed) and keep it.
 
         Raises:
-            ExportRefused: ``jax.export`` cannot export the model.
+            ExportRefused: ``jax.export`` cannot export the model (this time or before).
         """
+        if self._refused is not None:
+            raise self._refused
         if self.model is None:
             from vitkit.device import under_policy
             from vitkit.models.modelfile import load_model
@@ -129,7 +144,8 @@ class ExportedPredictor:
         try:
             program = _export_forward(self.model, batch)
         except (ValueError, TypeError, NotImplementedError) as error:
-            raise ExportRefused(self.model, error) from error
+            self._refused = ExportRefused(self.model, error)
+            raise self._refused from error
         folder = programs_folder()
         if folder is not None:
             serialized = program.serialize()
