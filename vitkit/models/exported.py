@@ -68,7 +68,8 @@ class ExportedPredictor:
     spec: ModelSpec
     datasets: list[list]  # [name, shape, dtype] of each argument
     model: ImageClassifier | None = None
-    _weights: tuple[Any, ...] | None = dataclasses.field(default=None, repr=False)  # on the device
+    # On the device, or on their way there from the file (see load_exported).
+    _weights: Future | tuple[Any, ...] | None = dataclasses.field(default=None, repr=False)
     _runs: dict[int, Callable[..., Any]] = dataclasses.field(default_factory=dict, repr=False)
     _refused: ExportRefused | None = dataclasses.field(default=None, repr=False)
 
