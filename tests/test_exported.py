@@ -47,6 +47,14 @@ API_CHECKS = textwrap.dedent("""
     again = as_predictor(path)
     expected = replaced.predict(images.all_pixels(), verbose=0)
     report["replaced_error"] = float(np.abs(predict_probabilities(again, images) - expected).max())
+    from vitkit.models.exported import _model_key
+    record_path = Path(sys.argv[1]) / "cache" / "programs" / (_model_key(path, "float32") + ".json")
+    record = json.loads(record_path.read_text())
+    record["weights"][0][0] += "-gone"  # a record that names what the file does not hold
+    record_path.write_text(json.dumps(record))
+    stale = load_exported(path, "float32")
+    report["stale_record_error"] = float(np.abs(predict_probabilities(stale, images) - expected).max())
+    report["stale_record_loaded_keras"] = stale.model is not None
     import jax
     on_this_cpu = jax.default_backend
     jax.default_backend = lambda: "gpu"  # an accelerator's rule, on this CPU: the program of the whole batch
@@ -98,6 +106,7 @@ def test_exported_forward_pass_predicts_what_the_keras_model_does(tmp_path):
     assert report["after the file is replaced"] == "NoneType"
     assert report["other precision"] == "NoneType"
     assert report["replaced_error"] < 1e-6
+    assert report["stale_record_error"] < 1e-6 and report["stale_record_loaded_keras"]
     # on an accelerator a set smaller than the batch is padded, so one program serves every run
     assert report["padded_error"] < 1e-6 and report["padded_one_error"] < 1e-6
     assert not report["padded_one_loaded_keras"]
