@@ -47,8 +47,7 @@ assert model is not None, "no kept program: run vitkit predict on the JAX backen
 lap("import jax, read the kept record (the weights start for the device)")
 images = images_for(model, [sys.argv[2]])
 lap("read the photo")
-import jax
-model._program(32 if jax.default_backend() != "cpu" else 1)
+model.prepare(32)  # the default batch; on a CPU it waits for the images, in the first prediction
 lap("JAX's devices, the program compiled from the cache")
 model._device_weights()
 lap("the weights on the device (what is left of it)")

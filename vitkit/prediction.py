@@ -94,9 +94,9 @@ def images_for(model: Predictor, data: Any, **load_options: Any) -> ImageSet:
 
 
 def images_while_preparing(model: Predictor, data: Any, batch_size: int, **load_options: Any) -> ImageSet:
-    """:func:`images_for`; for an exported forward pass on an accelerator, the images are read
-    in a thread while the program for ``batch_size`` is exported or compiled."""
-    if not isinstance(model, ExportedPredictor):
+    """:func:`images_for`; for an exported forward pass that compiles ahead (on an accelerator),
+    the images are read in a thread while the program for ``batch_size`` is exported or compiled."""
+    if not (isinstance(model, ExportedPredictor) and model.compiles_ahead):
         return images_for(model, data, **load_options)
     with ThreadPoolExecutor(1, thread_name_prefix="vitkit-images") as pool:
         loading = pool.submit(images_for, model, data, **load_options)

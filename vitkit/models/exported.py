@@ -80,9 +80,7 @@ class ExportedPredictor:
     def probabilities(self, images: ImageSet, batch_size: int) -> np.ndarray:
         """``(n, classes)`` probabilities, in batches of ``batch_size``: on a CPU, of all images
         where there are fewer. The last batch is padded, so one program serves the whole set."""
-        import jax
-
-        size = min(batch_size, len(images)) if jax.default_backend() == "cpu" else batch_size
+        size = batch_size if self.compiles_ahead else min(batch_size, len(images))
         run = self._program(size)
         weights = self._device_weights()
         if weights is None:  # the file no longer holds what its record names: export from the file itself
@@ -92,16 +90,22 @@ class ExportedPredictor:
         probabilities = np.concatenate([np.asarray(output) for output in outputs])
         return probabilities[:len(images)].astype(np.float32, copy=False)
 
+    @property
+    def compiles_ahead(self) -> bool:
+        """Whether the program depends on the batch size alone, so that :meth:`prepare` can
+        compile it before the images are known: on an accelerator, where a smaller set is padded
+        to the whole batch (a few milliseconds there); on a CPU padding costs real work."""
+        import jax
+
+        return jax.default_backend() != "cpu"
+
     def prepare(self, batch_size: int) -> None:
-        """Compile the program for batches of ``batch_size`` now, before the images are known,
-        where their number does not change it: on an accelerator (see :meth:`probabilities`).
+        """Compile the program for batches of ``batch_size`` now, where :attr:`compiles_ahead`.
 
         Raises:
             ExportRefused: ``jax.export`` cannot export the model.
         """
-        import jax
-
-        if jax.default_backend() != "cpu":
+        if self.compiles_ahead:
             self._program(batch_size)
 
     def _program(self, batch: int, kept: bool = True) -> Callable[..., Any]:
