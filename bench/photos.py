@@ -96,8 +96,9 @@ def train_vit(manifests: Path, out: Path, options: dict, pretrain: dict | None =
         backbone = vitkit.pretrain(str(manifests / "train.csv"), unlabeled=unlabeled, out=backbone_path,
                                    overwrite=True, verbose=0, seed=0, **pretrain)
         options = {**options, "weights": str(backbone.backbone_path), "recipe": "small-data"}
+    options = {"seed": 0, **options}
     result = vitkit.train(str(manifests / "train.csv"), str(manifests / "val.csv"), out=out,
-                          overwrite=True, verbose=0, seed=0, **options)
+                          overwrite=True, verbose=0, **options)
     seconds = time.monotonic() - started
     metrics = vitkit.evaluate(result.model, str(manifests / "test.csv"))
     return {"test_accuracy": metrics["accuracy"], "best_epoch": result.best_epoch, "recipe": result.recipe,

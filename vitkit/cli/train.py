@@ -79,7 +79,7 @@ def add_train(commands) -> None:
     fit.add_argument("--epochs", type=int, help="most epochs (early stopping may end sooner; plain: 10, small-data: 80)")
     fit.add_argument("--batch-size", type=int, help="images per step, over all --devices (plain: 16, small-data: 32)")
     fit.add_argument("--learning-rate", type=float,
-                     help="peak learning rate, for the global batch (plain: 1e-4, small-data: 1e-3)")
+                     help="peak learning rate, for the global batch (plain: 1e-4, small-data: 2e-3)")
     fit.add_argument("--optimizer", choices=("adam", "adamw"), help="plain: adam, small-data: adamw")
     fit.add_argument("--weight-decay", type=float, help="AdamW weight decay (0.05 in both recipes)")
     fit.add_argument("--schedule", choices=("constant", "cosine"),

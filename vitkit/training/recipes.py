@@ -13,6 +13,8 @@ few thousand images. Its techniques were each measured on their own before they 
   largest gain on its own, neutral on digits once the convolutional stem is there, kept for the
   colour, position and rotation variation of photos,
 - label smoothing, AdamW with linear warm-up and cosine decay, stochastic depth (DeiT),
+- a peak learning rate of 2e-3: on the generator's hard and severe sets, three generated sets and
+  three training seeds each, it gained 3.7 and 7.3 points over 1e-3; 3e-3 lost on the severe set,
 - a small backbone at a small input size (smaller images are upsampled when loaded, e.g. 8 px
   digits to 32 px), with the patch size chosen for an 8x8 token grid,
 - 80 epochs: on varied product photos (``bench/photos.py``, the generator's hard set) a ViT from
@@ -97,7 +99,7 @@ SMALL_DATA = Recipe(
         "image_size": 32,
         "epochs": 80,
         "batch_size": 32,
-        "learning_rate": 1e-3,
+        "learning_rate": 2e-3,
         "optimizer": "adamw",
         "weight_decay": 0.05,
         "schedule": "cosine",
