@@ -6,7 +6,15 @@ the same Keras backend, float32, after one warm-up batch. vitkit is timed throug
 ``vitkit.predict`` (its batch stream and in-model scaling), the recipe as its notebooks ran it:
 ``preprocess_inputs`` in NumPy, then ``model.predict``. The outputs are compared too. A third
 peer is vitkit with ``precision="mixed_bfloat16"`` (``vitkit predict --precision
-mixed_bfloat16``), the same weights with bfloat16 matrix products.
+mixed_bfloat16``), the same weights with bfloat16 matrix products. On JAX a fourth peer is what
+``vitkit predict MODEL`` runs there: the model file's exported forward pass (kept program).
+
+``vitkit predict`` and ``evaluate`` run on JAX where it is installed and no backend is named, so
+the default command's speed is the JAX process's kept program against the recipe on TensorFlow,
+the backend the original notebooks ran on; the summary line gives that ratio (two processes,
+one after the other). ``--commands N`` also times whole ``vitkit predict`` processes on N photo
+files: as users run it (no backend named; a first and a second run) and with ``--backend
+tensorflow``.
 
 ``--trained MODEL=MANIFEST`` (repeatable) also predicts a trained model's labelled photos in
 float32 and in mixed_bfloat16 and counts the photos whose top-1 class differs: random weights
@@ -21,6 +29,7 @@ Usage::
     python bench/cpu_predict.py --images 16 --batch 8 --repeats 6
     python bench/cpu_predict.py --backends tensorflow
     python bench/cpu_predict.py --backends tensorflow --trained vitkit_demo/models/demo.weights.h5=data_manifests/sample_products/test.csv
+    python bench/cpu_predict.py --commands 32
 """
 
 from __future__ import annotations
@@ -67,11 +76,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cpu_predict.json")
     parser.add_argument("--trained", action="append", default=[], metavar="MODEL=MANIFEST",
                         help="a trained model file and labelled photos: top-1 agreement of bfloat16 with float32")
+    parser.add_argument("--commands", type=int, default=0, metavar="N",
+                        help="also time whole vitkit predict processes on N photo files")
     parser.add_argument("--backend", help=argparse.SUPPRESS)  # set in the per-backend processes
     args = parser.parse_args()
     if args.backend:
         print("RESULT " + json.dumps(measure(args)))
         return
+    if "KERAS_BACKEND" in os.environ:
+        sys.exit("unset KERAS_BACKEND: the default command's backend is part of what is measured")
 
     results = {}
     for backend in args.backends.split(","):
@@ -92,25 +105,76 @@ def main() -> None:
         print(f"{backend:<11} {row['vitkit']:>12.2f} {row['recipe']:>12.2f} {row['ratio']:>12.2f}x "
               f"{row['max_difference']:>13.1e} {row['vitkit_bf16']:>10.2f} {row['bf16_ratio']:>10.2f}x "
               f"{row['bf16_difference']:>9.1e}")
+        if "vitkit_kept" in row:
+            print(f"{'':<11} kept forward pass (what vitkit predict runs on {backend}): {row['vitkit_kept']:.2f} img/s")
         for check in row["trained"]:
             print(f"  {backend}, {check['model']} on {check['data']}: top-1 of mixed_bfloat16 differs from float32 "
                   f"on {check['changed']} of {check['images']} photos; largest probability difference "
                   f"{check['max_difference']:.3f}")
+    summary = {}
+    if "vitkit_kept" in results.get("jax", {}) and "tensorflow" in results:
+        summary["default_over_recipe"] = results["jax"]["vitkit_kept"] / results["tensorflow"]["recipe"]
+        print(f"\nvitkit predict as users run it (JAX, kept forward pass) / the recipe on TensorFlow: "
+              f"{summary['default_over_recipe']:.2f}x")
+    if args.commands:
+        summary["commands"] = time_commands(args.commands, args.image_size, args.batch)
+        for name, seconds in summary["commands"].items():
+            print(f"vitkit predict, {args.commands} photo files, whole process, {name}: {seconds:.1f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"batch": args.batch, "images": args.images, "image_size": args.image_size,
-                                    "repeats": args.repeats, "backends": results}, indent=2))
+                                    "repeats": args.repeats, "backends": results, **summary}, indent=2))
+
+
+def random_model(image_size: int, seed: int = 0):
+    """ViT-B/16 + head with small random weights (unit scales), the same on every backend."""
+    import vitkit
+
+    rng = np.random.default_rng(seed)
+    model = vitkit.build_model(CLASSES, backbone=dict(CONFIG), image_size=image_size, augment=False)
+    for variable in model.weights:
+        variable.assign(rng.normal(0, 0.02, variable.shape).astype(variable.dtype) + (
+            1.0 if variable.path.endswith(("gamma", "moving_variance")) else 0.0))
+    return model
+
+
+def time_commands(count: int, image_size: int, batch: int) -> dict[str, float]:
+    """Wall seconds of whole ``vitkit predict`` processes on ``count`` JPEG files."""
+    import tempfile
+
+    from PIL import Image
+
+    folder = Path(tempfile.mkdtemp(prefix="vitkit-cpu-predict-"))
+    rng = np.random.default_rng(1)
+    photos = folder / "photos"
+    photos.mkdir()
+    for index in range(count):
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(photos / f"{index}.jpg")
+    model = folder / "vitb16.weights.h5"
+    maker = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import cpu_predict, vitkit; "
+             f"vitkit.save_model(cpu_predict.random_model({image_size}), {str(model)!r})")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "VITKIT_COMPILE_CACHE": str(folder / "cache"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, "-c", maker], env=env, check=True, capture_output=True)
+    runs = {"as users run it, first run": [], "as users run it, second run": [], "--backend tensorflow": []}
+    seconds = {}
+    for name, backend in zip(runs, ([], [], ["--backend", "tensorflow"])):
+        command = [sys.executable, "-m", "vitkit", *backend, "predict", str(model), str(photos),
+                   "--out", str(folder / f"{len(seconds)}.csv"), "--batch-size", str(batch)]
+        started = time.perf_counter()
+        subprocess.run(command, env=env, check=True, capture_output=True, cwd=folder)
+        seconds[name] = time.perf_counter() - started
+    return seconds
 
 
 def measure(args) -> dict:
     """Both peers on this process's backend: fastest pass of each, images/s, and their agreement."""
+    import keras
+
     import vitkit
     from vitkit.training.building import rebuild_model
 
     rng = np.random.default_rng(0)
-    model = vitkit.build_model(CLASSES, backbone=dict(CONFIG), image_size=args.image_size, augment=False)
-    for variable in model.weights:
-        variable.assign(rng.normal(0, 0.02, variable.shape).astype(variable.dtype) + (
-            1.0 if variable.path.endswith(("gamma", "moving_variance")) else 0.0))
+    model = random_model(args.image_size)
     half = rebuild_model(model, "mixed_bfloat16")
     half.set_weights(model.get_weights())
     recipe = recipe_model(args.image_size, len(CLASSES))
@@ -131,6 +195,14 @@ def measure(args) -> dict:
         return recipe.predict(vit.preprocess_inputs(photos.astype("float32")), batch_size=args.batch, verbose=0)
 
     peers = {"vitkit": run_vitkit, "recipe": run_recipe, "vitkit_bf16": run_bf16}
+    if keras.backend.backend() == "jax":
+        kept = kept_forward_pass(model)
+
+        def run_kept():
+            table = vitkit.predict(kept, photos, batch_size=args.batch, progress=False)
+            return table[[f"p_{c}" for c in CLASSES]].to_numpy()
+
+        peers["vitkit_kept"] = run_kept
     for run in peers.values():  # warm-up: tracing and compilation
         run()
     fastest = {name: float("inf") for name in peers}
@@ -142,10 +214,29 @@ def measure(args) -> dict:
             fastest[name] = min(fastest[name], time.perf_counter() - started)
     speeds = {name: args.images / seconds for name, seconds in fastest.items()}
     return {**speeds, "ratio": speeds["vitkit"] / speeds["recipe"],
+            **({"kept_difference": float(np.abs(outputs["vitkit_kept"] - outputs["vitkit"]).max())}
+               if "vitkit_kept" in outputs else {}),
             "max_difference": float(np.abs(outputs["vitkit"] - outputs["recipe"]).max()),
             "bf16_ratio": speeds["vitkit_bf16"] / speeds["recipe"],
             "bf16_difference": float(np.abs(outputs["vitkit_bf16"] - outputs["vitkit"]).max()),
             "trained": [top1_agreement(*pair.split("=", 1)) for pair in args.trained]}
+
+
+def kept_forward_pass(model):
+    """``model`` saved and exported as ``vitkit predict`` does on JAX (a temporary program folder)."""
+    import tempfile
+
+    import vitkit
+    from vitkit.device import configure_compilation_cache
+    from vitkit.prediction import as_predictor
+
+    folder = Path(tempfile.mkdtemp(prefix="vitkit-kept-"))
+    os.environ["VITKIT_COMPILE_CACHE"] = str(folder / "cache")
+    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+    configure_compilation_cache()
+    path = folder / "vitb16.weights.h5"
+    vitkit.save_model(model, path)
+    return as_predictor(path)
 
 
 def top1_agreement(model_path: str, data: str) -> dict:

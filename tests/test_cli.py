@@ -134,6 +134,45 @@ def test_building_the_command_line_imports_no_keras_so_that_backend_and_cache_op
     assert done.stdout.strip() == "[]", done.stderr[-2000:]
 
 
+def test_prediction_commands_take_jax_where_installed_unless_a_backend_is_named(monkeypatch, tmp_path):
+    import importlib.util
+
+    from vitkit import device
+
+    parser = build_parser()
+    prefers = {name: bool(getattr(parser.parse_args([name, "m.weights.h5", "x", *extra]), "prefers_jax", False))
+               for name, extra in [("predict", []), ("evaluate", ["--out", "r"]), ("explain", ["--out", "r"])]}
+    prefers["train"] = bool(getattr(parser.parse_args(["train", "x", "--out", "m.weights.h5"]), "prefers_jax", False))
+    assert prefers == {"predict": True, "evaluate": True, "explain": False, "train": False}
+
+    installed = {"jax"}
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: object() if name in installed else
+                        (None if name.startswith("jax") else real_find_spec(name, *rest)))
+    gpu = []
+    monkeypatch.setattr(device, "_nvidia_gpu_present", lambda: bool(gpu))
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no keras.json: Keras' default, TensorFlow
+    assert not device.jax_predicts_faster()  # Keras is imported in this process: too late to choose
+    monkeypatch.delitem(sys.modules, "keras")
+    assert device.jax_predicts_faster()
+    (tmp_path / "keras.json").write_text('{"backend": "tensorflow"}')  # what Keras writes by itself
+    assert device.jax_predicts_faster()
+    (tmp_path / "keras.json").write_text('{"backend": "torch"}')
+    assert not device.jax_predicts_faster()
+    (tmp_path / "keras.json").unlink()
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    assert not device.jax_predicts_faster()
+    monkeypatch.delenv("KERAS_BACKEND")
+    gpu.append("nvidia")  # a GPU the installed JAX cannot use: TensorFlow keeps it
+    assert not device.jax_predicts_faster()
+    installed.add("jax_cuda12_plugin")
+    assert device.jax_predicts_faster()
+    installed.clear()
+    assert not device.jax_predicts_faster()
+
+
 def test_short_commands_let_jax_take_gpu_memory_as_needed_and_training_keeps_its_reserve(monkeypatch):
     from vitkit.device import allocate_as_needed
 

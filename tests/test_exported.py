@@ -154,7 +154,7 @@ NO_KERAS = textwrap.dedent("""
 """)
 
 
-def test_second_predict_and_evaluate_run_without_keras(tmp_path):
+def test_predict_takes_jax_by_itself_and_its_second_run_and_evaluate_run_without_keras(tmp_path):
     photos = make_photo_tree(tmp_path / "photos", per_class=2, size=40)
     model = tmp_path / "m.weights.h5"
     done = run_python(
@@ -162,7 +162,8 @@ def test_second_predict_and_evaluate_run_without_keras(tmp_path):
         f"backbone={dict(TINY_BACKBONE)!r}, image_size=32, augment=False), {str(model)!r})")
     assert done.returncode == 0, done.stderr[-2000:]
     env = {"VITKIT_COMPILE_CACHE": str(tmp_path / "cache")}
-    first = run_cli("--backend", "jax", "predict", str(model), str(photos), "--out", str(tmp_path / "first.csv"), env=env)
+    no_backend_named = {**env, "KERAS_BACKEND": "", "KERAS_HOME": str(tmp_path / "keras-home")}
+    first = run_cli("predict", str(model), str(photos), "--out", str(tmp_path / "first.csv"), env=no_backend_named)
     assert first.returncode == 0, first.stderr[-2000:]
     assert list((tmp_path / "cache" / "programs").glob("*.program"))
     commands = [["--backend", "jax", "predict", str(model), str(photos), "--out", str(tmp_path / "second.csv")],

@@ -42,9 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from vitkit.device import allocate_as_needed, configure_compilation_cache, configure_xla, jax_predicts_faster
+
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend
-    from vitkit.device import allocate_as_needed, configure_compilation_cache, configure_xla
+    elif getattr(args, "prefers_jax", False) and jax_predicts_faster():
+        os.environ["KERAS_BACKEND"] = "jax"
 
     configure_xla()
     configure_compilation_cache()
@@ -79,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
     parser.add_argument(
         "--backend", choices=BACKENDS,
-        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
+        help="Keras backend (default: $KERAS_BACKEND, else the backend in ~/.keras/keras.json, else "
+             "tensorflow; predict and evaluate take jax where it is installed and no backend is named, "
+             "as it predicts about 1.5x as fast on a CPU)",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for add in (add_demo, add_manifest, add_pretrain, add_train, add_evaluate, add_predict, add_weights, add_export, add_explain):
