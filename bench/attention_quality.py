@@ -118,6 +118,43 @@ def train_small_model(photos: Path, work: Path, epochs: int, image_size: int, se
     return model_path, manifests / "test.csv"
 
 
+def measure(model_path: Path, data: str, photos: Path, masks_dir: Path, methods: dict = METHODS) -> dict:
+    """Every method's scores on the photos ``data`` names (with their masks under ``masks_dir``), the
+    two baselines', and what they were measured on."""
+    from vitkit.explanation.attention import explain_images
+    from vitkit.models.modelfile import load_model
+    from vitkit.prediction import images_for
+
+    model = load_model(model_path)
+    images = images_for(model, data)
+    size = tuple(model.spec.image_size)
+    masks = load_masks(images.names, photos, masks_dir, size, model.spec.resize_mode)
+    area = masks.reshape(len(masks), -1).mean(axis=1)
+    tolerance = TOLERANCE_AT_224 * min(size) / 224
+
+    def scores(maps: np.ndarray) -> dict:
+        energy = float(energy_in_mask(maps, masks).mean())
+        return {"energy_in_mask": energy, "energy_over_share": energy / float(area.mean()),
+                "pointing_game": float(pointing_hits(maps, masks).mean()),
+                "pointing_game_tolerance": float(pointing_hits(maps, masks, tolerance).mean())}
+
+    rows = {}
+    accuracy = None
+    for label, options in methods.items():
+        started = time.perf_counter()
+        result = explain_images(model, images, progress=False, **options)
+        rows[label] = {**scores(result.maps()), "resolution": result.resolution,
+                       "seconds": time.perf_counter() - started}
+        if result.correct is not None:
+            accuracy = float(result.correct.mean())
+    rows["centred Gaussian (baseline)"] = scores(centre_maps(len(masks), size))
+    rows["uniform map (baseline)"] = {"energy_in_mask": float(area.mean()), "energy_over_share": 1.0,
+                                      "pointing_game": float(area.mean()),
+                                      "pointing_game_tolerance": float(dilate(masks, tolerance).mean())}
+    return {"images": len(images), "image_size": list(size), "accuracy": accuracy, "mask_share": float(area.mean()),
+            "tolerance_pixels": tolerance, "methods": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="a trained .weights.h5 (default: train a small one)")
@@ -133,10 +170,6 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("VITKIT_PROGRESS", "0")
-    from vitkit.explanation.attention import explain_images
-    from vitkit.models.modelfile import load_model
-    from vitkit.prediction import images_for
-
     work = args.work or Path(tempfile.mkdtemp(prefix="vitkit_quality_"))
     data = args.data
     if args.model is None:
@@ -145,48 +178,21 @@ def main() -> None:
     else:
         model_path = args.model
         data = data or str(args.photos)
-    model = load_model(model_path)
-    images = images_for(model, data)
-    size = tuple(model.spec.image_size)
-    masks = load_masks(images.names, args.photos, args.masks, size, model.spec.resize_mode)
-    area = masks.reshape(len(masks), -1).mean(axis=1)
+    measured = measure(model_path, data, args.photos, args.masks)
+    rows, accuracy, size, area, tolerance, count = (measured[key] for key in (
+        "methods", "accuracy", "image_size", "mask_share", "tolerance_pixels", "images"))
 
-    tolerance = TOLERANCE_AT_224 * min(size) / 224
-
-    def scores(maps: np.ndarray) -> dict:
-        energy = float(energy_in_mask(maps, masks).mean())
-        return {"energy_in_mask": energy, "energy_over_share": energy / float(area.mean()),
-                "pointing_game": float(pointing_hits(maps, masks).mean()),
-                "pointing_game_tolerance": float(pointing_hits(maps, masks, tolerance).mean())}
-
-    rows = {}
-    accuracy = None
-    for label, options in METHODS.items():
-        started = time.perf_counter()
-        result = explain_images(model, images, progress=False, **options)
-        rows[label] = {**scores(result.maps()), "resolution": result.resolution,
-                       "seconds": time.perf_counter() - started}
-        if result.correct is not None:
-            accuracy = float(result.correct.mean())
-    rows["centred Gaussian (baseline)"] = scores(centre_maps(len(masks), size))
-    rows["uniform map (baseline)"] = {"energy_in_mask": float(area.mean()), "energy_over_share": 1.0,
-                                      "pointing_game": float(area.mean()),
-                                      "pointing_game_tolerance": float(dilate(masks, tolerance).mean())}
-
-    print(f"{len(images)} images at {size[0]}x{size[1]}, model {model_path}"
+    print(f"{count} images at {size[0]}x{size[1]}, model {model_path}"
           + (f", accuracy {accuracy:.1%}" if accuracy is not None else "")
-          + f"; mask share {area.mean():.3f}; tolerance {tolerance:.1f} px")
+          + f"; mask share {area:.3f}; tolerance {tolerance:.1f} px")
     print(f"{'map':32s}{'energy in mask':>16s}{'/ share':>9s}{'pointing game':>15s}{'+ tolerance':>13s}{'seconds':>9s}")
     for label, values in rows.items():
         seconds = f"{values['seconds']:9.1f}" if "seconds" in values else ""
         print(f"{label:32s}{values['energy_in_mask']:16.3f}{values['energy_over_share']:8.2f}x"
               f"{values['pointing_game']:15.3f}{values['pointing_game_tolerance']:13.3f}{seconds}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "model": str(model_path), "images": len(images), "image_size": list(size), "accuracy": accuracy,
-        "mask_share": float(area.mean()), "tolerance_pixels": tolerance,
-        "epochs": args.epochs if args.model is None else None, "methods": rows,
-    }, indent=2))
+    args.out.write_text(json.dumps({"model": str(model_path), **measured,
+                                    "epochs": args.epochs if args.model is None else None}, indent=2))
     print(f"wrote {args.out}")
 
 

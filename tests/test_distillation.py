@@ -23,6 +23,7 @@ from vitkit.explanation.outputs import write_attention_json
 from vitkit.models.modelfile import load_model, read_metadata
 from vitkit.training.distill import Distiller, MeanHeadAccuracy
 from vitkit.training.runstate import RunKeeper, random_state_variables
+from vitkit.training.settings import resolve_settings
 from vitkit.training.train import train
 
 TINY_CLI = ["--weights", "none", "--image-size", "32", "--batch-size", "8", "--patch-size", "8", "--layers", "2",
@@ -173,8 +174,10 @@ def photos(tmp_path) -> Path:
 
 def test_train_with_a_cnn_teacher_then_load_predict_and_explain(cli, photos, tmp_path):
     out = tmp_path / "models" / "shapes.weights.h5"
-    status, printed, errors = cli("train", photos, "--out", out, "--teacher", "cnn", "--epochs", "1", *TINY_CLI)
+    status, printed, errors = cli("train", photos, "--out", out, "--teacher", "cnn", "--teacher-epochs", "2",
+                                  "--epochs", "1", *TINY_CLI)
     assert status == 0, errors
+    assert "training the small CNN for 2 epochs" in errors
     teacher_file = tmp_path / "models" / "shapes.teacher.keras"
     assert f"teacher: {teacher_file} (trained in" in printed
     assert sorted(p.name for p in out.parent.iterdir()) == [
@@ -185,7 +188,7 @@ def test_train_with_a_cnn_teacher_then_load_predict_and_explain(cli, photos, tmp
     model = load_model(out)
     assert model.spec.backbone.distillation_token and model.class_names == list(TINY_CLASSES)
     training = read_metadata(out)["training"]
-    assert training["teacher"] == "cnn" and training["distillation_token"] is True
+    assert training["teacher"] == "cnn" and training["teacher_epochs"] == 2 and training["distillation_token"] is True
     table = vitkit.predict(model, photos, progress=False)
     assert len(table) == 18
     report = tmp_path / "report.html"
@@ -235,6 +238,17 @@ def test_a_teacher_file_with_the_right_shape_trains_the_student(photos, tmp_path
     assert result.teacher_path == teacher and result.teacher_seconds is None
     assert not (tmp_path / "m.teacher.keras").exists()
     assert read_metadata(result.model_path)["training"]["teacher"] == str(teacher)
+    assert "teacher_epochs" not in read_metadata(result.model_path)["training"]
+
+
+def test_the_cnn_teachers_epochs_default_to_the_runs_and_need_the_cnn_teacher():
+    assert resolve_settings(weights="none", epochs=7, teacher="cnn").teacher_epochs == 7
+    assert resolve_settings(weights="none", epochs=7, teacher="cnn", teacher_epochs=3).record()["teacher_epochs"] == 3
+    assert resolve_settings(weights="none", epochs=7).teacher_epochs is None
+    with pytest.raises(ConfigError, match="--teacher-epochs sets how long the CNN teacher trains: add --teacher cnn"):
+        resolve_settings(weights="none", teacher_epochs=3)
+    with pytest.raises(ConfigError, match="teacher epochs must be >= 1, got 0"):
+        resolve_settings(weights="none", teacher="cnn", teacher_epochs=0)
 
 
 @pytest.mark.slow

@@ -74,6 +74,8 @@ def add_train(commands) -> None:
                             "head; random weights; on --devices, the teacher too): cnn trains the small "
                             "reference CNN first and saves NAME.teacher.keras; PATH is a .keras model "
                             "taking uint8 images of --image-size and returning the run's class probabilities (see below)")
+    model.add_argument("--teacher-epochs", type=int, metavar="N",
+                       help="epochs of the CNN that --teacher cnn trains first (default: --epochs)")
 
     fit = parser.add_argument_group("training")
     fit.add_argument("--epochs", type=int, help="most epochs (early stopping may end sooner; plain: 10, small-data: 80)")
@@ -134,9 +136,10 @@ def _teacher_help() -> str:
         "  the distillation head the teacher's argmax on the same augmented images: loss = 0.5 CE +\n"
         "  0.5 CE. The saved model predicts the mean of its two heads; validation loss and accuracy are\n"
         "  those of that mean. cnn first trains the small CNN on the training images (Adam 1e-3, its own\n"
-        "  flip/translation/zoom, the run's epochs, batch size and seed, best epoch by validation loss)\n"
-        "  and saves it as NAME.teacher.keras beside --out; --resume reuses it. With --devices both\n"
-        "  the CNN and the student train data-parallel, on the same global --batch-size."
+        "  flip/translation/zoom, --teacher-epochs (default: the run's epochs), the run's batch size\n"
+        "  and seed, best epoch by validation loss) and saves it as NAME.teacher.keras beside --out;\n"
+        "  --resume reuses it. With --devices both the CNN and the student train data-parallel, on the\n"
+        "  same global --batch-size."
     )
 
 
@@ -183,7 +186,8 @@ def _run_train(args: argparse.Namespace) -> None:
         augment=args.augment, head_width=args.head_width, preprocess=args.preprocess,
         resize_mode=args.resize_mode, patience=args.patience, val_fraction=args.val_fraction,
         seed=args.seed, precision=args.precision, resume=args.resume, overwrite=args.overwrite,
-        devices=args.devices, architecture=args.architecture, teacher=args.teacher, **load_options(args), **overrides,
+        devices=args.devices, architecture=args.architecture, teacher=args.teacher,
+        teacher_epochs=args.teacher_epochs, **load_options(args), **overrides,
     )
     print(f"recipe:  {result.recipe}")
     best = result.history[result.best_epoch - 1] if result.best_epoch else {}

@@ -34,7 +34,8 @@ class RunSettings:
     is a checkpoint that tells its own architecture, ``backbone`` is the one given (None: the
     checkpoint's), and ``mean``, ``std`` and ``interpolation`` are recorded; other runs' model
     files never had those three. ``teacher`` (``cnn`` or a model file, see
-    :mod:`~vitkit.training.teacher`) is recorded only when there is one.
+    :mod:`~vitkit.training.teacher`) is recorded only when there is one, ``teacher_epochs`` only
+    when the run trains the CNN teacher.
     """
 
     recipe: str
@@ -68,6 +69,7 @@ class RunSettings:
     classes: tuple[str, ...] | None
     backbone_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     teacher: str | None = None
+    teacher_epochs: int | None = None
 
     def __post_init__(self):
         # Frozen all the way down: the mappings a caller passed become read-only views of copies.
@@ -79,6 +81,8 @@ class RunSettings:
     def record(self) -> dict[str, Any]:
         """The settings as plain JSON values, as the model file and the resume state keep them."""
         left_out = {"backbone_options"} | ({"teacher"} if self.teacher is None else set())
+        if self.teacher != CNN_TEACHER:
+            left_out.add("teacher_epochs")
         if weights_kind(self.weights) != "checkpoint":
             left_out |= {"mean", "std", "interpolation"}
         recorded = {field.name: _json(getattr(self, field.name))
@@ -122,6 +126,7 @@ def resolve_settings(
     classes: Sequence[str] | None = None,
     pretrained: Pretrained | None = None,
     teacher: str | Path | None = None,
+    teacher_epochs: int | None = None,
     **backbone_overrides: Any,
 ) -> RunSettings:
     """:func:`vitkit.train`'s options (same names and defaults) resolved into the run's settings.
@@ -132,7 +137,8 @@ def resolve_settings(
     (:func:`~vitkit.models.sources.open_checkpoint`): its image size and architecture come before
     the recipe's, and its preparation (``preprocess`` unless given, ``mean``, ``std``,
     ``interpolation``) is the run's; without one, ``preprocess`` is ``tf`` unless given and the
-    recipe's image size applies. A ``teacher`` turns on the backbone's distillation token.
+    recipe's image size applies. A ``teacher`` turns on the backbone's distillation token;
+    ``teacher_epochs`` (the CNN teacher's, default the run's ``epochs``) needs ``teacher="cnn"``.
 
     Raises:
         ConfigError: an unknown recipe, optimizer or schedule, no epochs, a negative
@@ -172,6 +178,7 @@ def resolve_settings(
         resize_mode=resize_mode, **preparation, reduce_lr_patience=reduce_lr_patience,
         val_fraction=val_fraction, seed=seed, precision=precision,
         classes=tuple(classes) if classes else None, backbone_options=backbone_options, teacher=teacher,
+        teacher_epochs=_teacher_epochs(teacher, teacher_epochs, options["epochs"]),
     )
     check_settings(settings)
     if settings.teacher is not None and settings.weights is not None and not (pretrained and pretrained.full_architecture):
@@ -179,6 +186,18 @@ def resolve_settings(
                           f"pretrain; the pretrained weights ({settings.weights}) have no distillation token: add "
                           f"--weights none")
     return settings
+
+
+def _teacher_epochs(teacher: str | None, given: int | None, epochs: int) -> int | None:
+    """The CNN teacher's epochs: ``given``, else the run's; None without a CNN teacher."""
+    if teacher != CNN_TEACHER:
+        if given is not None:
+            raise ConfigError("--teacher-epochs sets how long the CNN teacher trains: add --teacher cnn "
+                              "(a teacher model file is used as it is)")
+        return None
+    if given is not None and given < 1:
+        raise ConfigError(f"teacher epochs must be >= 1, got {given}")
+    return given or epochs
 
 
 def check_settings(settings: RunSettings) -> None:

@@ -91,6 +91,7 @@ def train(
     devices: int | str = 1,
     architecture: str | None = None,
     teacher: str | Path | None = None,
+    teacher_epochs: int | None = None,
     **backbone_overrides: Any,
 ) -> TrainResult:
     """Train a ViT classifier and save the best epoch to ``out``.
@@ -152,13 +153,14 @@ def train(
         teacher: distil from a teacher (DeiT's hard distillation; turns on the backbone's
             distillation token, needs random weights): ``"cnn"`` trains
             :func:`~vitkit.models.cnn.small_cnn` first on the same training images and classes
-            (its own augmentation, Adam 1e-3, the run's epochs, global batch size, devices and
-            seed, the epoch of lowest validation loss) and saves it as ``NAME.teacher.keras``
+            (its own augmentation, Adam 1e-3, ``teacher_epochs``, the run's global batch size,
+            devices and seed, the epoch of lowest validation loss) and saves it as ``NAME.teacher.keras``
             (reused by ``resume``); a path names a ``.keras`` model taking uint8 ``(batch, H, W, 3)`` images
             of the run's size and returning the probabilities of the run's classes. The loss is
             ``0.5 * CE(class head, labels) + 0.5 * CE(distillation head, teacher's argmax)``,
             the teacher seeing the same augmented images; the saved model predicts the mean of
             its two heads. ``TrainResult.teacher_seconds`` is the teacher's training time.
+        teacher_epochs: the CNN teacher's epochs (``teacher="cnn"`` only; default: ``epochs``).
         **backbone_overrides: backbone options (``patch_size``, ``num_layers``, ``tokenizer``,
             ``locality_attention``, ``drop_path``, ...; see :class:`~vitkit.models.config.ViTConfig`).
 
@@ -180,7 +182,8 @@ def train(
         cutmix=cutmix, class_weights=class_weights, freeze_backbone_epochs=freeze_backbone_epochs,
         augment=augment, head_width=head_width, preprocess=preprocess, resize_mode=resize_mode,
         patience=patience, reduce_lr_patience=reduce_lr_patience, val_fraction=val_fraction, seed=seed,
-        precision=precision, classes=classes, pretrained=pretrained, teacher=teacher, **backbone_overrides,
+        precision=precision, classes=classes, pretrained=pretrained, teacher=teacher,
+        teacher_epochs=teacher_epochs, **backbone_overrides,
     )
     paths = output_paths(out)
     parallel = plan(devices)  # first: joining several hosts must precede any backend work
@@ -223,7 +226,7 @@ def _teacher(settings: RunSettings, data: TrainingData, path: Path, resume: bool
     then the random streams seeded again: the student starts alike whether the teacher was trained
     or reused."""
     teacher = prepare_teacher(settings.teacher, data.train, data.val, data.class_names, settings.image_size,
-                              epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed, path=path,
+                              epochs=settings.teacher_epochs, batch_size=settings.batch_size, seed=settings.seed, path=path,
                               reuse=resume, overwrite=True, precision=precision,
                               verbose=verbosity(verbose) if parallel.is_chief else 0, parallel=parallel)
     seed_everything(settings.seed)
