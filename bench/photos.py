@@ -1,6 +1,6 @@
 """Product photos: ViT arms trained without downloaded weights against a small CNN, one run.
 
-    python bench/photos.py [--epochs 40] [--image-size 64] [--per-class 300] [--sets sample,hard]
+    python bench/photos.py [--epochs 40] [--cnn-epochs E] [--image-size 64] [--per-class 300] [--sets sample,hard]
                            [--seeds 0] [--difficulty hard] [--arms ...] [--pretrain-epochs 40]
                            [--unlabeled N] [--photos NAME=DIR]
 
@@ -126,6 +126,7 @@ def generate(work: Path, name: str, difficulty: str, per_class: int, size: int, 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--cnn-epochs", type=int, help="the reference CNN's epochs (default: --epochs)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--per-class", type=int, default=300, help="images per class of the hard set")
     parser.add_argument("--sets", default="sample,hard", help="which data sets: sample, hard or both (or none)")
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
                                                         dict(pretrain, method="dino")),
             "pretrained+distilled": lambda m, out: train_vit(m, out, {**scratch, "teacher": "cnn"}, dict(pretrain)),
             "default": lambda m, out: train_vit(m, out, {"weights": "none", "image_size": size}),
-            "cnn": lambda m, out: train_cnn(m, size, args.epochs, batch_size),
+            "cnn": lambda m, out: train_cnn(m, size, args.cnn_epochs or args.epochs, batch_size),
         }
 
     rows = []
@@ -187,7 +188,8 @@ def main(argv=None) -> int:
         cnn_seconds = None
         for arm in sorted(names, key=lambda name: name != "cnn"):  # the CNN first: the others are timed against it
             out = work / f"{data_name}-{arm.replace('+', '-')}.weights.h5"
-            row = {"data": data_name, "arm": arm, "images": counts, "epochs": args.epochs, **runs[arm](manifests, out)}
+            epochs = args.cnn_epochs or args.epochs if arm == "cnn" else args.epochs
+            row = {"data": data_name, "arm": arm, "images": counts, "epochs": epochs, **runs[arm](manifests, out)}
             row["test_error"] = 1.0 - row["test_accuracy"]
             cnn_seconds = row["train_seconds"] if arm == "cnn" else cnn_seconds
             row["vs_cnn"] = round(row["train_seconds"] / cnn_seconds, 2) if cnn_seconds else None

@@ -241,8 +241,9 @@ def test_a_teacher_file_with_the_right_shape_trains_the_student(photos, tmp_path
     assert "teacher_epochs" not in read_metadata(result.model_path)["training"]
 
 
-def test_the_cnn_teachers_epochs_default_to_the_runs_and_need_the_cnn_teacher():
-    assert resolve_settings(weights="none", epochs=7, teacher="cnn").teacher_epochs == 7
+def test_the_cnn_teachers_epochs_default_to_half_the_runs_and_need_the_cnn_teacher():
+    assert resolve_settings(weights="none", epochs=7, teacher="cnn").teacher_epochs == 3
+    assert resolve_settings(weights="none", epochs=1, teacher="cnn").teacher_epochs == 1
     assert resolve_settings(weights="none", epochs=7, teacher="cnn", teacher_epochs=3).record()["teacher_epochs"] == 3
     assert resolve_settings(weights="none", epochs=7).teacher_epochs is None
     with pytest.raises(ConfigError, match="--teacher-epochs sets how long the CNN teacher trains: add --teacher cnn"):

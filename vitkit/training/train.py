@@ -160,7 +160,7 @@ def train(
             ``0.5 * CE(class head, labels) + 0.5 * CE(distillation head, teacher's argmax)``,
             the teacher seeing the same augmented images; the saved model predicts the mean of
             its two heads. ``TrainResult.teacher_seconds`` is the teacher's training time.
-        teacher_epochs: the CNN teacher's epochs (``teacher="cnn"`` only; default: ``epochs``).
+        teacher_epochs: the CNN teacher's epochs (``teacher="cnn"`` only; default: half of ``epochs``).
         **backbone_overrides: backbone options (``patch_size``, ``num_layers``, ``tokenizer``,
             ``locality_attention``, ``drop_path``, ...; see :class:`~vitkit.models.config.ViTConfig`).
 
