@@ -14,7 +14,8 @@ the default command's speed is the JAX process's kept program against the recipe
 the backend the original notebooks ran on; the summary line gives that ratio (two processes,
 one after the other). ``--commands N`` also times whole ``vitkit predict`` processes on N photo
 files: as users run it (no backend named; a first and a second run) and with ``--backend
-tensorflow``.
+tensorflow``. ``--explain N`` times whole ``vitkit explain`` processes (the default maps) on N
+photo files: as users run it, with ``--backend tensorflow`` and twice with ``--backend jax``.
 
 ``--trained MODEL=MANIFEST`` (repeatable) also predicts a trained model's labelled photos in
 float32 and in mixed_bfloat16 and counts the photos whose top-1 class differs: random weights
@@ -78,16 +79,18 @@ def main() -> None:
                         help="a trained model file and labelled photos: top-1 agreement of bfloat16 with float32")
     parser.add_argument("--commands", type=int, default=0, metavar="N",
                         help="also time whole vitkit predict processes on N photo files")
+    parser.add_argument("--explain", type=int, default=0, metavar="N",
+                        help="also time whole vitkit explain processes (its default maps) on N photo files, per backend")
     parser.add_argument("--backend", help=argparse.SUPPRESS)  # set in the per-backend processes
     args = parser.parse_args()
     if args.backend:
         print("RESULT " + json.dumps(measure(args)))
         return
-    if args.commands and "KERAS_BACKEND" in os.environ:
+    if (args.commands or args.explain) and "KERAS_BACKEND" in os.environ:
         sys.exit("unset KERAS_BACKEND: the default command's backend is part of what --commands measures")
 
     results = {}
-    for backend in args.backends.split(","):
+    for backend in filter(None, args.backends.split(",")):  # none: only --commands / --explain
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         finished = subprocess.run([sys.executable, __file__, "--backend", backend, *sys.argv[1:]],
@@ -97,29 +100,38 @@ def main() -> None:
             sys.exit(f"{backend} failed:\n{finished.stderr[-3000:]}")
         results[backend] = json.loads(lines[-1][len("RESULT "):])
 
-    print(f"\nViT-B/16 + head, {args.image_size} px, batch {args.batch}, {args.images} images, float32, "
-          f"{os.cpu_count()} CPU cores; fastest of {args.repeats} alternating passes")
-    print(f"{'backend':<11} {'vitkit img/s':>12} {'recipe img/s':>12} {'vitkit/recipe':>13} {'max prob diff':>13} "
-          f"{'bf16 img/s':>10} {'bf16/recipe':>11} {'bf16 diff':>9}")
-    for backend, row in results.items():
-        print(f"{backend:<11} {row['vitkit']:>12.2f} {row['recipe']:>12.2f} {row['ratio']:>12.2f}x "
-              f"{row['max_difference']:>13.1e} {row['vitkit_bf16']:>10.2f} {row['bf16_ratio']:>10.2f}x "
-              f"{row['bf16_difference']:>9.1e}")
-        if "vitkit_kept" in row:
-            print(f"{'':<11} kept forward pass (what vitkit predict runs on {backend}): {row['vitkit_kept']:.2f} img/s")
-        for check in row["trained"]:
-            print(f"  {backend}, {check['model']} on {check['data']}: top-1 of mixed_bfloat16 differs from float32 "
-                  f"on {check['changed']} of {check['images']} photos; largest probability difference "
-                  f"{check['max_difference']:.3f}")
+    if results:
+        print(f"\nViT-B/16 + head, {args.image_size} px, batch {args.batch}, {args.images} images, float32, "
+              f"{os.cpu_count()} CPU cores; fastest of {args.repeats} alternating passes")
+        print(f"{'backend':<11} {'vitkit img/s':>12} {'recipe img/s':>12} {'vitkit/recipe':>13} {'max prob diff':>13} "
+              f"{'bf16 img/s':>10} {'bf16/recipe':>11} {'bf16 diff':>9}")
+        for backend, row in results.items():
+            print(f"{backend:<11} {row['vitkit']:>12.2f} {row['recipe']:>12.2f} {row['ratio']:>12.2f}x "
+                  f"{row['max_difference']:>13.1e} {row['vitkit_bf16']:>10.2f} {row['bf16_ratio']:>10.2f}x "
+                  f"{row['bf16_difference']:>9.1e}")
+            if "vitkit_kept" in row:
+                print(f"{'':<11} kept forward pass (what vitkit predict runs on {backend}): {row['vitkit_kept']:.2f} img/s")
+            for check in row["trained"]:
+                print(f"  {backend}, {check['model']} on {check['data']}: top-1 of mixed_bfloat16 differs from float32 "
+                      f"on {check['changed']} of {check['images']} photos; largest probability difference "
+                      f"{check['max_difference']:.3f}")
     summary = {}
     if "vitkit_kept" in results.get("jax", {}) and "tensorflow" in results:
         summary["default_over_recipe"] = results["jax"]["vitkit_kept"] / results["tensorflow"]["recipe"]
         print(f"\nvitkit predict as users run it (JAX, kept forward pass) / the recipe on TensorFlow: "
               f"{summary['default_over_recipe']:.2f}x")
     if args.commands:
-        summary["commands"] = time_commands(args.commands, args.image_size, args.batch)
+        summary["commands"] = time_commands(args.commands, args.image_size, args.batch, "predict", [
+            ("as users run it, first run", []), ("as users run it, second run", []),
+            ("--backend tensorflow", ["--backend", "tensorflow"])])
         for name, seconds in summary["commands"].items():
             print(f"vitkit predict, {args.commands} photo files, whole process, {name}: {seconds:.1f} s")
+    if args.explain:
+        summary["explain"] = time_commands(args.explain, args.image_size, args.batch, "explain", [
+            ("as users run it", []), ("--backend tensorflow", ["--backend", "tensorflow"]),
+            ("--backend jax, first run", ["--backend", "jax"]), ("--backend jax, second run", ["--backend", "jax"])])
+        for name, seconds in summary["explain"].items():
+            print(f"vitkit explain, {args.explain} photo files, whole process, {name}: {seconds:.1f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"batch": args.batch, "images": args.images, "image_size": args.image_size,
                                     "repeats": args.repeats, "backends": results, **summary}, indent=2))
@@ -137,13 +149,14 @@ def random_model(image_size: int, seed: int = 0):
     return model
 
 
-def time_commands(count: int, image_size: int, batch: int) -> dict[str, float]:
-    """Wall seconds of whole ``vitkit predict`` processes on ``count`` JPEG files."""
+def photo_files_and_model(count: int, image_size: int) -> tuple[Path, Path, Path, dict[str, str]]:
+    """``(folder, photos, model, env)``: ``count`` random 256-px JPEGs and a saved ViT-B/16 model file in a
+    new folder, and the environment its commands run in (its own compilation cache)."""
     import tempfile
 
     from PIL import Image
 
-    folder = Path(tempfile.mkdtemp(prefix="vitkit-cpu-predict-"))
+    folder = Path(tempfile.mkdtemp(prefix="vitkit-cpu-commands-"))
     rng = np.random.default_rng(1)
     photos = folder / "photos"
     photos.mkdir()
@@ -155,14 +168,21 @@ def time_commands(count: int, image_size: int, batch: int) -> dict[str, float]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "VITKIT_COMPILE_CACHE": str(folder / "cache"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     subprocess.run([sys.executable, "-c", maker], env=env, check=True, capture_output=True)
-    runs = [("as users run it, first run", []), ("as users run it, second run", []),
-            ("--backend tensorflow", ["--backend", "tensorflow"])]
+    return folder, photos, model, env
+
+
+def time_commands(count: int, image_size: int, batch: int, command: str,
+                  runs: list[tuple[str, list[str]]]) -> dict[str, float]:
+    """Wall seconds of whole ``vitkit COMMAND`` processes on ``count`` JPEG files, one per run
+    ``(name, options before the command)``, in order."""
+    folder, photos, model, env = photo_files_and_model(count, image_size)
     seconds = {}
-    for name, backend in runs:
-        command = [sys.executable, "-m", "vitkit", *backend, "predict", str(model), str(photos),
-                   "--out", str(folder / f"{len(seconds)}.csv"), "--batch-size", str(batch)]
+    for name, before in runs:
+        out = folder / f"{command}-{len(seconds)}"
+        output = ["--out", f"{out}.csv", "--batch-size", str(batch)] if command == "predict" else ["--out", str(out)]
         started = time.perf_counter()
-        subprocess.run(command, env=env, check=True, capture_output=True, cwd=folder)
+        subprocess.run([sys.executable, "-m", "vitkit", *before, command, str(model), str(photos), *output],
+                       env=env, check=True, capture_output=True, cwd=folder)
         seconds[name] = time.perf_counter() - started
     return seconds
 
