@@ -162,19 +162,21 @@ def run_python(code: str, backend: str | None = None, timeout: float = 600,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a Python snippet in a new process (optionally on another Keras backend, with more
     environment variables)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", **_shared_compile_cache(), **(env or {})}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     if backend:
         env["KERAS_BACKEND"] = backend
+    _share_compile_cache(env)
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _shared_compile_cache() -> dict[str, str]:
-    """JAX's persistent cache in the session's folder, as the command line sets it up: snippets that
-    train through the Python API in new processes then compile each program once per session."""
-    folder = os.environ.get("VITKIT_COMPILE_CACHE")
-    if not folder:
-        return {}
-    return {"JAX_COMPILATION_CACHE_DIR": folder, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+def _share_compile_cache(env: dict[str, str]) -> None:
+    """Point JAX's persistent cache at ``env``'s ``VITKIT_COMPILE_CACHE`` (the session's folder unless
+    a test names another), as the command line does: snippets that train through the Python API in
+    new processes then compile each program once per session."""
+    folder = env.get("VITKIT_COMPILE_CACHE", "")
+    if folder and folder.lower() not in ("off", "0", "no", "false"):
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", folder)
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def stop_after_the_first_epoch(monkeypatch, keeper: type) -> None:
