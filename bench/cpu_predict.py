@@ -87,7 +87,7 @@ def main() -> None:
         print("RESULT " + json.dumps(measure(args)))
         return
     if (args.commands or args.explain) and "KERAS_BACKEND" in os.environ:
-        sys.exit("unset KERAS_BACKEND: the default command's backend is part of what --commands measures")
+        sys.exit("unset KERAS_BACKEND: the default command's backend is part of what --commands and --explain measure")
 
     results = {}
     for backend in filter(None, args.backends.split(",")):  # none: only --commands / --explain

@@ -1,7 +1,7 @@
 """Product photos: ViT arms trained without downloaded weights against a small CNN, one run.
 
-    python bench/photos.py [--epochs 40] [--cnn-epochs E] [--image-size 64] [--per-class 300] [--sets sample,hard]
-                           [--seeds 0] [--difficulty hard] [--arms ...] [--pretrain-epochs 40]
+    python bench/photos.py [--epochs 40] [--cnn-epochs E] [--image-size 64] [--per-class 300]
+                           [--sets sample,hard] [--seeds 0] [--difficulty hard] [--arms ...] [--pretrain-epochs 40]
                            [--unlabeled N] [--photos NAME=DIR]
 
 Data sets, each split 70/15/15 per class (seed 0) by ``vitkit.build_manifests``:
@@ -115,10 +115,15 @@ def prepare(name: str, photos: Path, work: Path) -> tuple[Path, dict]:
     return manifests, counts
 
 
+def masks_of(photos: Path) -> Path:
+    """The folder of the product masks that :func:`generate` writes beside the photos ``photos``."""
+    return photos.with_name(f"{photos.name}_masks")
+
+
 def generate(work: Path, name: str, difficulty: str, per_class: int, size: int, seed: int) -> Path:
     photos = work / name
     subprocess.run([sys.executable, str(GENERATOR), "--difficulty", difficulty, "--per-class", str(per_class),
-                    "--size", str(size), "--out", str(photos), "--masks", str(work / f"{name}_masks"),
+                    "--size", str(size), "--out", str(photos), "--masks", str(masks_of(photos)),
                     "--seed", str(seed)], check=True, capture_output=True)
     return photos
 

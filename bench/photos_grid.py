@@ -45,8 +45,7 @@ DEFAULT_MAP = "integrated gradients (default)"
 
 def attention_scores(model: Path, manifests: Path, photo_dir: Path) -> dict:
     """``vitkit explain``'s default map of ``model`` on the test split, scored against the masks."""
-    measured = attention_quality.measure(model, str(manifests / "test.csv"), photo_dir,
-                                         photo_dir.with_name(f"{photo_dir.name}_masks"),
+    measured = attention_quality.measure(model, str(manifests / "test.csv"), photo_dir, photos.masks_of(photo_dir),
                                          {DEFAULT_MAP: attention_quality.METHODS[DEFAULT_MAP]})
     scores = measured["methods"][DEFAULT_MAP]
     return {"energy_x": round(scores["energy_over_share"], 3), "pointing": round(scores["pointing_game"], 3),
@@ -113,7 +112,8 @@ def main(argv=None) -> int:
         name, photo_dir = job
         work = root / f"{name}-{photo_dir.name}"
         done = subprocess.run([sys.executable, __file__, "--image-size", str(args.image_size), "--arms", "{}",
-                               *(["--attention"] if args.attention else []), "--one", name, json.dumps(arms[name]), str(photo_dir), str(work)],
+                               *(["--attention"] if args.attention else []),
+                               "--one", name, json.dumps(arms[name]), str(photo_dir), str(work)],
                               capture_output=True, text=True, env=env)
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if not lines:

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from vitkit.device import compilation_cache_variables
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY_BACKBONE = {"patch_size": 8, "num_layers": 2, "hidden_size": 32, "num_heads": 4, "mlp_dim": 64}
@@ -165,18 +167,8 @@ def run_python(code: str, backend: str | None = None, timeout: float = 600,
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     if backend:
         env["KERAS_BACKEND"] = backend
-    _share_compile_cache(env)
+    env.update(compilation_cache_variables(env))  # as the command line sets it up
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _share_compile_cache(env: dict[str, str]) -> None:
-    """Point JAX's persistent cache at ``env``'s ``VITKIT_COMPILE_CACHE`` (the session's folder unless
-    a test names another), as the command line does: snippets that train through the Python API in
-    new processes then compile each program once per session."""
-    folder = env.get("VITKIT_COMPILE_CACHE", "")
-    if folder and folder.lower() not in ("off", "0", "no", "false"):
-        env.setdefault("JAX_COMPILATION_CACHE_DIR", folder)
-        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def stop_after_the_first_epoch(monkeypatch, keeper: type) -> None:

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from vitkit.errors import ConfigError, ResourceError
 from vitkit.fileio import vitkit_home
@@ -189,15 +189,22 @@ def configure_compilation_cache() -> Path | None:
     set wins. Beyond 2 GiB, the least recently used programs are dropped. Call before JAX
     starts; returns the folder, or None when off. TensorFlow keeps no such cache.
     """
-    chosen = os.environ.get("VITKIT_COMPILE_CACHE", "")
+    variables = compilation_cache_variables(os.environ)
+    os.environ.update(variables)
+    return Path(variables["JAX_COMPILATION_CACHE_DIR"]) if variables else None
+
+
+def compilation_cache_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """The JAX variables that :func:`configure_compilation_cache` sets for the environment
+    ``environ`` (the values it already has win); empty when ``VITKIT_COMPILE_CACHE`` is off."""
+    chosen = environ.get("VITKIT_COMPILE_CACHE", "")
     if chosen.lower() in ("off", "0", "no", "false"):
-        return None
-    folder = Path(os.environ.get("JAX_COMPILATION_CACHE_DIR") or chosen or vitkit_home() / "compile-cache")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
+        return {}
+    folder = environ.get("JAX_COMPILATION_CACHE_DIR") or chosen or str(vitkit_home() / "compile-cache")
     # Keras compiles one small program per step kind; cache them all, not only the slow ones.
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(COMPILE_CACHE_BYTES))
-    return folder
+    defaults = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                "JAX_COMPILATION_CACHE_MAX_SIZE": str(COMPILE_CACHE_BYTES)}
+    return {"JAX_COMPILATION_CACHE_DIR": folder, **{name: environ.get(name, value) for name, value in defaults.items()}}
 
 
 def batch_stager():
