@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import run_python
 from vitkit.models.backbone import VisionTransformer
 from vitkit.models.config import PRESETS, ViTConfig, auto_patch_size, resolve_config
 from vitkit.errors import ConfigError
@@ -177,3 +178,35 @@ def test_exact_gelu_matches_the_erf_definition():
     # The written-out erf (the JAX backend's GELU) on its own, whatever backend runs the tests.
     erf = np.array([math.erf(v) for v in x])
     np.testing.assert_allclose(keras.ops.convert_to_numpy(_erf(x.astype("float32"))), erf, atol=5e-7)
+
+
+_GELU_GRADIENT_ON_JAX = """
+import contextlib, io, math
+import jax, jax.numpy as jnp, numpy as np
+from vitkit.models.blocks import _gelu_exact
+
+x = np.linspace(-9, 9, 20001)
+expected = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) + v * math.exp(-v * v / 2) / math.sqrt(2 * math.pi)
+                     for v in x])
+gradient = jax.vmap(jax.grad(_gelu_exact))(jnp.asarray(x, jnp.float32))
+assert np.abs(np.asarray(gradient, np.float64) - expected).max() < 1e-5, "float32 derivative"
+half = jnp.asarray(x, jnp.bfloat16)
+value, pullback = jax.vjp(_gelu_exact, half)
+(gradient,) = pullback(jnp.full_like(value, 3.0))
+assert value.dtype == gradient.dtype == jnp.bfloat16
+exact = 3 * jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(half.astype(jnp.float32))
+assert np.abs(np.asarray(gradient, np.float64) - np.asarray(exact, np.float64)).max() <= 3 * 2 ** -7, "bfloat16"
+kept = io.StringIO()
+with contextlib.redirect_stdout(kept):
+    jax.ad_checkpoint.print_saved_residuals(lambda v: _gelu_exact(v).sum(), half)
+kept = kept.getvalue().strip().splitlines()
+assert len(kept) == 1 and kept[0].startswith("bf16[20001] from the argument"), kept
+print("OK")
+"""
+
+
+def test_exact_gelu_gradient_on_jax():
+    """The JAX backend's GELU has its derivative written out: it must be GELU's derivative, in
+    float32 and in the input's bfloat16, and keep only the input for the backward pass."""
+    done = run_python(_GELU_GRADIENT_ON_JAX, backend="jax")
+    assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]

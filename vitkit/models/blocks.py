@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -86,7 +87,35 @@ def _gelu_exact(x):
     """
     if keras.backend.backend() != "jax":
         return keras.activations.gelu(x, approximate=False)
+    return _jax_gelu_exact()(x)
+
+
+def _gelu_forward(x):
     return ops.cast(ops.cast(0.5 * x, "float32") * (1.0 + _erf(x * math.sqrt(0.5))), x.dtype)
+
+
+def _gelu_backward(x, upstream):
+    """``upstream * (Phi(x) + x phi(x))``, the GELU's derivative, in float32."""
+    x32 = ops.cast(x, "float32")
+    cdf = 0.5 * (1.0 + _erf(x32 * math.sqrt(0.5)))
+    density = ops.exp(-0.5 * x32 * x32) * (1.0 / math.sqrt(2.0 * math.pi))
+    return ops.cast(ops.cast(upstream, "float32") * (cdf + x32 * density), x.dtype)
+
+
+@functools.cache
+def _jax_gelu_exact():
+    """Exact GELU with its derivative written out (JAX only).
+
+    Differentiating the rational ``erf`` automatically keeps a dozen float32 intermediates of
+    the MLP's largest tensor for the backward pass, and the gradient then read them back: a
+    third of a ViT-B/16 step's element-wise GPU time (bench/gpu_kernel_profile.py). The
+    derivative needs only the input, kept in its own (bfloat16 under mixed precision) type.
+    """
+    import jax
+
+    gelu = jax.custom_vjp(_gelu_forward)
+    gelu.defvjp(lambda x: (_gelu_forward(x), x), lambda x, upstream: (_gelu_backward(x, upstream),))
+    return gelu
 
 
 @keras.saving.register_keras_serializable(package="vitkit")
