@@ -36,14 +36,65 @@ def group_of(kernel: str) -> str:
     return "element-wise / norm / other"
 
 
-def summarise(kernels: dict[str, float], steps: int) -> dict:
-    groups = collections.Counter()
-    for kernel, microseconds in kernels.items():
+def summarise(kernels: dict[tuple[str, str], float], steps: int, top: int = 12,
+              sources: dict[str, str] | None = None) -> dict:
+    """Kernel time per step by group, and the ``top`` kernels; ``kernels`` maps ``(kernel,
+    instruction)`` (the HLO instruction that launched it, or "") to microseconds. With ``sources``
+    (instruction to the model operation it computes), also the time per operation, summed over
+    the encoder blocks."""
+    groups, operations = collections.Counter(), collections.Counter()
+    for (kernel, instruction), microseconds in kernels.items():
         groups[group_of(kernel)] += microseconds / steps
-    top = sorted(kernels.items(), key=lambda item: -item[1])[:12]
-    return {"ms_per_step_by_group": {k: round(v / 1000, 3) for k, v in groups.most_common()},
-            "ms_per_step": round(sum(groups.values()) / 1000, 3),
-            "top_kernels_ms_per_step": [(k[:90], round(v / steps / 1000, 3)) for k, v in top]}
+        if sources is not None:
+            operations[operation_of(sources.get(instruction, kernel))] += microseconds / steps
+    slowest = sorted(kernels.items(), key=lambda item: -item[1])[:top]
+    summary = {"ms_per_step_by_group": {k: round(v / 1000, 3) for k, v in groups.most_common()},
+               "ms_per_step": round(sum(groups.values()) / 1000, 3),
+               "top_kernels_ms_per_step": [(kernel[:90], round(v / steps / 1000, 3), (sources or {}).get(instruction, ""))
+                                           for (kernel, instruction), v in slowest]}
+    if sources is not None:
+        summary["ms_per_step_by_operation"] = [(k, round(v / 1000, 3)) for k, v in operations.most_common(top)]
+    return summary
+
+
+def hlo_sources(compiled_text: str) -> dict[str, str]:
+    """Instruction name to the JAX operation it came from (``op_name``), from optimized HLO text.
+
+    Fusions usually carry no ``op_name`` of their own: they take that of the root of the
+    computation they call (or of its first instruction that has one)."""
+    sources, calls, computations, computation = {}, {}, collections.defaultdict(list), None
+    for line in compiled_text.splitlines():
+        opening = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
+        if opening and not line.startswith(" "):
+            computation = opening[1]
+            continue
+        instruction = re.match(r"^\s*(ROOT )?%?([\w.\-]+) = ", line)
+        if not instruction:
+            continue
+        name = instruction[2]
+        called = re.search(r"calls=%?([\w.\-]+)", line)
+        if called:
+            calls[name] = called[1]
+        op_name = re.search(r'op_name="([^"]*)"', line)
+        if op_name:
+            sources[name] = op_name[1]
+            computations[computation].insert(0 if instruction[1] else len(computations[computation]), op_name[1])
+    for name, computation in calls.items():
+        if name not in sources and computations[computation]:
+            sources[name] = computations[computation][0]
+    # The profiler names kernels as XLA's launch thunks do: "." in an instruction's name becomes "_".
+    return {**sources, **{name.replace(".", "_"): op for name, op in sources.items()}}
+
+
+def operation_of(op_name: str) -> str:
+    """An operation's name with the block numbers and JAX's transformation wrappers taken out, and
+    whether it belongs to the backward pass: the 12 blocks' copies of one operation share a name."""
+    backward = "transpose(" in op_name
+    path, unwrapped = "", op_name.replace("jit(train)/", "")
+    while path != unwrapped:
+        path, unwrapped = unwrapped, re.sub(r"(jit|jvp|transpose|checkpoint|remat|pjit)\(([^()]*)\)", r"\2", unwrapped)
+    path = re.sub(r"_\d+\b|\d+", "#", path)
+    return ("backward " if backward else "forward ") + path[-110:]
 
 
 def _convolution_embedding(self, images):
@@ -55,7 +106,7 @@ def _convolution_embedding(self, images):
     return ops.reshape(patches, (ops.shape(images)[0], -1, self.hidden_size)) + ops.cast(self.bias, images.dtype)
 
 
-def profile_vitkit(embedding: str) -> dict:
+def profile_vitkit(embedding: str, top: int, hlo: Path | None = None) -> dict:
     from vitkit.device import configure_xla
 
     configure_xla()
@@ -77,7 +128,8 @@ def profile_vitkit(embedding: str) -> dict:
     x = jax.device_put(np.random.default_rng(0).integers(0, 256, (BATCH, 224, 224, 3), dtype=np.uint8))
     y = jax.device_put(np.eye(10, dtype="float32")[np.arange(BATCH) % 10])
 
-    def traced(run) -> dict[str, float]:
+    def traced(run) -> dict[tuple[str, str], float]:
+        """``(kernel, HLO instruction)`` to microseconds."""
         run()
         folder = tempfile.mkdtemp()
         jax.profiler.start_trace(folder)
@@ -92,7 +144,7 @@ def profile_vitkit(embedding: str) -> dict:
                 if "stream" not in line.name.lower():
                     continue
                 for event in line.events:
-                    kernels[event.name] += event.duration_ns / 1000
+                    kernels[event.name, dict(event.stats).get("hlo_op", "")] += event.duration_ns / 1000
         return kernels
 
     def run_train():
@@ -108,10 +160,15 @@ def profile_vitkit(embedding: str) -> dict:
             out = forward(state[0], state[1], x)
         out.block_until_ready()
 
-    return {"train": summarise(traced(run_train), STEPS), "forward": summarise(traced(run_forward), STEPS)}
+    train_hlo = train.lower(*state, x, y).compile().as_text()
+    if hlo is not None:
+        hlo.write_text(train_hlo)
+    sources = {"train": hlo_sources(train_hlo), "forward": hlo_sources(forward.lower(state[0], state[1], x).compile().as_text())}
+    return {"train": summarise(traced(run_train), STEPS, top, sources["train"]),
+            "forward": summarise(traced(run_forward), STEPS, top, sources["forward"])}
 
 
-def profile_timm() -> dict:
+def profile_timm(top: int) -> dict:
     import timm
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -143,17 +200,17 @@ def profile_timm() -> dict:
                 compiled(scaled())
         torch.cuda.synchronize()
 
-    def traced(run) -> dict[str, float]:
+    def traced(run) -> dict[tuple[str, str], float]:
         run()
         with profile(activities=[ProfilerActivity.CUDA]) as recorded:
             run()
         kernels = collections.Counter()
         for event in recorded.events():
             if event.device_type == torch.autograd.DeviceType.CUDA:
-                kernels[event.name] += event.device_time
+                kernels[event.name, ""] += event.device_time
         return kernels
 
-    return {"train": summarise(traced(run_train), STEPS), "forward": summarise(traced(run_forward), STEPS)}
+    return {"train": summarise(traced(run_train), STEPS, top), "forward": summarise(traced(run_forward), STEPS, top)}
 
 
 def main() -> None:
@@ -161,15 +218,19 @@ def main() -> None:
     parser.add_argument("--peer", choices=("vitkit", "timm"), required=True)
     parser.add_argument("--embedding", choices=("matmul", "convolution"), default="matmul",
                         help="vitkit's patch embedding as it is, or as a strided convolution")
+    parser.add_argument("--top", type=int, default=6, help="kernels (and, for vitkit, model operations) to list")
+    parser.add_argument("--hlo", type=Path, help="write vitkit's optimized training-step HLO here")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    result = profile_vitkit(args.embedding) if args.peer == "vitkit" else profile_timm()
+    result = profile_vitkit(args.embedding, args.top, args.hlo) if args.peer == "vitkit" else profile_timm(args.top)
     for phase, summary in result.items():
         print(f"{args.peer} {phase}: {summary['ms_per_step']:.2f} ms of GPU kernels per step of {BATCH}")
         for group, ms in summary["ms_per_step_by_group"].items():
             print(f"  {group:<30} {ms:8.2f} ms")
-        for kernel, ms in summary["top_kernels_ms_per_step"][:6]:
-            print(f"    {ms:7.3f} ms  {kernel}")
+        for kernel, ms, source in summary["top_kernels_ms_per_step"]:
+            print(f"    {ms:7.3f} ms  {kernel}  {source[-100:]}")
+        for operation, ms in summary.get("ms_per_step_by_operation", []):
+            print(f"  {ms:7.3f} ms  {operation}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
 

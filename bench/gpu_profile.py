@@ -1,20 +1,28 @@
 """Where a vitkit ViT-B/16 training or prediction step spends its time on the GPU (JAX backend).
 
-Times the same model several ways, so that differences locate the cost:
+Times the same model several ways, so that differences locate the cost. A variant is a kind,
+optionally followed by ``:`` and modifiers joined with ``+`` (``compute:splitqkv+plainln``):
 
 - ``compute``: a jitted step on batches already on the device (the model alone);
-- ``compute:VARIANT``: the same with another attention implementation, ``unpadded`` (the fused
-  op on the raw odd-length sequence, which cuDNN cannot differentiate) or ``xla`` (no fused
-  kernel), or with ``fusedqkv`` (query, key and value from one matrix product);
-- ``compute:sgd``, ``compute:adamw``, ``compute:flatadam``: the same step with another optimizer
-  (plain SGD: the floor of any update; Keras' AdamW; Adam over all weights as one flat vector,
-  one update for the model instead of one per weight, as fused multi-tensor optimizers do);
-- ``compute:fusedln``: the same step with the encoder blocks' LayerNorms, and the residual add
-  before the second, as Pallas kernels (``VITKIT_FUSED_LAYERNORM=1``, vitkit/models/fusedln.py);
-  ``compute:fusedln4``: the same with tiles of four rows (eight warps) instead of the default two;
-- ``keras, arrays``: Keras ``fit`` / ``predict`` fed one NumPy batch over and over;
-- ``keras, vitkit batches``: Keras ``fit`` / ``predict`` fed by vitkit's batch stream, as
-  ``vitkit train`` / ``vitkit predict`` run (shuffled reads from an image set).
+- ``keras-arrays``: Keras ``fit`` / ``predict`` fed one NumPy batch over and over;
+- ``keras-device``: the same fed one batch already on the device (Keras' loop alone);
+- ``keras-vitkit``: Keras ``fit`` / ``predict`` fed by vitkit's batch stream, as ``vitkit train``
+  / ``vitkit predict`` run (shuffled reads from an image set).
+
+Every kind starts from the model as ``vitkit train`` builds it on a GPU (fused LayerNorm kernels
+on). Modifiers:
+
+- ``unpadded`` (the fused op on the raw odd-length sequence, which cuDNN cannot differentiate)
+  or ``xla`` (no fused kernel): another attention implementation;
+- ``splitqkv``: query, key and value from three matrix products (vitkit makes one);
+- ``sgd``, ``adamw``, ``flatadam``: another optimizer (plain SGD: the floor of any update; Keras'
+  AdamW; Adam over all weights as one flat vector, one update for the model instead of one per
+  weight, as fused multi-tensor optimizers do; ``flatadam`` with ``compute`` only);
+- ``plainln``: the blocks' LayerNorms as XLA fuses them, without the Pallas kernels of
+  vitkit/models/fusedln.py (``VITKIT_FUSED_LAYERNORM=0``); ``fusedln4``: those kernels with tiles
+  of four rows (eight warps) instead of the default two;
+- ``autogelu``: the MLP's exact GELU differentiated automatically through its written-out
+  ``erf``, as before its derivative was written out.
 
 Usage (GPU machine)::
 
@@ -52,19 +60,9 @@ def _attention_variants():
     return {"unpadded": unpadded, "xla": xla}
 
 
-def _fused_projection_call(self, x, training=None, return_attention=False):
-    """MultiHeadSelfAttention.call with query, key and value computed by one matrix product."""
-    from keras import ops
-
-    import vitkit.models.attention
-
-    kernel = ops.concatenate([self.query.kernel, self.key.kernel, self.value.kernel], axis=-1)
-    bias = ops.concatenate([self.query.bias, self.key.bias, self.value.bias], axis=-1)
-    qkv = ops.matmul(x, ops.cast(kernel, x.dtype)) + ops.cast(bias, x.dtype)
-    query, key, value = (self._split_heads(part) for part in ops.split(qkv, 3, axis=-1))
-    mixed = vitkit.models.attention.fused_attention(query, key, value, training=bool(training))
-    batch, length = ops.shape(x)[0], ops.shape(x)[1]
-    return self.out(ops.reshape(mixed, (batch, length, x.shape[-1])))
+def _separate_projections(self, x):
+    """MultiHeadSelfAttention._projections as three matrix products, one per Dense layer."""
+    return [self._split_heads(dense(x)) for dense in (self.query, self.key, self.value)]
 
 
 class _FlatAdam:
@@ -99,37 +97,56 @@ class _FlatAdam:
         return new, [m, v, step]
 
 
-def _optimizer(variant: str):
+MODIFIERS = ("unpadded", "xla", "splitqkv", "sgd", "adamw", "flatadam", "plainln", "fusedln4", "autogelu")
+
+
+def parse_variant(variant: str) -> tuple[str, frozenset]:
+    """``(kind, modifiers)`` of a variant such as ``compute:splitqkv+plainln``."""
+    kind, _, rest = variant.partition(":")
+    modifiers = frozenset(filter(None, rest.split("+")))
+    unknown = modifiers - set(MODIFIERS)
+    if kind not in ("compute", "keras-arrays", "keras-device", "keras-vitkit") or unknown:
+        raise ValueError(f"unknown variant {variant!r}")
+    if "flatadam" in modifiers and kind != "compute":
+        raise ValueError("flatadam replaces the optimizer of the jitted step only: use it with compute")
+    return kind, modifiers
+
+
+def _optimizer(modifiers: frozenset):
     import keras
 
-    if variant == "sgd":
+    if "sgd" in modifiers:
         return keras.optimizers.SGD(1e-4)
-    if variant == "adamw":
+    if "adamw" in modifiers:
         return keras.optimizers.AdamW(1e-4)
     return keras.optimizers.Adam(1e-4)
 
 
-def _model(args, variant: str):
+def _model(args, modifiers: frozenset):
     import keras
 
     import vitkit
     import vitkit.models.attention
 
-    originals = vitkit.models.attention.__dict__.setdefault(
-        "_profile_originals", (vitkit.models.attention.fused_attention, vitkit.models.attention.MultiHeadSelfAttention.call))
-    vitkit.models.attention.fused_attention, vitkit.models.attention.MultiHeadSelfAttention.call = originals
-    if variant in ("unpadded", "xla"):
-        vitkit.models.attention.fused_attention = _attention_variants()[variant]
-    elif variant == "fusedqkv":
-        vitkit.models.attention.MultiHeadSelfAttention.call = _fused_projection_call
-    from vitkit.models import fusedln
+    attention = vitkit.models.attention
+    originals = attention.__dict__.setdefault(
+        "_profile_originals", (attention.fused_attention, attention.MultiHeadSelfAttention._projections))
+    attention.fused_attention, attention.MultiHeadSelfAttention._projections = originals
+    for name in modifiers & {"unpadded", "xla"}:
+        attention.fused_attention = _attention_variants()[name]
+    if "splitqkv" in modifiers:
+        attention.MultiHeadSelfAttention._projections = _separate_projections
+    from vitkit.models import blocks, fusedln
     from vitkit.models.blocks import FUSED_LAYERNORM, EncoderBlock
+
+    written_out = blocks.__dict__.setdefault("_profile_gelu", blocks._jax_gelu_exact)
+    blocks._jax_gelu_exact = (lambda: blocks._gelu_forward) if "autogelu" in modifiers else written_out
 
     keras.config.set_dtype_policy("mixed_bfloat16")
     switch = os.environ.get(FUSED_LAYERNORM, "0")
-    kernels = variant.startswith("fusedln")
+    kernels = "plainln" not in modifiers
     # The tile size is read when the step is traced, after this returns: set for every variant.
-    fusedln.TILE_ELEMENTS = 4 * 1024 if variant == "fusedln4" else _profile_tile(fusedln)
+    fusedln.TILE_ELEMENTS = 4 * 1024 if "fusedln4" in modifiers else _profile_tile(fusedln)
     # --tiny checks the script on a CPU, where the kernels run in Pallas' interpreter.
     os.environ[FUSED_LAYERNORM] = ("interpret" if args.tiny else "1") if kernels else "0"
     try:
@@ -141,7 +158,7 @@ def _model(args, variant: str):
     if fused != {kernels}:
         raise RuntimeError(f"fused LayerNorm kernels engaged: {fused}, wanted {kernels} "
                            "(they need the JAX backend and a GPU)")
-    model.compile(optimizer=_optimizer(variant), loss="categorical_crossentropy", metrics=["accuracy"],
+    model.compile(optimizer=_optimizer(modifiers), loss="categorical_crossentropy", metrics=["accuracy"],
                   steps_per_execution=args.steps_per_execution)
     return model
 
@@ -180,11 +197,11 @@ def jitted_steps(model, optimizer):
     return state, train, forward
 
 
-def _compute_steps(model, x, y, variant: str = "vitkit"):
+def _compute_steps(model, x, y, modifiers: frozenset = frozenset()):
     """Jitted forward and train steps over device-resident data, as Keras' JAX trainer builds them."""
     import jax
 
-    initial, train, forward = jitted_steps(model, _FlatAdam() if variant == "flatadam" else model.optimizer)
+    initial, train, forward = jitted_steps(model, _FlatAdam() if "flatadam" in modifiers else model.optimizer)
     state = dict(zip(("trainable", "non_trainable", "optimizer"), initial))
     x, y = jax.device_put(x), jax.device_put(y)
 
@@ -226,11 +243,16 @@ def _measure(args, variant: str, x, y, pool_x, pool_y) -> dict:
     """Training and prediction images per second of one variant."""
     from gpu_throughput import _array_batches, keras_steps
 
-    model = _model(args, variant.split(":")[1] if ":" in variant else "vitkit")
-    if variant.startswith("compute"):
-        train, forward = _compute_steps(model, x, y, variant.split(":")[1] if ":" in variant else "vitkit")
-    elif variant == "keras-arrays":
+    kind, modifiers = parse_variant(variant)
+    model = _model(args, modifiers)
+    if kind == "compute":
+        train, forward = _compute_steps(model, x, y, modifiers)
+    elif kind == "keras-arrays":
         train, forward = keras_steps(model, _array_batches(x, y))
+    elif kind == "keras-device":
+        import jax
+
+        train, forward = keras_steps(model, _array_batches(jax.device_put(x), jax.device_put(y)))
     else:
         train, forward = keras_steps(model, _vitkit_batches(args, pool_x, pool_y))
     train(args.warmup)
@@ -249,12 +271,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps-per-execution", type=int, default=1)
     parser.add_argument("--tiny", action="store_true", help="a 2-layer, 32-wide model: checks the script on a CPU")
-    parser.add_argument("--variants", default="compute,compute:fusedqkv,compute:unpadded,keras-arrays,keras-vitkit",
-                        help="compute[:VARIANT] (unpadded, xla, fusedqkv, sgd, adamw, flatadam, fusedln, fusedln4), "
-                             "keras-arrays, keras-vitkit")
+    parser.add_argument("--variants", default="compute,compute:splitqkv,compute:autogelu,compute:plainln,keras-arrays,keras-vitkit",
+                        help="comma-separated KIND[:MODIFIER+...]: kinds compute, keras-arrays, keras-device, keras-vitkit; "
+                             f"modifiers {', '.join(MODIFIERS)} (see above)")
     parser.add_argument("--no-xla-defaults", action="store_true", help="leave XLA_FLAGS as they are")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_profile.json")
     args = parser.parse_args()
+    for variant in args.variants.split(","):
+        parse_variant(variant)  # an unknown one fails before any model is built
     if not args.no_xla_defaults:
         from vitkit.device import configure_xla
 

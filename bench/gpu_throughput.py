@@ -111,7 +111,7 @@ def _array_batches(x, y):
             return self.steps
 
         def __getitem__(self, index):
-            return (x, y) if self.labelled else x
+            return (x, y) if self.labelled else (x,)
 
     return Same
 
