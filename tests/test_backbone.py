@@ -210,3 +210,41 @@ def test_exact_gelu_gradient_on_jax():
     float32 and in the input's bfloat16, and keep only the input for the backward pass."""
     done = run_python(_GELU_GRADIENT_ON_JAX, backend="jax")
     assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]
+
+
+_PADDED_ONCE_ON_JAX = """
+import jax, numpy as np
+from vitkit.models.backbone import VisionTransformer
+
+vit = VisionTransformer(patch_size=8, num_layers=2, hidden_size=32, num_heads=4, mlp_dim=64, pooling=POOLING)
+images = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype("float32")  # 17 tokens
+vit.build(images.shape)
+weights = np.random.default_rng(1).normal(size=(3, 32)).astype("float32")
+trainable = [v.value for v in vit.trainable_variables]
+non_trainable = [v.value for v in vit.non_trainable_variables]
+
+def loss(trainable):
+    features = vit.stateless_call(trainable, non_trainable, images, training=True)[0]
+    return (features * weights).sum(), features
+
+def run():
+    step = jax.value_and_grad(lambda t: loss(t), has_aux=True)  # a new function: no cached trace
+    return "18,32]" in str(jax.make_jaxpr(step)(trainable)), step(trainable)
+
+padded_once, ((_, padded), padded_grads) = run()
+VisionTransformer._pads_once = lambda *args: False
+padded_once_too, ((_, plain), plain_grads) = run()
+assert padded_once and not padded_once_too
+np.testing.assert_allclose(padded, plain, rtol=1e-5, atol=1e-6)
+for a, b in zip(padded_grads, plain_grads):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("pooling", ["token", "mean"])
+def test_training_sequence_padded_once_gives_the_same_features_and_gradients_on_jax(pooling):
+    """On JAX the blocks carry one padding token through training steps (cuDNN needs an even
+    length): it must change neither the pooled features nor any weight's gradient."""
+    done = run_python(_PADDED_ONCE_ON_JAX.replace("POOLING", repr(pooling)), backend="jax")
+    assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]

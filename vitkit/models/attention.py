@@ -9,7 +9,7 @@ import keras
 from keras import ops
 
 
-def fused_attention(query, key, value, training: bool = False, mask=None):
+def fused_attention(query, key, value, training: bool = False, mask=None, valid_length: int | None = None):
     """``softmax(q k^T / sqrt(d)) v`` for ``(batch, tokens, heads, head_dim)`` inputs, fused.
 
     Uses the backend's fused kernel through ``keras.ops.dot_product_attention``. On JAX the
@@ -21,20 +21,43 @@ def fused_attention(query, key, value, training: bool = False, mask=None):
     run a shape (small models, some lengths) Keras logs a traceback before falling back; here
     the fallback to XLA's attention is silent. ``mask`` (broadcastable to ``(batch, heads,
     tokens, tokens)``, True where attention is allowed) is passed through.
+
+    ``valid_length``: the sequence already ends in padding tokens from this index on (the
+    backbone pads once for all its blocks); they are ignored as keys, and their own outputs are
+    of no meaning.
     """
     if keras.backend.backend() != "jax":
-        return ops.dot_product_attention(query, key, value, mask=mask)
-    length = query.shape[1]
-    pad = bool(training and length is not None and length % 2)
-    fused = None if pad and mask is not None else _cudnn_attention(query, key, value, mask, pad_to_even=pad)
+        return ops.dot_product_attention(query, key, value, mask=with_valid_keys(mask, valid_length, key.shape[1]))
+    fused = _jax_fused_attention(query, key, value, training, mask, valid_length)
     if fused is not None:
         return fused
+    mask = with_valid_keys(mask, valid_length, key.shape[1])
     return ops.dot_product_attention(query, key, value, mask=mask, flash_attention=False)
 
 
-def _cudnn_attention(query, key, value, mask=None, pad_to_even: bool = False):
-    """cuDNN attention (optionally over the sequence padded to even length), or None where
-    cuDNN cannot run it (no NVIDIA GPU, unsupported shape or dtype)."""
+def with_valid_keys(mask, valid_length: int | None, length: int):
+    """``mask`` that also ignores the keys from ``valid_length`` on (``mask`` alone without it)."""
+    if valid_length is None:
+        return mask
+    valid = ops.reshape(ops.arange(length) < valid_length, (1, 1, 1, length))
+    return valid if mask is None else ops.logical_and(mask, valid)
+
+
+def _jax_fused_attention(query, key, value, training: bool, mask, valid_length: int | None):
+    """cuDNN attention for :func:`fused_attention` on JAX, or None where it cannot run."""
+    length = query.shape[1]
+    pad = valid_length is None and bool(training and length is not None and length % 2)
+    if valid_length is None and not pad:
+        return _cudnn_attention(query, key, value, mask)
+    if mask is not None:
+        return None
+    return _cudnn_attention(query, key, value, pad_to_even=pad, valid_length=valid_length)
+
+
+def _cudnn_attention(query, key, value, mask=None, pad_to_even: bool = False, valid_length: int | None = None):
+    """cuDNN attention, or None where cuDNN cannot run it (no NVIDIA GPU, unsupported shape or
+    dtype). ``pad_to_even`` pads the sequence by one token for the call; ``valid_length`` says
+    the sequence already ends in padding from that index on."""
     import jax
     import jax.numpy as jnp
 
@@ -43,7 +66,9 @@ def _cudnn_attention(query, key, value, mask=None, pad_to_even: bool = False):
     if pad_to_even:
         padding = [(0, 0), (0, 1), (0, 0), (0, 0)]
         query, key, value = (jnp.pad(tensor, padding) for tensor in (query, key, value))
-        lengths = jnp.full((query.shape[0],), length, jnp.int32)
+        valid_length = length
+    if valid_length is not None:
+        lengths = jnp.full((query.shape[0],), valid_length, jnp.int32)
         options = {"query_seq_lengths": lengths, "key_value_seq_lengths": lengths}
     try:
         mixed = jax.nn.dot_product_attention(query, key, value, implementation="cudnn", **options)
@@ -65,6 +90,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     towards other tokens. Returned weights then have a zero diagonal.
     ``attention_offset`` (same shape) is added to the weights after the softmax; with zeros the
     output is unchanged and its gradient is the gradient with respect to the weights.
+    ``valid_length``: the tokens from this index on are padding, ignored as keys.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float = 0.0,
@@ -102,7 +128,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         bias = ops.concatenate([ops.cast(dense.bias, x.dtype) for dense in projections], axis=-1)
         return [self._split_heads(part) for part in ops.split(ops.matmul(x, kernel) + bias, 3, axis=-1)]
 
-    def call(self, x, training=None, return_attention: bool = False, attention_offset=None):
+    def call(self, x, training=None, return_attention: bool = False, attention_offset=None,
+             valid_length: int | None = None):
         query, key, value = self._projections(x)
         head_dim = query.shape[-1]
         mask = None
@@ -116,6 +143,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         if explicit or (training and self.attention_dropout > 0):
             scores = ops.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(head_dim)
             scores = ops.cast(scores, "float32")
+            mask = with_valid_keys(mask, valid_length, ops.shape(x)[1])
             if mask is not None:
                 scores = ops.where(mask, scores, ops.full_like(scores, -1e9))
             weights = ops.softmax(scores, axis=-1)
@@ -128,7 +156,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             )
         else:
             weights = None
-            mixed = fused_attention(query, key, value, training=bool(training), mask=mask)
+            mixed = fused_attention(query, key, value, training=bool(training), mask=mask, valid_length=valid_length)
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         output = self.out(ops.reshape(mixed, (batch, length, x.shape[-1])))
         return (output, weights) if return_attention else output

@@ -187,8 +187,23 @@ class VisionTransformer(keras.layers.Layer):
                                              prefix_tokens=self.config.prefix_tokens)
         return self.embedding_dropout(tokens, training=training)
 
+    def _pads_once(self, length: int | None, training, explicit: bool) -> bool:
+        """Whether the blocks carry one padding token at the end of the sequence.
+
+        On JAX, cuDNN's attention computes gradients only for sequences of even length; padding
+        the sequence once here costs less than padding each block's query, key and value
+        (bench/gpu_profile.py ``blockpad``). The padding token is ignored as a key, so the other
+        tokens and every gradient are as without it; it is dropped after the blocks.
+        """
+        return bool(training and not explicit and keras.backend.backend() == "jax" and length is not None
+                    and length % 2 and not self.config.locality_attention and not self.config.attention_dropout)
+
     def _encode(self, images, training=None, return_attention: bool = False, attention_offset=None):
         tokens = self._sequence(images, training=training)
+        length = tokens.shape[1]
+        padded = self._pads_once(length, training, return_attention or attention_offset is not None)
+        if padded:
+            tokens = ops.pad(tokens, [(0, 0), (0, 1), (0, 0)])
         attention = []
         for i, block in enumerate(self.blocks):
             offset = None if attention_offset is None else attention_offset[:, i]
@@ -196,7 +211,10 @@ class VisionTransformer(keras.layers.Layer):
                 tokens, weights = block(tokens, training=training, return_attention=True, attention_offset=offset)
                 attention.append(weights)
             else:
-                tokens = block(tokens, training=training, attention_offset=offset)
+                tokens = block(tokens, training=training, attention_offset=offset,
+                               valid_length=length if padded else None)
+        if padded:
+            tokens = tokens[:, :length]
         if not self.config.fc_norm:
             tokens = self.encoder_norm(tokens)
         return tokens, attention

@@ -242,10 +242,11 @@ class EncoderBlock(keras.layers.Layer):
         s, normed = fusedln.add_layer_norm(x, branch, norm.gamma.value, norm.beta.value, norm.epsilon)
         return s, ops.cast(normed, norm.compute_dtype)
 
-    def call(self, x, training=None, return_attention: bool = False, attention_offset=None):
+    def call(self, x, training=None, return_attention: bool = False, attention_offset=None,
+             valid_length: int | None = None):
         attended = self.attention(
             self._add_norm(self.norm_0, x)[1], training=training, return_attention=return_attention,
-            attention_offset=attention_offset,
+            attention_offset=attention_offset, valid_length=valid_length,
         )
         if return_attention:
             attended, weights = attended
