@@ -22,7 +22,9 @@ on). Modifiers:
   vitkit/models/fusedln.py (``VITKIT_FUSED_LAYERNORM=0``); ``fusedln4``: those kernels with tiles
   of four rows (eight warps) instead of the default two;
 - ``autogelu``: the MLP's exact GELU differentiated automatically through its written-out
-  ``erf``, as before its derivative was written out.
+  ``erf``, as before its derivative was written out;
+- ``blockpad``: each block pads its query, key and value to an even length for cuDNN, instead
+  of the backbone padding the sequence once for all blocks.
 
 Usage (GPU machine)::
 
@@ -97,7 +99,7 @@ class _FlatAdam:
         return new, [m, v, step]
 
 
-MODIFIERS = ("unpadded", "xla", "splitqkv", "sgd", "adamw", "flatadam", "plainln", "fusedln4", "autogelu")
+MODIFIERS = ("unpadded", "xla", "splitqkv", "sgd", "adamw", "flatadam", "plainln", "fusedln4", "autogelu", "blockpad")
 
 
 def parse_variant(variant: str) -> tuple[str, frozenset]:
@@ -136,6 +138,11 @@ def _model(args, modifiers: frozenset):
         attention.fused_attention = _attention_variants()[name]
     if "splitqkv" in modifiers:
         attention.MultiHeadSelfAttention._projections = _separate_projections
+    from vitkit.models.backbone import VisionTransformer
+
+    pads_once = VisionTransformer.__dict__.get("_profile_pads_once", VisionTransformer._pads_once)
+    VisionTransformer._profile_pads_once = pads_once
+    VisionTransformer._pads_once = (lambda *args: False) if "blockpad" in modifiers else pads_once
     from vitkit.models import blocks, fusedln
     from vitkit.models.blocks import FUSED_LAYERNORM, EncoderBlock
 
@@ -271,7 +278,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps-per-execution", type=int, default=1)
     parser.add_argument("--tiny", action="store_true", help="a 2-layer, 32-wide model: checks the script on a CPU")
-    parser.add_argument("--variants", default="compute,compute:splitqkv,compute:autogelu,compute:plainln,keras-arrays,keras-vitkit",
+    parser.add_argument("--variants", default="compute,compute:blockpad,compute:splitqkv,compute:autogelu,compute:plainln,keras-arrays,keras-vitkit",
                         help="comma-separated KIND[:MODIFIER+...]: kinds compute, keras-arrays, keras-device, keras-vitkit; "
                              f"modifiers {', '.join(MODIFIERS)} (see above)")
     parser.add_argument("--no-xla-defaults", action="store_true", help="leave XLA_FLAGS as they are")
