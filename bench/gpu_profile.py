@@ -14,7 +14,7 @@ on). Modifiers:
 
 - ``unpadded`` (the fused op on the raw odd-length sequence, which cuDNN cannot differentiate)
   or ``xla`` (no fused kernel): another attention implementation;
-- ``splitqkv``: query, key and value from three matrix products (vitkit makes one);
+- ``splitqkv``: query, key and value from three matrix products in training (vitkit makes one);
 - ``sgd``, ``adamw``, ``flatadam``: another optimizer (plain SGD: the floor of any update; Keras'
   AdamW; Adam over all weights as one flat vector, one update for the model instead of one per
   weight, as fused multi-tensor optimizers do; ``flatadam`` with ``compute`` only);
@@ -62,8 +62,9 @@ def _attention_variants():
     return {"unpadded": unpadded, "xla": xla}
 
 
-def _separate_projections(self, x):
-    """MultiHeadSelfAttention._projections as three matrix products, one per Dense layer."""
+def _separate_projections(self, x, training=None):
+    """MultiHeadSelfAttention._projections as three matrix products, one per Dense layer, in
+    training too."""
     return [self._split_heads(dense(x)) for dense in (self.query, self.key, self.value)]
 
 

@@ -235,6 +235,7 @@ padded_once, ((_, padded), padded_grads) = run()
 VisionTransformer._pads_once = lambda *args: False
 padded_once_too, ((_, plain), plain_grads) = run()
 assert padded_once and not padded_once_too
+np.testing.assert_allclose(padded, vit(images, training=False), rtol=1e-5, atol=1e-6)  # the prediction path
 np.testing.assert_allclose(padded, plain, rtol=1e-5, atol=1e-6)
 for a, b in zip(padded_grads, plain_grads):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -248,3 +249,12 @@ def test_training_sequence_padded_once_gives_the_same_features_and_gradients_on_
     length): it must change neither the pooled features nor any weight's gradient."""
     done = run_python(_PADDED_ONCE_ON_JAX.replace("POOLING", repr(pooling)), backend="jax")
     assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]
+
+
+def test_training_and_prediction_paths_give_the_same_features_without_dropout():
+    """Training computes query, key and value in one matrix product, prediction in three (and on
+    JAX training pads the sequence once): without dropout both give the same features."""
+    vit = VisionTransformer(**TINY)
+    images = np.random.default_rng(5).normal(size=(2, 32, 32, 3)).astype("float32")
+    trained, predicted = (keras.ops.convert_to_numpy(vit(images, training=mode)) for mode in (True, False))
+    np.testing.assert_allclose(trained, predicted, rtol=1e-5, atol=1e-6)

@@ -119,18 +119,21 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         return ops.reshape(x, (batch, length, self.num_heads, x.shape[-1] // self.num_heads))
 
-    def _projections(self, x):
-        """Query, key and value of ``x``, from one matrix product with the three kernels side by
-        side: one larger product runs faster on a GPU than three (bench/gpu_profile.py
-        ``fusedqkv``), and the weights stay the three layers that model files name."""
+    def _projections(self, x, training=None):
+        """Query, key and value of ``x``. In training from one matrix product with the three
+        kernels side by side, which made a ViT-B/16 training step on a GPU 1.9% faster than three
+        products (bench/gpu_profile.py ``splitqkv``); prediction, 1.8% slower that way, keeps the
+        three. The weights stay the three layers that model files name either way."""
         projections = (self.query, self.key, self.value)
+        if not training:
+            return [self._split_heads(dense(x)) for dense in projections]
         kernel = ops.concatenate([ops.cast(dense.kernel, x.dtype) for dense in projections], axis=-1)
         bias = ops.concatenate([ops.cast(dense.bias, x.dtype) for dense in projections], axis=-1)
         return [self._split_heads(part) for part in ops.split(ops.matmul(x, kernel) + bias, 3, axis=-1)]
 
     def call(self, x, training=None, return_attention: bool = False, attention_offset=None,
              valid_length: int | None = None):
-        query, key, value = self._projections(x)
+        query, key, value = self._projections(x, training)
         head_dim = query.shape[-1]
         mask = None
         if self.locality:
