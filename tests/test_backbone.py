@@ -213,9 +213,10 @@ def test_exact_gelu_gradient_on_jax():
 
 
 _PADDED_ONCE_ON_JAX = """
-import jax, numpy as np
+import jax, keras, numpy as np
 from vitkit.models.backbone import VisionTransformer
 
+keras.utils.set_random_seed(0)
 vit = VisionTransformer(patch_size=8, num_layers=2, hidden_size=32, num_heads=4, mlp_dim=64, pooling=POOLING)
 images = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype("float32")  # 17 tokens
 vit.build(images.shape)
@@ -235,7 +236,7 @@ padded_once, ((_, padded), padded_grads) = run()
 VisionTransformer._pads_once = lambda *args: False
 padded_once_too, ((_, plain), plain_grads) = run()
 assert padded_once and not padded_once_too
-np.testing.assert_allclose(padded, vit(images, training=False), rtol=1e-5, atol=1e-6)  # the prediction path
+np.testing.assert_allclose(padded, vit(images, training=False), rtol=1e-5, atol=1e-5)  # the prediction path
 np.testing.assert_allclose(padded, plain, rtol=1e-5, atol=1e-6)
 for a, b in zip(padded_grads, plain_grads):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
