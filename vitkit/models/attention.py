@@ -26,13 +26,13 @@ def fused_attention(query, key, value, training: bool = False, mask=None, valid_
     backbone pads once for all its blocks); they are ignored as keys, and their own outputs are
     of no meaning.
     """
-    if keras.backend.backend() != "jax":
-        return ops.dot_product_attention(query, key, value, mask=with_valid_keys(mask, valid_length, key.shape[1]))
-    fused = _jax_fused_attention(query, key, value, training, mask, valid_length)
+    on_jax = keras.backend.backend() == "jax"
+    fused = _jax_fused_attention(query, key, value, training, mask, valid_length) if on_jax else None
     if fused is not None:
         return fused
-    mask = with_valid_keys(mask, valid_length, key.shape[1])
-    return ops.dot_product_attention(query, key, value, mask=mask, flash_attention=False)
+    options = {"flash_attention": False} if on_jax else {}
+    return ops.dot_product_attention(query, key, value, mask=with_valid_keys(mask, valid_length, key.shape[1]),
+                                     **options)
 
 
 def with_valid_keys(mask, valid_length: int | None, length: int):
@@ -46,12 +46,12 @@ def with_valid_keys(mask, valid_length: int | None, length: int):
 def _jax_fused_attention(query, key, value, training: bool, mask, valid_length: int | None):
     """cuDNN attention for :func:`fused_attention` on JAX, or None where it cannot run."""
     length = query.shape[1]
-    pad = valid_length is None and bool(training and length is not None and length % 2)
-    if valid_length is None and not pad:
+    odd_in_training = bool(training and length is not None and length % 2)
+    if valid_length is None and not odd_in_training:
         return _cudnn_attention(query, key, value, mask)
-    if mask is not None:
+    if mask is not None:  # cuDNN takes a mask or sequence lengths, not both
         return None
-    return _cudnn_attention(query, key, value, pad_to_even=pad, valid_length=valid_length)
+    return _cudnn_attention(query, key, value, pad_to_even=valid_length is None, valid_length=valid_length)
 
 
 def _cudnn_attention(query, key, value, mask=None, pad_to_even: bool = False, valid_length: int | None = None):
