@@ -53,11 +53,15 @@ def _attention_variants():
     """Attention implementations to compare, by name (``vitkit`` is the backbone's own)."""
     import keras
 
-    def unpadded(query, key, value, training=False):
-        return keras.ops.dot_product_attention(query, key, value)
+    from vitkit.models.attention import with_valid_keys
 
-    def xla(query, key, value, training=False):
-        return keras.ops.dot_product_attention(query, key, value, flash_attention=False)
+    def unpadded(query, key, value, training=False, mask=None, valid_length=None):
+        mask = with_valid_keys(mask, valid_length, key.shape[1])
+        return keras.ops.dot_product_attention(query, key, value, mask=mask)
+
+    def xla(query, key, value, training=False, mask=None, valid_length=None):
+        mask = with_valid_keys(mask, valid_length, key.shape[1])
+        return keras.ops.dot_product_attention(query, key, value, mask=mask, flash_attention=False)
 
     return {"unpadded": unpadded, "xla": xla}
 
@@ -131,30 +135,22 @@ def _model(args, modifiers: frozenset):
     import vitkit
     import vitkit.models.attention
 
-    attention = vitkit.models.attention
-    originals = attention.__dict__.setdefault(
-        "_profile_originals", (attention.fused_attention, attention.MultiHeadSelfAttention._projections))
-    attention.fused_attention, attention.MultiHeadSelfAttention._projections = originals
-    for name in modifiers & {"unpadded", "xla"}:
-        attention.fused_attention = _attention_variants()[name]
-    if "splitqkv" in modifiers:
-        attention.MultiHeadSelfAttention._projections = _separate_projections
-    from vitkit.models.backbone import VisionTransformer
-
-    pads_once = VisionTransformer.__dict__.get("_profile_pads_once", VisionTransformer._pads_once)
-    VisionTransformer._profile_pads_once = pads_once
-    VisionTransformer._pads_once = (lambda *args: False) if "blockpad" in modifiers else pads_once
     from vitkit.models import blocks, fusedln
+    from vitkit.models.backbone import VisionTransformer
     from vitkit.models.blocks import FUSED_LAYERNORM, EncoderBlock
 
-    written_out = blocks.__dict__.setdefault("_profile_gelu", blocks._jax_gelu_exact)
-    blocks._jax_gelu_exact = (lambda: blocks._gelu_forward) if "autogelu" in modifiers else written_out
+    attention = vitkit.models.attention
+    attention_variant = next(iter(modifiers & {"unpadded", "xla"}), None)
+    _replace(attention, "fused_attention", attention_variant and _attention_variants()[attention_variant])
+    _replace(attention.MultiHeadSelfAttention, "_projections", "splitqkv" in modifiers and _separate_projections)
+    _replace(VisionTransformer, "_pads_once", "blockpad" in modifiers and (lambda *args: False))
+    _replace(blocks, "_jax_gelu_exact", "autogelu" in modifiers and (lambda: blocks._gelu_forward))
+    # The tile size is read when the step is traced, after this returns: set for every variant.
+    _replace(fusedln, "TILE_ELEMENTS", "fusedln4" in modifiers and 4 * 1024)
 
     keras.config.set_dtype_policy("mixed_bfloat16")
     switch = os.environ.get(FUSED_LAYERNORM, "0")
     kernels = "plainln" not in modifiers
-    # The tile size is read when the step is traced, after this returns: set for every variant.
-    fusedln.TILE_ELEMENTS = 4 * 1024 if "fusedln4" in modifiers else _profile_tile(fusedln)
     # --tiny checks the script on a CPU, where the kernels run in Pallas' interpreter.
     os.environ[FUSED_LAYERNORM] = ("interpret" if args.tiny else "1") if kernels else "0"
     try:
@@ -171,9 +167,14 @@ def _model(args, modifiers: frozenset):
     return model
 
 
-def _profile_tile(fusedln) -> int:
-    """The module's own tile size, as it was before any variant changed it."""
-    return fusedln.__dict__.setdefault("_profile_tile", fusedln.TILE_ELEMENTS)
+_ORIGINALS: dict = {}
+
+
+def _replace(owner, name: str, replacement) -> None:
+    """Set ``owner.name`` to ``replacement`` for one variant, or, where it is falsy, back to what
+    vitkit had before any variant changed it."""
+    original = _ORIGINALS.setdefault((owner, name), vars(owner)[name])
+    setattr(owner, name, replacement or original)
 
 
 def jitted_steps(model, optimizer):
