@@ -42,15 +42,20 @@ def summarise(kernels: dict[tuple[str, str], float], steps: int, top: int = 12,
     instruction)`` (the HLO instruction that launched it, or "") to microseconds. With ``sources``
     (instruction to the model operation it computes), also the time per operation, summed over
     the encoder blocks."""
+    def source(kernel: str, instruction: str) -> str:
+        # XLA's own kernels are named after their instruction; library calls carry it as a stat.
+        return (sources or {}).get(instruction) or (sources or {}).get(kernel, "")
+
     groups, operations = collections.Counter(), collections.Counter()
     for (kernel, instruction), microseconds in kernels.items():
         groups[group_of(kernel)] += microseconds / steps
         if sources is not None:
-            operations[operation_of(sources.get(instruction, kernel))] += microseconds / steps
+            origin = source(kernel, instruction)
+            operations[operation_of(origin) if origin else kernel] += microseconds / steps
     slowest = sorted(kernels.items(), key=lambda item: -item[1])[:top]
     summary = {"ms_per_step_by_group": {k: round(v / 1000, 3) for k, v in groups.most_common()},
                "ms_per_step": round(sum(groups.values()) / 1000, 3),
-               "top_kernels_ms_per_step": [(kernel[:90], round(v / steps / 1000, 3), (sources or {}).get(instruction, ""))
+               "top_kernels_ms_per_step": [(kernel[:90], round(v / steps / 1000, 3), source(kernel, instruction))
                                            for (kernel, instruction), v in slowest]}
     if sources is not None:
         summary["ms_per_step_by_operation"] = [(k, round(v / 1000, 3)) for k, v in operations.most_common(top)]
